@@ -1,0 +1,321 @@
+//! `vend tenants ...`: list, show, history, retry, requeue and watch, over the ops API.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::domain::{StepState, TenantState};
+use crate::http::views::{HistoryView, TenantDetail, TenantPage};
+
+use super::client::OpsClient;
+
+#[derive(Debug, Args)]
+pub struct TenantsArgs {
+    /// Base URL of the vend API.
+    #[arg(
+        long,
+        env = "VEND_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// Ops bearer token.
+    #[arg(long, env = "VEND_OPS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: TenantsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// List tenants, newest first.
+    List {
+        /// Only tenants in this state (pending, provisioning, active, failed).
+        #[arg(long)]
+        state: Option<String>,
+        /// Page size (1-500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after this cursor (printed after a full page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a tenant and each step of its workflow.
+    Show { slug: String },
+    /// Show every transition, attempt, error and operator action.
+    History { slug: String },
+    /// Run the failed or backing-off step now.
+    Retry { slug: String },
+    /// Rewind to a step and run from there.
+    Requeue {
+        slug: String,
+        /// The step to start again from.
+        #[arg(long = "from")]
+        from: String,
+    },
+    /// Follow a tenant's steps until it is active (exit 0) or failed (exit 1).
+    Watch {
+        slug: String,
+        /// How often to look.
+        #[arg(long, default_value = "1s", value_parser = super::parse_interval)]
+        interval: Duration,
+        /// Give up after this long (exit 2).
+        #[arg(long, value_parser = super::parse_interval)]
+        timeout: Option<Duration>,
+    },
+}
+
+pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
+    let token = args
+        .token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("VEND_OPS_TOKEN: is required (or pass --token)"))?;
+    let api = OpsClient::new(&args.url, &token)?;
+    let json_out = args.json;
+    match args.command {
+        TenantsCommand::List {
+            state,
+            limit,
+            cursor,
+            all,
+        } => {
+            let mut cursor = cursor;
+            let mut first = true;
+            loop {
+                let mut q = vec![format!("limit={limit}")];
+                if let Some(s) = &state {
+                    q.push(format!("state={}", urlencode(s)));
+                }
+                if let Some(c) = &cursor {
+                    q.push(format!("cursor={}", urlencode(c)));
+                }
+                let page: TenantPage = api
+                    .call(Method::GET, &format!("/v1/tenants?{}", q.join("&")), None)
+                    .await?;
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&page)?);
+                } else {
+                    print_tenants(&page, first);
+                }
+                first = false;
+                match (all, page.next_cursor) {
+                    (true, Some(c)) => cursor = Some(c),
+                    (false, Some(c)) if !json_out => {
+                        println!("more: vend tenants list --cursor {c}");
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        TenantsCommand::Show { slug } => {
+            let t: TenantDetail = api.call(Method::GET, &tenant_path(&slug, ""), None).await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print_detail(&t);
+            }
+        }
+        TenantsCommand::History { slug } => {
+            let h: HistoryView = api
+                .call(Method::GET, &tenant_path(&slug, "/history"), None)
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                for e in &h.history {
+                    println!(
+                        "{}  {:<16} {:<20} {}{}",
+                        e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                        e.kind,
+                        e.step.as_deref().unwrap_or("-"),
+                        e.message,
+                        e.actor
+                            .as_deref()
+                            .map(|a| format!("  [{a}]"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TenantsCommand::Retry { slug } => {
+            let t: TenantDetail = api
+                .call(Method::POST, &tenant_path(&slug, "/retry"), None)
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("retry requested for {slug}");
+                print_detail(&t);
+            }
+        }
+        TenantsCommand::Requeue { slug, from } => {
+            let body = json!({ "from_step": from });
+            let t: TenantDetail = api
+                .call(Method::POST, &tenant_path(&slug, "/requeue"), Some(&body))
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("requeued {slug} from {from}");
+                print_detail(&t);
+            }
+        }
+        TenantsCommand::Watch {
+            slug,
+            interval,
+            timeout,
+        } => {
+            return watch(&api, &slug, interval, timeout, json_out).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch(
+    api: &OpsClient,
+    slug: &str,
+    interval: Duration,
+    timeout: Option<Duration>,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = tokio::time::Instant::now();
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        let t: TenantDetail = api.call(Method::GET, &tenant_path(slug, ""), None).await?;
+        let lines: Vec<String> = t.steps.iter().map(step_line).collect();
+        if json_out {
+            if lines != last {
+                println!("{}", serde_json::to_string(&t)?);
+            }
+        } else {
+            for (i, line) in lines.iter().enumerate() {
+                if last.get(i) != Some(line) {
+                    println!("{}  {line}", chrono::Utc::now().format("%H:%M:%S"));
+                }
+            }
+        }
+        last = lines;
+        match t.tenant.state {
+            TenantState::Active => {
+                if !json_out {
+                    println!(
+                        "{slug} is active{}",
+                        t.tenant
+                            .endpoint
+                            .as_deref()
+                            .map(|e| format!(" at {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            TenantState::Failed => {
+                if !json_out {
+                    let failed = t.steps.iter().find(|s| s.state == StepState::Failed);
+                    eprintln!(
+                        "{slug} failed{}",
+                        failed
+                            .map(|s| format!(
+                                " at {}: {}",
+                                s.name,
+                                s.last_error.as_deref().unwrap_or("")
+                            ))
+                            .unwrap_or_default()
+                    );
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            eprintln!(
+                "gave up watching {slug} after {}",
+                humantime::format_duration(started.elapsed())
+            );
+            return Ok(ExitCode::from(2));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn step_line(s: &crate::http::views::StepView) -> String {
+    let mut line = format!(
+        "{:<20} {:<10} attempts={}",
+        s.name,
+        s.state.as_str(),
+        s.attempts
+    );
+    if let Some(r) = &s.wait_reason {
+        line.push_str(&format!(" ({r})"));
+    }
+    if let Some(e) = &s.last_error
+        && s.state != StepState::Succeeded
+    {
+        line.push_str(&format!(" last_error={e}"));
+    }
+    line
+}
+
+fn print_tenants(page: &TenantPage, header: bool) {
+    if header {
+        println!(
+            "{:<24} {:<13} {:<11} {:<14} CREATED",
+            "SLUG", "STATE", "TIER", "ACCOUNT"
+        );
+    }
+    for t in &page.tenants {
+        println!(
+            "{:<24} {:<13} {:<11} {:<14} {}",
+            t.slug,
+            t.state.as_str(),
+            t.tier.as_str(),
+            t.account_id.as_deref().unwrap_or("-"),
+            t.created_at.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
+}
+
+fn print_detail(t: &TenantDetail) {
+    let v = &t.tenant;
+    println!("tenant    {} ({})", v.slug, v.name);
+    println!("state     {}", v.state.as_str());
+    println!("tier      {} (workflow {})", v.tier.as_str(), v.workflow);
+    println!("account   {}", v.account_id.as_deref().unwrap_or("-"));
+    println!("endpoint  {}", v.endpoint.as_deref().unwrap_or("-"));
+    println!("created   {}", v.created_at.format("%Y-%m-%d %H:%M:%S"));
+    println!();
+    println!(
+        "{:<20} {:<10} {:>8}  {:<20} LAST ERROR",
+        "STEP", "STATE", "ATTEMPTS", "NEXT ATTEMPT"
+    );
+    for s in &t.steps {
+        println!(
+            "{:<20} {:<10} {:>8}  {:<20} {}",
+            s.name,
+            s.state.as_str(),
+            s.attempts,
+            s.next_attempt_at
+                .map(|d| d.format("%H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into()),
+            s.last_error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn tenant_path(slug: &str, suffix: &str) -> String {
+    format!("/v1/tenants/{}{suffix}", urlencode(slug))
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

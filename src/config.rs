@@ -1,0 +1,395 @@
+//! Configuration from the environment. Anything missing or invalid stops the process at start with a
+//! message that names the variable (and never echoes a secret's value).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::dispatcher::{WebhookEndpoint, standard_retry_schedule};
+use crate::standard_webhooks::Secret;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Reads variables; a seam so tests can configure without touching the process environment.
+pub trait Env {
+    fn get(&self, var: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, var: &str) -> Option<String> {
+        std::env::var(var).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn get(&self, var: &str) -> Option<String> {
+        self.get(var).cloned().filter(|v| !v.is_empty())
+    }
+}
+
+/// Bearer tokens for the ops API. `Debug` never shows them.
+#[derive(Clone)]
+pub struct OpsTokens(Vec<String>);
+
+impl std::fmt::Debug for OpsTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OpsTokens({} tokens)", self.0.len())
+    }
+}
+
+impl OpsTokens {
+    pub fn new(tokens: Vec<String>) -> Self {
+        Self(tokens)
+    }
+
+    /// Constant-time in the candidate's content: both sides are hashed first so neither length nor a
+    /// matching prefix shows in the timing.
+    pub fn accepts(&self, candidate: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let c = Sha256::digest(candidate.as_bytes());
+        let mut ok = subtle::Choice::from(0);
+        for t in &self.0 {
+            ok |= Sha256::digest(t.as_bytes()).ct_eq(&c);
+        }
+        ok.into()
+    }
+}
+
+/// The AWS side of the silo workflow.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub base_domain: String,
+    pub certificate_arn: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub signup_secret: Secret,
+    pub ops_tokens: OpsTokens,
+    pub workflows_dir: PathBuf,
+    pub worker_concurrency: usize,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub db_max_connections: u32,
+    pub progress_webhooks: Vec<WebhookEndpoint>,
+    pub webhook_retry_schedule: Vec<Duration>,
+    pub webhook_timeout: Duration,
+    pub worker_id: Option<String>,
+    pub aws: Option<AwsSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSpec {
+    url: String,
+    secret: String,
+}
+
+impl Config {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let database_url = env.get("DATABASE_URL").ok_or_else(|| {
+            err(
+                "DATABASE_URL",
+                "is required (a postgres:// connection string)",
+            )
+        })?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(err(
+                "DATABASE_URL",
+                "must be a postgres:// connection string",
+            ));
+        }
+        let listen = match env.get("VEND_LISTEN") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(v) => v.parse().map_err(|_| {
+                err(
+                    "VEND_LISTEN",
+                    format!("{v:?} is not an address like 127.0.0.1:8080"),
+                )
+            })?,
+        };
+        let signup_secret = Secret::parse(&env.get("VEND_SIGNUP_SECRET").ok_or_else(|| {
+            err(
+                "VEND_SIGNUP_SECRET",
+                "is required (whsec_ followed by base64)",
+            )
+        })?)
+        .map_err(|m| err("VEND_SIGNUP_SECRET", m))?;
+        let tokens: Vec<String> = env
+            .get("VEND_OPS_TOKEN")
+            .ok_or_else(|| {
+                err(
+                    "VEND_OPS_TOKEN",
+                    "is required (one token, or several separated by commas)",
+                )
+            })?
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if tokens.is_empty() {
+            return Err(err("VEND_OPS_TOKEN", "is required"));
+        }
+        if tokens.iter().any(|t| t.len() < 16) {
+            return Err(err(
+                "VEND_OPS_TOKEN",
+                "each token must be at least 16 characters",
+            ));
+        }
+        let allow_http = flag(env, "VEND_ALLOW_HTTP_WEBHOOKS")?;
+        let progress_webhooks = match env.get("VEND_PROGRESS_WEBHOOKS") {
+            None => Vec::new(),
+            Some(v) => parse_webhooks(&v, allow_http)?,
+        };
+        let webhook_retry_schedule = match env.get("VEND_WEBHOOK_RETRY_SCHEDULE") {
+            None => standard_retry_schedule(),
+            Some(v) => v
+                .split(',')
+                .map(|s| parse_duration_str("VEND_WEBHOOK_RETRY_SCHEDULE", s.trim()))
+                .collect::<Result<_, _>>()?,
+        };
+        let aws = match (env.get("VEND_BASE_DOMAIN"), env.get("VEND_CERTIFICATE_ARN")) {
+            (Some(base_domain), Some(certificate_arn)) => {
+                let base_domain = base_domain.trim_end_matches('.').to_ascii_lowercase();
+                if !base_domain.contains('.') || base_domain.split('.').any(|l| l.is_empty()) {
+                    return Err(err(
+                        "VEND_BASE_DOMAIN",
+                        "must be a domain name such as tenants.example.com",
+                    ));
+                }
+                if !certificate_arn.starts_with("arn:") {
+                    return Err(err(
+                        "VEND_CERTIFICATE_ARN",
+                        "must be an ACM certificate ARN",
+                    ));
+                }
+                Some(AwsSettings {
+                    base_domain,
+                    certificate_arn,
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(err(
+                    "VEND_CERTIFICATE_ARN",
+                    "is required when VEND_BASE_DOMAIN is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "VEND_BASE_DOMAIN",
+                    "is required when VEND_CERTIFICATE_ARN is set",
+                ));
+            }
+        };
+        Ok(Self {
+            database_url,
+            listen,
+            signup_secret,
+            ops_tokens: OpsTokens(tokens),
+            workflows_dir: env
+                .get("VEND_WORKFLOWS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("workflows")),
+            worker_concurrency: number(env, "VEND_WORKER_CONCURRENCY", 64, 1, 10_000)?,
+            lease: duration(env, "VEND_LEASE", Duration::from_secs(60))?,
+            poll_interval: duration(env, "VEND_POLL_INTERVAL", Duration::from_secs(1))?,
+            db_max_connections: number(env, "VEND_DB_MAX_CONNECTIONS", 20, 2, 1000)? as u32,
+            progress_webhooks,
+            webhook_retry_schedule,
+            webhook_timeout: duration(env, "VEND_WEBHOOK_TIMEOUT", Duration::from_secs(15))?,
+            worker_id: env.get("VEND_WORKER_ID"),
+            aws,
+        })
+    }
+}
+
+fn flag(env: &dyn Env, var: &'static str) -> Result<bool, ConfigError> {
+    match env.get(var).as_deref() {
+        None | Some("0" | "false" | "no") => Ok(false),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some(_) => Err(err(var, "must be true or false")),
+    }
+}
+
+fn number(
+    env: &dyn Env,
+    var: &'static str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(err(
+                var,
+                format!("must be a whole number from {min} to {max}"),
+            )),
+        },
+    }
+}
+
+fn duration(env: &dyn Env, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => parse_duration_str(var, &v),
+    }
+}
+
+fn parse_duration_str(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|_| {
+        err(
+            var,
+            format!("{v:?} is not a duration such as 500ms, 5s or 2m"),
+        )
+    })
+}
+
+/// `VEND_PROGRESS_WEBHOOKS`: a JSON array of `{"url": "...", "secret": "whsec_..."}`.
+fn parse_webhooks(v: &str, allow_http: bool) -> Result<Vec<WebhookEndpoint>, ConfigError> {
+    const VAR: &str = "VEND_PROGRESS_WEBHOOKS";
+    let specs: Vec<WebhookSpec> = serde_json::from_str(v).map_err(|_| {
+        err(
+            VAR,
+            "must be a JSON array of {\"url\": \"https://...\", \"secret\": \"whsec_...\"}",
+        )
+    })?;
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            check_webhook_url(&s.url, allow_http)
+                .map_err(|m| err(VAR, format!("entry {i}: {m}")))?;
+            let secret =
+                Secret::parse(&s.secret).map_err(|m| err(VAR, format!("entry {i}: secret {m}")))?;
+            Ok(WebhookEndpoint { url: s.url, secret })
+        })
+        .collect()
+}
+
+/// Outbound webhooks go to https only, so the dispatcher cannot be aimed at plain-text internal
+/// services; `VEND_ALLOW_HTTP_WEBHOOKS` (development only) allows http to loopback addresses.
+pub fn check_webhook_url(url: &str, allow_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "url is not a valid URL".to_string())?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("url must not carry credentials".into());
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err("http:// is allowed only for loopback addresses, even with VEND_ALLOW_HTTP_WEBHOOKS".into())
+            }
+        }
+        "http" => Err("url must be https:// (set VEND_ALLOW_HTTP_WEBHOOKS=true in development for http://127.0.0.1)".into()),
+        _ => Err("url must be https://".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<String, String> {
+        [
+            ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
+            (
+                "VEND_SIGNUP_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("VEND_OPS_TOKEN", "0123456789abcdef0123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn minimal_configuration_has_sane_defaults() {
+        let c = Config::from_env(&base()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.worker_concurrency, 64);
+        assert_eq!(c.webhook_retry_schedule.len(), 7);
+        assert!(c.aws.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_hide_secrets() {
+        for (var, value) in [
+            ("DATABASE_URL", ""),
+            ("DATABASE_URL", "mysql://x"),
+            ("VEND_SIGNUP_SECRET", "s3cr3t-value"),
+            ("VEND_OPS_TOKEN", "short"),
+            ("VEND_LISTEN", "nowhere"),
+            ("VEND_WORKER_CONCURRENCY", "0"),
+            ("VEND_LEASE", "forever"),
+            (
+                "VEND_PROGRESS_WEBHOOKS",
+                "[{\"url\":\"http://10.0.0.1/x\",\"secret\":\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"}]",
+            ),
+            ("VEND_BASE_DOMAIN", "tenants.example.com"),
+        ] {
+            let mut env = base();
+            env.insert(var.into(), value.into());
+            let e = Config::from_env(&env).unwrap_err().to_string();
+            assert!(
+                e.contains(var)
+                    || (var == "VEND_BASE_DOMAIN" && e.contains("VEND_CERTIFICATE_ARN")),
+                "{var}: {e}"
+            );
+            if var == "VEND_SIGNUP_SECRET" || var == "VEND_OPS_TOKEN" {
+                assert!(!e.contains(value), "{e} leaks the value");
+            }
+        }
+    }
+
+    #[test]
+    fn webhook_urls_must_be_https_unless_loopback_in_dev() {
+        assert!(check_webhook_url("https://hooks.example.com/x", false).is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:9/x", false).is_err());
+        assert!(check_webhook_url("http://127.0.0.1:9/x", true).is_ok());
+        assert!(check_webhook_url("http://169.254.169.254/latest", true).is_err());
+        assert!(check_webhook_url("https://user:pw@example.com/", false).is_err());
+        assert!(check_webhook_url("file:///etc/passwd", true).is_err());
+    }
+
+    #[test]
+    fn ops_tokens_accept_only_exact_matches() {
+        let t = OpsTokens::new(vec!["aaaaaaaaaaaaaaaa".into(), "bbbbbbbbbbbbbbbb".into()]);
+        assert!(t.accepts("aaaaaaaaaaaaaaaa"));
+        assert!(t.accepts("bbbbbbbbbbbbbbbb"));
+        assert!(!t.accepts("aaaaaaaaaaaaaaa"));
+        assert!(!t.accepts(""));
+        assert_eq!(format!("{t:?}"), "OpsTokens(2 tokens)");
+    }
+}

@@ -1,0 +1,450 @@
+//! Steps: claiming due work under a lease, fenced writes of outcomes, and operator rewinds.
+//!
+//! A claim stamps a fresh fencing token (`lease_token`) and pushes `due_at` to the lease expiry; every
+//! later write by that worker names the token, so a worker whose lease was taken over changes nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::domain::{StepState, Tier, WaitReason};
+
+use super::decode;
+
+/// A step claimed by a worker, with what the step needs to know about its tenant.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub run_id: Uuid,
+    pub position: i32,
+    pub step: String,
+    pub attempts: i32,
+    pub throttles: i32,
+    pub lease_token: i64,
+    pub started_at: DateTime<Utc>,
+    /// When the step became due: `now - was_due` is the claim latency.
+    pub was_due: DateTime<Utc>,
+    /// The previous owner if this claim took over an expired lease (the owner crashed or stalled).
+    pub took_over_from: Option<String>,
+    pub tenant_id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub owner_email: String,
+    pub tier: Tier,
+    pub workflow: String,
+    pub resources: Value,
+    pub claimed_at: DateTime<Utc>,
+}
+
+/// The fencing identity of a claim: every write after the claim checks it.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub run_id: Uuid,
+    pub position: i32,
+    pub token: i64,
+}
+
+impl Claim {
+    pub fn lease(&self) -> Lease {
+        Lease {
+            run_id: self.run_id,
+            position: self.position,
+            token: self.lease_token,
+        }
+    }
+}
+
+/// Claims up to `limit` due steps for `owner`, leasing each for `lease`. One statement: the claim, the
+/// `step.started` history rows and the tenants' move to `provisioning` commit together.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    owner: &str,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        WITH due AS (
+            SELECT run_id, position, due_at, state, wait_reason, lease_owner
+            FROM steps
+            WHERE due_at <= now() AND state IN ('pending', 'waiting', 'running')
+            ORDER BY due_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        ),
+        claimed AS (
+            UPDATE steps s SET
+                state = 'running',
+                lease_owner = $1,
+                lease_token = nextval('lease_tokens'),
+                due_at = now() + make_interval(secs => $3),
+                -- A poll or a throttle continues the same attempt; anything else starts a new one,
+                -- including a takeover after a crash, so a step that crashes its worker cannot loop forever.
+                attempts = s.attempts + CASE WHEN due.state = 'waiting' AND due.wait_reason <> 'backoff'
+                                             THEN 0 ELSE 1 END,
+                wait_reason = NULL,
+                started_at = coalesce(s.started_at, now()),
+                updated_at = now()
+            FROM due
+            WHERE s.run_id = due.run_id AND s.position = due.position
+            RETURNING s.run_id, s.position, s.name, s.attempts, s.throttles, s.lease_token,
+                      s.started_at, due.due_at AS was_due, due.state AS was_state,
+                      due.wait_reason AS was_reason, due.lease_owner AS was_owner
+        ),
+        started AS (
+            UPDATE tenants t SET state = 'provisioning', updated_at = now()
+            FROM claimed c JOIN runs r ON r.id = c.run_id
+            WHERE t.id = r.tenant_id AND t.state = 'pending'
+            RETURNING t.id
+        ),
+        hist AS (
+            INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message)
+            SELECT r.tenant_id, 'step.started', c.name, c.attempts, c.lease_token, $1,
+                   CASE
+                     WHEN c.was_state = 'running'
+                       THEN 'attempt ' || c.attempts || ' started: the lease of ' || coalesce(c.was_owner, '?')
+                            || ' expired'
+                     WHEN c.was_reason = 'poll' THEN 'attempt ' || c.attempts || ' polled'
+                     WHEN c.was_reason = 'throttle' THEN 'attempt ' || c.attempts || ' resumed after throttling'
+                     ELSE 'attempt ' || c.attempts || ' started'
+                   END
+            FROM claimed c JOIN runs r ON r.id = c.run_id
+        )
+        SELECT c.run_id AS "run_id!", c.position AS "position!", c.name AS "step!",
+               c.attempts AS "attempts!", c.throttles AS "throttles!", c.lease_token AS "lease_token!",
+               c.started_at AS "started_at!", c.was_due AS "was_due!",
+               CASE WHEN c.was_state = 'running' THEN c.was_owner END AS took_over_from,
+               t.id AS "tenant_id!", t.slug AS "slug!", t.name AS "name!", t.owner_email AS "owner_email!",
+               t.tier AS "tier!", r.workflow AS "workflow!", t.resources AS "resources!",
+               now() AS "claimed_at!"
+        FROM claimed c JOIN runs r ON r.id = c.run_id JOIN tenants t ON t.id = r.tenant_id
+        "#,
+        owner,
+        limit,
+        lease.as_secs_f64(),
+    )
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Claim {
+                tier: decode("tenants.tier", &r.tier, |s| Tier::parse(s).ok())?,
+                run_id: r.run_id,
+                position: r.position,
+                step: r.step,
+                attempts: r.attempts,
+                throttles: r.throttles,
+                lease_token: r.lease_token,
+                started_at: r.started_at,
+                was_due: r.was_due,
+                took_over_from: r.took_over_from,
+                tenant_id: r.tenant_id,
+                slug: r.slug,
+                name: r.name,
+                owner_email: r.owner_email,
+                workflow: r.workflow,
+                resources: r.resources,
+                claimed_at: r.claimed_at,
+            })
+        })
+        .collect()
+}
+
+/// Extends a lease; `false` if the lease was lost (another worker holds the step now).
+pub async fn heartbeat(
+    db: impl PgExecutor<'_>,
+    lease: Lease,
+    extend_by: Duration,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query!(
+        r#"UPDATE steps SET due_at = now() + make_interval(secs => $4)
+           WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = 'running'"#,
+        lease.run_id,
+        lease.position,
+        lease.token,
+        extend_by.as_secs_f64(),
+    )
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Locks the step for the rest of the transaction if `lease` still holds it; `false` if it was lost.
+/// Every write made on behalf of a claim goes after this check in the same transaction.
+pub async fn fence(conn: &mut PgConnection, lease: Lease) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query_scalar!(
+        r#"SELECT 1 AS "one!" FROM steps
+           WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = 'running'
+           FOR UPDATE"#,
+        lease.run_id,
+        lease.position,
+        lease.token,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// What the engine decided for the step whose attempt just ended.
+#[derive(Debug, Clone)]
+pub enum StepUpdate<'a> {
+    Succeeded,
+    Waiting {
+        reason: WaitReason,
+        after: Duration,
+        error_code: Option<&'a str>,
+        error: Option<&'a str>,
+    },
+    Failed {
+        error_code: &'a str,
+        error: &'a str,
+    },
+}
+
+/// Writes a fenced step's new state. Call after [`fence`] in the same transaction.
+pub async fn update_after_attempt(
+    conn: &mut PgConnection,
+    lease: Lease,
+    update: &StepUpdate<'_>,
+) -> Result<(), sqlx::Error> {
+    let (state, reason, after, code, error) = match update {
+        StepUpdate::Succeeded => (StepState::Succeeded, None, None, None, None),
+        StepUpdate::Waiting {
+            reason,
+            after,
+            error_code,
+            error,
+        } => (
+            StepState::Waiting,
+            Some(reason.as_str()),
+            Some(after.as_secs_f64()),
+            *error_code,
+            *error,
+        ),
+        StepUpdate::Failed { error_code, error } => (
+            StepState::Failed,
+            None,
+            None,
+            Some(*error_code),
+            Some(*error),
+        ),
+    };
+    let finished = matches!(state, StepState::Succeeded | StepState::Failed);
+    sqlx::query!(
+        r#"UPDATE steps SET
+               state = $4,
+               wait_reason = $5,
+               due_at = CASE WHEN $6::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $6) END,
+               throttles = throttles + CASE WHEN $5 = 'throttle' THEN 1 ELSE 0 END,
+               polls = polls + CASE WHEN $5 = 'poll' THEN 1 ELSE 0 END,
+               -- A success clears the error of earlier attempts; a poll keeps whatever was there.
+               last_error = CASE WHEN $4 = 'succeeded' THEN NULL ELSE coalesce($7, last_error) END,
+               last_error_code = CASE WHEN $4 = 'succeeded' THEN NULL ELSE coalesce($8, last_error_code) END,
+               finished_at = CASE WHEN $9 THEN now() END,
+               lease_owner = NULL,
+               updated_at = now()
+           WHERE run_id = $1 AND position = $2 AND lease_token = $3"#,
+        lease.run_id,
+        lease.position,
+        lease.token,
+        state.as_str(),
+        reason,
+        after,
+        error,
+        code,
+        finished,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes the step at `position` of `run_id` due now (the workflow advanced to it).
+pub async fn make_due(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    position: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE steps SET state = 'pending', due_at = now(), updated_at = now()
+           WHERE run_id = $1 AND position = $2"#,
+        run_id,
+        position
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub position: i32,
+    pub name: String,
+    pub state: StepState,
+    pub wait_reason: Option<WaitReason>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub throttles: i32,
+    pub polls: i32,
+    pub last_error: Option<String>,
+    pub last_error_code: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+}
+
+impl Step {
+    /// When the step will be tried next, if it is waiting for that.
+    pub fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        match self.state {
+            StepState::Pending | StepState::Waiting => self.due_at,
+            _ => None,
+        }
+    }
+}
+
+struct StepRecord {
+    position: i32,
+    name: String,
+    state: String,
+    wait_reason: Option<String>,
+    due_at: Option<DateTime<Utc>>,
+    attempts: i32,
+    throttles: i32,
+    polls: i32,
+    last_error: Option<String>,
+    last_error_code: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    lease_owner: Option<String>,
+}
+
+impl TryFrom<StepRecord> for Step {
+    type Error = sqlx::Error;
+    fn try_from(r: StepRecord) -> Result<Self, sqlx::Error> {
+        Ok(Step {
+            state: decode("steps.state", &r.state, StepState::parse)?,
+            wait_reason: r
+                .wait_reason
+                .map(|w| decode("steps.wait_reason", &w, WaitReason::parse))
+                .transpose()?,
+            position: r.position,
+            name: r.name,
+            due_at: r.due_at,
+            attempts: r.attempts,
+            throttles: r.throttles,
+            polls: r.polls,
+            last_error: r.last_error,
+            last_error_code: r.last_error_code,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            lease_owner: r.lease_owner,
+        })
+    }
+}
+
+/// The steps of a run in order.
+pub async fn for_run(db: impl PgExecutor<'_>, run_id: Uuid) -> Result<Vec<Step>, sqlx::Error> {
+    sqlx::query_as!(
+        StepRecord,
+        r#"SELECT position, name, state, wait_reason, due_at, attempts, throttles, polls,
+                  last_error, last_error_code, started_at, finished_at, lease_owner
+           FROM steps WHERE run_id = $1 ORDER BY position"#,
+        run_id
+    )
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(Step::try_from)
+    .collect()
+}
+
+/// The steps of a run in order, locked for the rest of the transaction (operator actions: a claim in
+/// progress finishes first, and no claim can start until the action commits).
+pub async fn lock_for_run(conn: &mut PgConnection, run_id: Uuid) -> Result<Vec<Step>, sqlx::Error> {
+    sqlx::query_as!(
+        StepRecord,
+        r#"SELECT position, name, state, wait_reason, due_at, attempts, throttles, polls,
+                  last_error, last_error_code, started_at, finished_at, lease_owner
+           FROM steps WHERE run_id = $1 ORDER BY position FOR UPDATE"#,
+        run_id
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(Step::try_from)
+    .collect()
+}
+
+/// Operator `retry` of a failed step: a fresh attempt budget, due now.
+pub async fn reset_failed(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    position: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE steps SET state = 'pending', due_at = now(), attempts = 0, throttles = 0,
+                  wait_reason = NULL, finished_at = NULL, lease_owner = NULL, lease_token = NULL,
+                  updated_at = now()
+           WHERE run_id = $1 AND position = $2"#,
+        run_id,
+        position
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Operator `retry` of a waiting step: end its wait now.
+pub async fn due_now(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    position: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE steps SET due_at = now(), updated_at = now() WHERE run_id = $1 AND position = $2",
+        run_id,
+        position
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Operator `requeue`: every step from `position` on starts over; that step is due now. Clearing the
+/// lease token fences out any worker still holding one of these steps.
+pub async fn rewind(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    position: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE steps SET state = 'pending',
+                  due_at = CASE WHEN position = $2 THEN now() END,
+                  attempts = 0, throttles = 0, polls = 0, wait_reason = NULL,
+                  last_error = NULL, last_error_code = NULL,
+                  started_at = NULL, finished_at = NULL, lease_owner = NULL, lease_token = NULL,
+                  updated_at = now()
+           WHERE run_id = $1 AND position >= $2"#,
+        run_id,
+        position
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Step counts by state, and how many are due now but not yet claimed (the queue depth).
+pub async fn stats(db: impl PgExecutor<'_>) -> Result<(Vec<(String, i64)>, i64), sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT state, count(*) AS "n!",
+                  count(*) FILTER (WHERE state IN ('pending', 'waiting') AND due_at <= now()) AS "due!"
+           FROM steps GROUP BY state"#
+    )
+    .fetch_all(db)
+    .await?;
+    let due = rows.iter().map(|r| r.due).sum();
+    Ok((rows.into_iter().map(|r| (r.state, r.n)).collect(), due))
+}

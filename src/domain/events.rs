@@ -1,0 +1,29 @@
+//! Progress events: what receivers of webhooks and EventBridge see. Types are part of the contract.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    #[serde(rename = "tenant.created")]
+    TenantCreated,
+    #[serde(rename = "tenant.step.succeeded")]
+    StepSucceeded,
+    #[serde(rename = "tenant.step.failed")]
+    StepFailed,
+    #[serde(rename = "tenant.active")]
+    TenantActive,
+    #[serde(rename = "tenant.failed")]
+    TenantFailed,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::TenantCreated => "tenant.created",
+            EventType::StepSucceeded => "tenant.step.succeeded",
+            EventType::StepFailed => "tenant.step.failed",
+            EventType::TenantActive => "tenant.active",
+            EventType::TenantFailed => "tenant.failed",
+        }
+    }
+}

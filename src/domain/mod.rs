@@ -1,0 +1,16 @@
+//! The vocabulary of vend and its rules, in plain Rust without I/O.
+
+pub mod events;
+pub mod retry;
+pub mod step;
+pub mod tenant;
+pub mod workflow;
+
+pub use events::EventType;
+pub use retry::{Jitter, RetryPolicy};
+pub use step::{
+    Decision, ErrorClass, FailReason, StepError, StepOutcome, StepProgress, StepRules, StepState,
+    WaitReason, decide,
+};
+pub use tenant::{OwnerEmail, Signup, Slug, TenantName, TenantState, Tier, ValidationError};
+pub use workflow::{StepDef, Workflow, WorkflowError, Workflows};

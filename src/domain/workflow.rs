@@ -1,0 +1,385 @@
+//! Workflows: declarative step lists with a retry policy per step, loaded from `workflows/*.toml` and
+//! validated before anything runs. Which workflow a tier gets is declared there too, not in code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::retry::{Jitter, RetryPolicy};
+use super::step::StepRules;
+use super::tenant::Tier;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepDef {
+    pub name: String,
+    /// Which implementation runs the step (several steps may share a kind).
+    pub kind: String,
+    pub rules: StepRules,
+    /// The interval between polls for steps that wait on AWS, if the step polls.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    pub name: String,
+    pub tiers: Vec<Tier>,
+    pub steps: Vec<StepDef>,
+}
+
+impl Workflow {
+    pub fn step(&self, name: &str) -> Option<(usize, &StepDef)> {
+        self.steps.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+}
+
+/// Every workflow, and which one each tier gets.
+#[derive(Debug, Clone)]
+pub struct Workflows {
+    by_name: BTreeMap<String, Workflow>,
+    by_tier: BTreeMap<&'static str, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("cannot read workflow directory {}", path.display())]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read workflow file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workflow file {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("workflows: {0}")]
+    Set(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowFile {
+    name: String,
+    tiers: Vec<String>,
+    #[serde(default)]
+    defaults: Defaults,
+    steps: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    #[serde(default)]
+    retry: RetryFile,
+    poll_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    name: String,
+    kind: Option<String>,
+    poll_interval: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    retry: RetryFile,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    initial_interval: Option<String>,
+    backoff_coefficient: Option<f64>,
+    maximum_interval: Option<String>,
+    maximum_attempts: Option<u32>,
+    jitter: Option<Jitter>,
+    non_retryable_errors: Option<Vec<String>>,
+}
+
+impl RetryFile {
+    /// `self` over `base`, field by field.
+    fn over(&self, base: &RetryPolicy) -> Result<RetryPolicy, String> {
+        Ok(RetryPolicy {
+            initial_interval: opt_duration(&self.initial_interval, "initial_interval")?
+                .unwrap_or(base.initial_interval),
+            backoff_coefficient: self.backoff_coefficient.unwrap_or(base.backoff_coefficient),
+            maximum_interval: opt_duration(&self.maximum_interval, "maximum_interval")?
+                .unwrap_or(base.maximum_interval),
+            maximum_attempts: self.maximum_attempts.unwrap_or(base.maximum_attempts),
+            jitter: self.jitter.unwrap_or(base.jitter),
+            non_retryable_errors: self
+                .non_retryable_errors
+                .clone()
+                .unwrap_or_else(|| base.non_retryable_errors.clone()),
+        })
+    }
+}
+
+fn opt_duration(s: &Option<String>, field: &str) -> Result<Option<Duration>, String> {
+    s.as_deref()
+        .map(|s| {
+            humantime::parse_duration(s).map_err(|e| {
+                format!("{field} = {s:?} is not a duration like \"5s\" or \"2m\": {e}")
+            })
+        })
+        .transpose()
+}
+
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Workflow {
+    /// Parses one workflow file. `known_kinds` are the step implementations this binary has.
+    pub fn parse(text: &str, known_kinds: &BTreeSet<String>) -> Result<Self, String> {
+        let file: WorkflowFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        let tiers = file
+            .tiers
+            .iter()
+            .map(|t| Tier::parse(t).map_err(|e| format!("tiers: {t:?} {}", e.message)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if file.steps.is_empty() {
+            return Err("a workflow needs at least one step".into());
+        }
+        let base = file.defaults.retry.over(&RetryPolicy::default())?;
+        base.validate()
+            .map_err(|e| format!("defaults.retry: {e}"))?;
+        let default_poll = opt_duration(&file.defaults.poll_interval, "defaults.poll_interval")?
+            .unwrap_or(DEFAULT_POLL_INTERVAL);
+
+        let mut seen = BTreeSet::new();
+        let mut steps = Vec::with_capacity(file.steps.len());
+        for s in &file.steps {
+            let at = |m: String| format!("step {:?}: {m}", s.name);
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            {
+                return Err(at("a step name is lowercase letters, digits and '_'".into()));
+            }
+            if !seen.insert(s.name.clone()) {
+                return Err(at("appears twice".into()));
+            }
+            let kind = s.kind.clone().unwrap_or_else(|| s.name.clone());
+            if !known_kinds.contains(&kind) {
+                let known: Vec<&str> = known_kinds.iter().map(String::as_str).collect();
+                return Err(at(format!(
+                    "unknown step kind {kind:?} (known: {})",
+                    known.join(", ")
+                )));
+            }
+            let retry = s.retry.over(&base).map_err(&at)?;
+            retry.validate().map_err(|e| at(format!("retry: {e}")))?;
+            let timeout = opt_duration(&s.timeout, "timeout").map_err(&at)?;
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(at("timeout must be greater than zero".into()));
+            }
+            let poll_interval = opt_duration(&s.poll_interval, "poll_interval")
+                .map_err(&at)?
+                .unwrap_or(default_poll);
+            if poll_interval.is_zero() {
+                return Err(at("poll_interval must be greater than zero".into()));
+            }
+            steps.push(StepDef {
+                name: s.name.clone(),
+                kind,
+                rules: StepRules { retry, timeout },
+                poll_interval,
+            });
+        }
+        Ok(Self {
+            name: file.name,
+            tiers,
+            steps,
+        })
+    }
+}
+
+impl Workflows {
+    /// Builds the set and checks that every tier maps to exactly one workflow.
+    pub fn new(workflows: Vec<Workflow>) -> Result<Self, WorkflowError> {
+        let mut by_name = BTreeMap::new();
+        let mut by_tier: BTreeMap<&'static str, String> = BTreeMap::new();
+        for w in workflows {
+            for t in &w.tiers {
+                if let Some(other) = by_tier.insert(t.as_str(), w.name.clone()) {
+                    return Err(WorkflowError::Set(format!(
+                        "tier {} is claimed by both {other:?} and {:?}",
+                        t.as_str(),
+                        w.name
+                    )));
+                }
+            }
+            let name = w.name.clone();
+            if by_name.insert(name.clone(), w).is_some() {
+                return Err(WorkflowError::Set(format!(
+                    "two workflows are named {name:?}"
+                )));
+            }
+        }
+        for t in Tier::ALL {
+            if !by_tier.contains_key(t.as_str()) {
+                return Err(WorkflowError::Set(format!(
+                    "no workflow serves tier {}",
+                    t.as_str()
+                )));
+            }
+        }
+        Ok(Self { by_name, by_tier })
+    }
+
+    /// Loads every `*.toml` in `dir`.
+    pub fn load_dir(dir: &Path, known_kinds: &BTreeSet<String>) -> Result<Self, WorkflowError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| WorkflowError::ReadDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let mut workflows = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|source| WorkflowError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let w =
+                Workflow::parse(&text, known_kinds).map_err(|message| WorkflowError::Invalid {
+                    path: path.clone(),
+                    message,
+                })?;
+            workflows.push(w);
+        }
+        Self::new(workflows)
+    }
+
+    pub fn for_tier(&self, tier: Tier) -> &Workflow {
+        let name = &self.by_tier[tier.as_str()];
+        &self.by_name[name]
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Workflow> {
+        self.by_name.get(name)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Workflow> {
+        self.by_name.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds() -> BTreeSet<String> {
+        ["a", "b"].iter().map(|s| s.to_string()).collect()
+    }
+
+    const GOOD: &str = r#"
+        name = "w"
+        tiers = ["free", "pro", "enterprise"]
+        [defaults.retry]
+        initial_interval = "2s"
+        maximum_attempts = 4
+        [[steps]]
+        name = "a"
+        [[steps]]
+        name = "second"
+        kind = "b"
+        timeout = "1h"
+        poll_interval = "15s"
+        [steps.retry]
+        maximum_attempts = 9
+        non_retryable_errors = ["X"]
+    "#;
+
+    #[test]
+    fn parses_steps_with_defaults_and_overrides() {
+        let w = Workflow::parse(GOOD, &kinds()).unwrap();
+        assert_eq!(w.steps.len(), 2);
+        assert_eq!(w.steps[0].kind, "a");
+        assert_eq!(w.steps[0].rules.retry.maximum_attempts, 4);
+        assert_eq!(
+            w.steps[0].rules.retry.initial_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(w.steps[1].kind, "b");
+        assert_eq!(w.steps[1].rules.retry.maximum_attempts, 9);
+        assert_eq!(
+            w.steps[1].rules.retry.initial_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(w.steps[1].rules.timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(w.steps[1].poll_interval, Duration::from_secs(15));
+        assert_eq!(w.steps[1].rules.retry.non_retryable_errors, vec!["X"]);
+    }
+
+    #[test]
+    fn unknown_kind_is_named() {
+        let e =
+            Workflow::parse(&GOOD.replace("kind = \"b\"", "kind = \"zz\""), &kinds()).unwrap_err();
+        assert!(e.contains("unknown step kind \"zz\""), "{e}");
+        assert!(e.contains("second"), "{e}");
+    }
+
+    #[test]
+    fn bad_policy_is_named() {
+        let e = Workflow::parse(
+            &GOOD.replace("maximum_attempts = 9", "maximum_attempts = 0"),
+            &kinds(),
+        )
+        .unwrap_err();
+        assert!(e.contains("maximum_attempts"), "{e}");
+        let e = Workflow::parse(&GOOD.replace("\"1h\"", "\"soon\""), &kinds()).unwrap_err();
+        assert!(e.contains("timeout"), "{e}");
+        let e = Workflow::parse(&format!("{GOOD}\nsurprise = 1"), &kinds()).unwrap_err();
+        assert!(e.contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn every_tier_needs_exactly_one_workflow() {
+        let w = Workflow::parse(GOOD, &kinds()).unwrap();
+        assert!(Workflows::new(vec![w.clone()]).is_ok());
+        let mut partial = w.clone();
+        partial.tiers = vec![Tier::Free];
+        let e = Workflows::new(vec![partial]).unwrap_err().to_string();
+        assert!(e.contains("no workflow serves tier pro"), "{e}");
+        let mut other = w.clone();
+        other.name = "w2".into();
+        let e = Workflows::new(vec![w, other]).unwrap_err().to_string();
+        assert!(e.contains("claimed by both"), "{e}");
+    }
+
+    #[test]
+    fn shipped_workflows_are_valid() {
+        let kinds: BTreeSet<String> = crate::steps::SILO_KINDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
+        let ws = Workflows::load_dir(&dir, &kinds).unwrap();
+        let silo = ws.for_tier(Tier::Enterprise);
+        let names: Vec<&str> = silo.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "create_account",
+                "await_account",
+                "move_account",
+                "bootstrap_baseline",
+                "deploy_stack",
+                "map_domain"
+            ]
+        );
+    }
+}

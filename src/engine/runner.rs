@@ -1,0 +1,456 @@
+//! Runs one claimed step attempt: the step body under a heartbeat, then [`decide`], then one fenced
+//! transaction with the step's new state, the next step, the tenant's state, history and outbox rows.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use serde_json::{Map, Value, json};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::db;
+use crate::db::history::NewEntry;
+use crate::db::steps::{Claim, StepUpdate};
+use crate::domain::{
+    Decision, EventType, FailReason, StepDef, StepError, StepOutcome, StepProgress, TenantState,
+    WaitReason, Workflow, decide,
+};
+
+use super::Engine;
+use super::step::{StepContext, TenantInfo};
+
+/// How one attempt ended from the engine's point of view.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    Committed(Decision),
+    /// Another worker holds the step now; nothing was written.
+    LeaseLost,
+    /// The outcome could not be written; the lease will expire and the step run again.
+    NotCommitted,
+}
+
+impl Engine {
+    pub(crate) async fn run_claim(self: Arc<Self>, claim: Claim) -> Finished {
+        let span = info_span!(
+            "step",
+            tenant.slug = %claim.slug,
+            step = %claim.step,
+            attempt = claim.attempts,
+            lease = claim.lease_token,
+        );
+        async move {
+            let latency = (claim.claimed_at - claim.was_due)
+                .to_std()
+                .unwrap_or_default();
+            self.metrics.claim_latency.observe(latency.as_secs_f64());
+            if let Some(prev) = &claim.took_over_from {
+                warn!(previous_owner = %prev, "took over a step whose lease expired");
+            }
+            let found = self
+                .workflows
+                .get(&claim.workflow)
+                .and_then(|w| w.step(&claim.step).map(|(_, def)| (w, def)));
+            let Some((workflow, def)) = found else {
+                // A workflow file changed under a running tenant: stop it visibly, ops requeue.
+                let error = StepError::permanent(
+                    "UnknownStep",
+                    format!(
+                        "step {:?} is not in workflow {:?} any more",
+                        claim.step, claim.workflow
+                    ),
+                );
+                let d = Decision::Fail {
+                    error,
+                    reason: FailReason::NonRetryable,
+                };
+                return self.commit(&claim, None, &d, Map::new(), &Map::new()).await;
+            };
+            let started = Instant::now();
+            let (outcome, patch, resources) = match self.execute(&claim, def).await {
+                Ok(done) => done,
+                Err(finished) => return finished,
+            };
+            self.metrics
+                .step_duration
+                .observe(started.elapsed().as_secs_f64());
+            let progress = StepProgress {
+                attempts: claim.attempts.max(1) as u32,
+                throttles: claim.throttles.max(0) as u32,
+                elapsed: (claim.claimed_at - claim.started_at)
+                    .to_std()
+                    .unwrap_or_default(),
+            };
+            let decision = decide(&def.rules, progress, outcome, rand::random::<f64>());
+            self.commit(&claim, Some(workflow), &decision, patch, &resources)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs the step body while heartbeating its lease. `Err` means the lease was lost: the body was
+    /// dropped mid-flight and nothing may be written.
+    async fn execute(
+        &self,
+        claim: &Claim,
+        def: &StepDef,
+    ) -> Result<(StepOutcome, Map<String, Value>, Map<String, Value>), Finished> {
+        let Some(step) = self.registry.get(&def.kind) else {
+            let e = StepError::permanent(
+                "NotImplemented",
+                format!(
+                    "no implementation of step kind {:?} in this build",
+                    def.kind
+                ),
+            );
+            return Ok((StepOutcome::Failed(e), Map::new(), Map::new()));
+        };
+        let mut ctx = StepContext::new(
+            TenantInfo {
+                id: claim.tenant_id,
+                slug: claim.slug.clone(),
+                name: claim.name.clone(),
+                owner_email: claim.owner_email.clone(),
+                tier: claim.tier,
+            },
+            claim.step.clone(),
+            claim.attempts.max(1) as u32,
+            def.poll_interval,
+            claim.resources.clone(),
+            self.pool.clone(),
+            claim.lease(),
+        );
+        let body = AssertUnwindSafe(step.run(&mut ctx)).catch_unwind();
+        let outcome = tokio::select! {
+            r = body => r.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                StepOutcome::Failed(StepError::transient("StepPanicked", format!("the step panicked: {what}")))
+            }),
+            () = self.hold_lease(claim) => {
+                self.metrics.lease_lost.inc();
+                warn!("lease lost during the attempt; abandoning it");
+                return Err(Finished::LeaseLost);
+            }
+        };
+        let patch = ctx.take_patch();
+        Ok((outcome, patch, ctx.resources().clone()))
+    }
+
+    /// Heartbeats until the lease is lost (returns) or forever. Database errors do not count as a lost
+    /// lease: the lease may still be ours, and the commit's fence decides.
+    async fn hold_lease(&self, claim: &Claim) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match db::steps::heartbeat(&self.pool, claim.lease(), self.config.lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Writes the decision, retrying database errors for as long as the lease would still be ours.
+    async fn commit(
+        &self,
+        claim: &Claim,
+        workflow: Option<&Workflow>,
+        decision: &Decision,
+        patch: Map<String, Value>,
+        resources: &Map<String, Value>,
+    ) -> Finished {
+        let deadline = Instant::now() + self.config.lease;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .try_commit(claim, workflow, decision, &patch, resources)
+                .await
+            {
+                Ok(true) => {
+                    self.record_metrics(claim, decision);
+                    log_decision(decision);
+                    return Finished::Committed(decision.clone());
+                }
+                Ok(false) => {
+                    self.metrics.lease_lost.inc();
+                    warn!(
+                        "lease lost before the outcome was written; another worker owns the step"
+                    );
+                    return Finished::LeaseLost;
+                }
+                Err(e) if Instant::now() + delay < deadline => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not write the step outcome");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    warn!(error = %e, "giving up writing the step outcome; the step will run again when its lease expires");
+                    return Finished::NotCommitted;
+                }
+            }
+        }
+    }
+
+    fn record_metrics(&self, claim: &Claim, decision: &Decision) {
+        let outcome = match decision {
+            Decision::Succeed => "succeeded",
+            Decision::Wait {
+                reason: WaitReason::Poll,
+                ..
+            } => "waiting",
+            Decision::Wait {
+                reason: WaitReason::Backoff,
+                ..
+            } => "backoff",
+            Decision::Wait {
+                reason: WaitReason::Throttle,
+                ..
+            } => {
+                self.metrics
+                    .step_throttles
+                    .get_or_create(&crate::telemetry::StepLabels {
+                        step: claim.step.clone(),
+                        outcome: "throttled".into(),
+                    })
+                    .inc();
+                "throttled"
+            }
+            Decision::Fail { .. } => "failed",
+        };
+        self.metrics.step(&claim.step, outcome);
+    }
+
+    /// One transaction; `Ok(false)` if the lease was lost (nothing written).
+    async fn try_commit(
+        &self,
+        claim: &Claim,
+        workflow: Option<&Workflow>,
+        decision: &Decision,
+        patch: &Map<String, Value>,
+        resources: &Map<String, Value>,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let lease = claim.lease();
+        if !db::steps::fence(&mut tx, lease).await? {
+            return Ok(false);
+        }
+        if !patch.is_empty() {
+            db::tenants::merge_resources(&mut tx, claim.tenant_id, &Value::Object(patch.clone()))
+                .await?;
+        }
+        let worker = self.config.worker_id.as_str();
+        let entry = |kind, message, detail| step_entry(claim, worker, kind, message, detail);
+        let mut notify_outbox = false;
+        match decision {
+            Decision::Succeed => {
+                db::steps::update_after_attempt(&mut tx, lease, &StepUpdate::Succeeded).await?;
+                db::history::append(
+                    &mut *tx,
+                    claim.tenant_id,
+                    &entry("step.succeeded", "step succeeded", None),
+                )
+                .await?;
+                let next = claim.position + 1;
+                let is_last = workflow.is_none_or(|w| next as usize >= w.steps.len());
+                let tenant_state = if is_last {
+                    TenantState::Active
+                } else {
+                    TenantState::Provisioning
+                };
+                let payload = event_payload(claim, resources, tenant_state, "succeeded", None);
+                db::outbox::insert_event(
+                    &mut tx,
+                    claim.tenant_id,
+                    EventType::StepSucceeded,
+                    &payload,
+                )
+                .await?;
+                if is_last {
+                    db::tenants::set_run_state(&mut tx, claim.run_id, "succeeded").await?;
+                    db::tenants::set_state(&mut tx, claim.tenant_id, TenantState::Active).await?;
+                    db::history::append(
+                        &mut *tx,
+                        claim.tenant_id,
+                        &NewEntry {
+                            kind: "tenant.state",
+                            message: "provisioning → active",
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                    db::outbox::insert_event(
+                        &mut tx,
+                        claim.tenant_id,
+                        EventType::TenantActive,
+                        &payload,
+                    )
+                    .await?;
+                } else {
+                    db::steps::make_due(&mut tx, claim.run_id, next).await?;
+                    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+                }
+                notify_outbox = true;
+            }
+            Decision::Wait {
+                after,
+                reason,
+                error,
+                note,
+            } => {
+                let update = StepUpdate::Waiting {
+                    reason: *reason,
+                    after: *after,
+                    error_code: error.as_ref().map(|e| e.code.as_str()),
+                    error: error.as_ref().map(|e| e.message.as_str()),
+                };
+                db::steps::update_after_attempt(&mut tx, lease, &update).await?;
+                let kind = match reason {
+                    WaitReason::Poll => "step.waiting",
+                    WaitReason::Backoff => "step.backoff",
+                    WaitReason::Throttle => "step.throttled",
+                };
+                let detail = error.as_ref().map(|e| {
+                    json!({"error": {"class": e.class.as_str(), "code": e.code, "message": e.message},
+                           "retry_in_ms": after.as_millis() as u64})
+                });
+                let detail =
+                    detail.or_else(|| Some(json!({"retry_in_ms": after.as_millis() as u64})));
+                let message = match error {
+                    Some(e) => format!("{note}: {}", e.display()),
+                    None => note.clone(),
+                };
+                db::history::append(&mut *tx, claim.tenant_id, &entry(kind, &message, detail))
+                    .await?;
+            }
+            Decision::Fail { error, reason } => {
+                let update = StepUpdate::Failed {
+                    error_code: &error.code,
+                    error: &error.message,
+                };
+                db::steps::update_after_attempt(&mut tx, lease, &update).await?;
+                let why = match reason {
+                    FailReason::NonRetryable => "step failed",
+                    FailReason::AttemptsExhausted => "step failed: attempts exhausted",
+                    FailReason::TimedOut => "step failed: timed out",
+                };
+                let message = format!("{why}: {}", error.display());
+                let detail = json!({"error": {"class": error.class.as_str(), "code": error.code, "message": error.message}});
+                db::history::append(
+                    &mut *tx,
+                    claim.tenant_id,
+                    &entry("step.failed", &message, Some(detail)),
+                )
+                .await?;
+                db::tenants::set_run_state(&mut tx, claim.run_id, "failed").await?;
+                db::tenants::set_state(&mut tx, claim.tenant_id, TenantState::Failed).await?;
+                db::history::append(
+                    &mut *tx,
+                    claim.tenant_id,
+                    &NewEntry {
+                        kind: "tenant.state",
+                        message: "provisioning → failed",
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let payload =
+                    event_payload(claim, resources, TenantState::Failed, "failed", Some(error));
+                db::outbox::insert_event(&mut tx, claim.tenant_id, EventType::StepFailed, &payload)
+                    .await?;
+                db::outbox::insert_event(
+                    &mut tx,
+                    claim.tenant_id,
+                    EventType::TenantFailed,
+                    &payload,
+                )
+                .await?;
+                notify_outbox = true;
+            }
+        }
+        if notify_outbox {
+            db::notify(&mut tx, db::OUTBOX_CHANNEL).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+fn step_entry<'a>(
+    claim: &'a Claim,
+    worker: &'a str,
+    kind: &'a str,
+    message: &'a str,
+    detail: Option<Value>,
+) -> NewEntry<'a> {
+    NewEntry {
+        kind,
+        step: Some(&claim.step),
+        attempt: Some(claim.attempts),
+        lease_token: Some(claim.lease_token),
+        actor: Some(worker),
+        message,
+        detail,
+    }
+}
+
+fn log_decision(decision: &Decision) {
+    match decision {
+        Decision::Succeed => info!("step succeeded"),
+        Decision::Wait {
+            after,
+            reason: WaitReason::Poll,
+            note,
+            ..
+        } => {
+            info!(wait_ms = after.as_millis() as u64, note = %note, "step waiting")
+        }
+        Decision::Wait {
+            after,
+            reason,
+            error,
+            ..
+        } => warn!(
+            wait_ms = after.as_millis() as u64,
+            reason = reason.as_str(),
+            error.code = error.as_ref().map(|e| e.code.as_str()).unwrap_or(""),
+            error.message = error.as_ref().map(|e| e.message.as_str()).unwrap_or(""),
+            "step will retry"
+        ),
+        Decision::Fail { error, .. } => warn!(
+            error.code = %error.code,
+            error.message = %error.message,
+            "step failed"
+        ),
+    }
+}
+
+/// The body of a progress event: the tenant as it is after the transition, and the step.
+pub(crate) fn event_payload(
+    claim: &Claim,
+    resources: &Map<String, Value>,
+    tenant_state: TenantState,
+    step_state: &str,
+    error: Option<&StepError>,
+) -> Value {
+    json!({
+        "tenant": {
+            "slug": claim.slug,
+            "name": claim.name,
+            "tier": claim.tier,
+            "state": tenant_state,
+            "account_id": resources.get("account_id"),
+            "endpoint": resources.get("endpoint"),
+        },
+        "step": {
+            "name": claim.step,
+            "state": step_state,
+            "attempts": claim.attempts,
+            "error": error.map(|e| json!({"code": e.code, "message": e.message})),
+        },
+    })
+}

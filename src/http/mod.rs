@@ -1,0 +1,197 @@
+//! HTTP: the signup webhook, the ops API and health. The router and the OpenAPI document are built from
+//! the same annotated handlers, so they cannot drift apart.
+
+pub mod error;
+pub mod ops;
+pub mod signup;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::OpsTokens;
+use crate::domain::Workflows;
+use crate::standard_webhooks::Secret;
+use crate::telemetry::Metrics;
+
+use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub workflows: Arc<Workflows>,
+    pub signup_secret: Secret,
+    pub ops_tokens: OpsTokens,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vend",
+        description = "Account-vending control plane: signup webhook, ops API and health."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "signup", description = "The signed signup webhook from the SaaS frontend"),
+        (name = "ops", description = "Operators: bearer token VEND_OPS_TOKEN"),
+        (name = "health", description = "Unauthenticated probes"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Routes that need the ops token.
+fn ops_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ops::list_tenants))
+        .routes(routes!(ops::show_tenant))
+        .routes(routes!(ops::tenant_history))
+        .routes(routes!(ops::retry_tenant))
+        .routes(routes!(ops::requeue_tenant))
+        .routes(routes!(ops::list_deliveries))
+        .routes(routes!(ops::metrics))
+}
+
+/// Routes that authenticate otherwise (the signup signature) or not at all (probes).
+fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup::signup))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .merge(ops_routes())
+        .merge(open_routes())
+        .into_openapi()
+}
+
+/// Paths (OpenAPI form, e.g. `/v1/tenants/{slug}`) that must answer 401 without the ops token: every
+/// route but the probes and the signed signup webhook. Derived from the router, so a new route cannot
+/// be missed.
+pub fn protected_paths() -> Vec<(String, Vec<String>)> {
+    let mut router = ops_routes();
+    let doc = router.to_openapi();
+    let mut out: Vec<(String, Vec<String>)> = doc
+        .paths
+        .paths
+        .iter()
+        .map(|(path, item)| {
+            let mut methods = Vec::new();
+            if item.get.is_some() {
+                methods.push("GET".to_owned());
+            }
+            if item.post.is_some() {
+                methods.push("POST".to_owned());
+            }
+            if item.put.is_some() {
+                methods.push("PUT".to_owned());
+            }
+            if item.delete.is_some() {
+                methods.push("DELETE".to_owned());
+            }
+            (path.clone(), methods)
+        })
+        .collect();
+    out.push(("/openapi.json".into(), vec!["GET".into()]));
+    out
+}
+
+pub fn router(state: AppState) -> Router {
+    let doc = Arc::new(openapi());
+    let (ops, _) = ops_routes()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_ops_token,
+        ))
+        .split_for_parts();
+    let (open, _) = open_routes().split_for_parts();
+    Router::new()
+        .merge(ops)
+        .merge(open)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn(json_errors))
+        .layer(DefaultBodyLimit::max(signup::MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+        }))
+        .with_state(state)
+}
+
+async fn require_ops_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t) if state.ops_tokens.accepts(t) => next.run(req).await,
+        Some(_) => ApiError::unauthorized("invalid bearer token").into_response(),
+        None => {
+            ApiError::unauthorized("missing bearer token (Authorization: Bearer <VEND_OPS_TOKEN>)")
+                .into_response()
+        }
+    }
+}
+
+/// Errors produced below the handlers (405, timeouts) come without a body; give them the JSON shape
+/// every other error has.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if (status.is_client_error() || status.is_server_error())
+        && !resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        let (code, message) = match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ("method_not_allowed", "method not allowed on this route")
+            }
+            StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the body is too large"),
+            _ => ("error", "request failed"),
+        };
+        let mut new = ApiError::new(status, code, message).into_response();
+        if let Some(allow) = resp.headers().get(header::ALLOW) {
+            new.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return new;
+    }
+    resp
+}

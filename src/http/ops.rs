@@ -1,0 +1,468 @@
+//! The ops API: tenants, their history, retry and requeue, deliveries, metrics.
+
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::db;
+use crate::db::history::NewEntry;
+use crate::domain::{StepState, TenantState};
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::views::*;
+
+/// `Json` whose rejections are [`ApiError`]s (JSON bodies, right status codes).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `Query` whose rejections are [`ApiError`]s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only tenants in this state.
+    pub state: Option<String>,
+    /// Page size, 1 to 500; default 50.
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List tenants, newest first.
+#[utoipa::path(
+    get, path = "/v1/tenants", tag = "ops",
+    params(ListParams),
+    responses(
+        (status = 200, body = TenantPage),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> Result<Json<TenantPage>, ApiError> {
+    let filter = p
+        .state
+        .as_deref()
+        .map(|s| {
+            TenantState::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_state",
+                    "state must be one of pending, provisioning, active, failed, offboarding, closed",
+                )
+            })
+        })
+        .transpose()?;
+    let limit = match p.limit.as_deref() {
+        None => 50,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "limit must be a number from 1 to 500")
+            })?,
+    };
+    let before = p
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
+            })
+        })
+        .transpose()?;
+    // One more than asked tells whether another page exists without a count query.
+    let mut tenants = db::tenants::list(&state.pool, filter, before, limit + 1).await?;
+    let next_cursor = if tenants.len() as i64 > limit {
+        tenants.truncate(limit as usize);
+        tenants.last().map(|t| t.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(TenantPage {
+        tenants: tenants.iter().map(TenantView::from).collect(),
+        next_cursor,
+    }))
+}
+
+async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail, ApiError> {
+    let tenant = db::tenants::by_slug(&state.pool, slug)
+        .await?
+        .ok_or_else(|| no_tenant(slug))?;
+    let steps = match db::tenants::current_run(&state.pool, tenant.id).await? {
+        Some(run) => db::steps::for_run(&state.pool, run.id).await?,
+        None => Vec::new(),
+    };
+    Ok(TenantDetail {
+        tenant: TenantView::from(&tenant),
+        steps: steps.iter().map(StepView::from).collect(),
+        resources: tenant.resources.clone(),
+    })
+}
+
+fn no_tenant(slug: &str) -> ApiError {
+    ApiError::not_found(format!("no tenant {slug:?}"))
+}
+
+/// One tenant with the state of every step of its workflow.
+#[utoipa::path(
+    get, path = "/v1/tenants/{slug}", tag = "ops",
+    params(("slug" = String, Path)),
+    responses((status = 200, body = TenantDetail), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn show_tenant(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<TenantDetail>, ApiError> {
+    Ok(Json(detail(&state, &slug).await?))
+}
+
+/// Every transition, attempt, error and operator action, oldest first.
+#[utoipa::path(
+    get, path = "/v1/tenants/{slug}/history", tag = "ops",
+    params(("slug" = String, Path)),
+    responses((status = 200, body = HistoryView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn tenant_history(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<HistoryView>, ApiError> {
+    let tenant = db::tenants::by_slug(&state.pool, &slug)
+        .await?
+        .ok_or_else(|| no_tenant(&slug))?;
+    let history = db::history::for_tenant(&state.pool, tenant.id).await?;
+    Ok(Json(HistoryView {
+        slug: tenant.slug,
+        history: history.into_iter().map(HistoryEntryView::from).collect(),
+    }))
+}
+
+/// Who did it, for the history: `ops` plus the name the client gives in `x-vend-actor`.
+fn actor(headers: &HeaderMap) -> String {
+    let given: String = headers
+        .get("x-vend-actor")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    if given.is_empty() {
+        "ops".into()
+    } else {
+        format!("ops:{given}")
+    }
+}
+
+/// Run the failed or backing-off step now. A failed step gets a fresh attempt budget.
+#[utoipa::path(
+    post, path = "/v1/tenants/{slug}/retry", tag = "ops",
+    params(("slug" = String, Path)),
+    responses(
+        (status = 200, description = "The step is due now", body = TenantDetail),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Nothing to retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn retry_tenant(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<TenantDetail>, ApiError> {
+    let who = actor(&headers);
+    let mut tx = state.pool.begin().await?;
+    let tenant = db::tenants::lock_by_slug(&mut tx, &slug)
+        .await?
+        .ok_or_else(|| no_tenant(&slug))?;
+    let run = db::tenants::current_run(&mut *tx, tenant.id)
+        .await?
+        .ok_or_else(|| ApiError::conflict("nothing_to_retry", "the tenant has no run"))?;
+    let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
+    let (step, message) = if let Some(s) = steps.iter().find(|s| s.state == StepState::Failed) {
+        db::steps::reset_failed(&mut tx, run.id, s.position).await?;
+        db::tenants::set_run_state(&mut tx, run.id, "running").await?;
+        db::tenants::set_state(&mut tx, tenant.id, TenantState::Provisioning).await?;
+        (
+            s,
+            format!(
+                "retry of failed step {} requested; tenant failed → provisioning",
+                s.name
+            ),
+        )
+    } else if let Some(s) = steps.iter().find(|s| s.state == StepState::Waiting) {
+        db::steps::due_now(&mut tx, run.id, s.position).await?;
+        (s, format!("waiting step {} made due now", s.name))
+    } else {
+        return Err(ApiError::conflict(
+            "nothing_to_retry",
+            "no step is failed or waiting",
+        ));
+    };
+    db::history::append(
+        &mut *tx,
+        tenant.id,
+        &NewEntry {
+            kind: "operator.retry",
+            step: Some(&step.name),
+            actor: Some(&who),
+            message: &message,
+            ..Default::default()
+        },
+    )
+    .await?;
+    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+    tx.commit().await?;
+    tracing::info!(tenant.slug = %slug, step = %step.name, actor = %who, "operator retry");
+    Ok(Json(detail(&state, &slug).await?))
+}
+
+/// Rewind the tenant to a step of its workflow and run from there.
+#[utoipa::path(
+    post, path = "/v1/tenants/{slug}/requeue", tag = "ops",
+    params(("slug" = String, Path)),
+    request_body = RequeueRequest,
+    responses(
+        (status = 200, description = "Rewound; the step is due now", body = TenantDetail),
+        (status = 400, description = "Not a step of the tenant's workflow", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "A step is running, or an earlier step has not succeeded", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn requeue_tenant(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<RequeueRequest>,
+) -> Result<Json<TenantDetail>, ApiError> {
+    let who = actor(&headers);
+    let mut tx = state.pool.begin().await?;
+    let tenant = db::tenants::lock_by_slug(&mut tx, &slug)
+        .await?
+        .ok_or_else(|| no_tenant(&slug))?;
+    let workflow = state.workflows.get(&tenant.workflow).ok_or_else(|| {
+        ApiError::conflict(
+            "unknown_workflow",
+            format!("workflow {:?} is not loaded", tenant.workflow),
+        )
+    })?;
+    let Some((position, _)) = workflow.step(&req.from_step) else {
+        let names: Vec<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
+        return Err(ApiError::bad_request(
+            "unknown_step",
+            format!(
+                "{:?} is not a step of workflow {} (steps: {})",
+                req.from_step,
+                workflow.name,
+                names.join(", ")
+            ),
+        ));
+    };
+    let run = db::tenants::current_run(&mut *tx, tenant.id)
+        .await?
+        .ok_or_else(|| ApiError::conflict("no_run", "the tenant has no run"))?;
+    let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
+    let now = chrono::Utc::now();
+    if let Some(s) = steps
+        .iter()
+        .find(|s| s.state == StepState::Running && s.due_at.is_some_and(|d| d > now))
+    {
+        return Err(ApiError::conflict(
+            "step_running",
+            format!("step {} is running; requeue when it has finished", s.name),
+        ));
+    }
+    if let Some(s) = steps
+        .iter()
+        .find(|s| (s.position as usize) < position && s.state != StepState::Succeeded)
+    {
+        return Err(ApiError::conflict(
+            "earlier_step_not_done",
+            format!(
+                "step {} comes before {} and has not succeeded; requeue from it instead",
+                s.name, req.from_step
+            ),
+        ));
+    }
+    db::steps::rewind(&mut tx, run.id, position as i32).await?;
+    db::tenants::set_run_state(&mut tx, run.id, "running").await?;
+    db::tenants::set_state(&mut tx, tenant.id, TenantState::Provisioning).await?;
+    db::history::append(
+        &mut *tx,
+        tenant.id,
+        &NewEntry {
+            kind: "operator.requeue",
+            step: Some(&req.from_step),
+            actor: Some(&who),
+            message: &format!(
+                "requeued from {} (was {})",
+                req.from_step,
+                tenant.state.as_str()
+            ),
+            detail: Some(json!({"from_step": req.from_step})),
+            ..Default::default()
+        },
+    )
+    .await?;
+    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+    tx.commit().await?;
+    tracing::info!(tenant.slug = %slug, from_step = %req.from_step, actor = %who, "operator requeue");
+    Ok(Json(detail(&state, &slug).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryParams {
+    /// `pending`, `delivered`, `failed` or `disabled`.
+    pub state: Option<String>,
+    /// Only this tenant's events.
+    pub tenant: Option<String>,
+    /// 1 to 500; default 100.
+    pub limit: Option<String>,
+}
+
+/// Progress event deliveries, newest first: where each event stands with each endpoint.
+#[utoipa::path(
+    get, path = "/v1/deliveries", tag = "ops",
+    params(DeliveryParams),
+    responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<DeliveryParams>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    if let Some(s) = &p.state
+        && !["pending", "delivered", "failed", "disabled"].contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_state",
+            "state must be one of pending, delivered, failed, disabled",
+        ));
+    }
+    let limit = match p.limit.as_deref() {
+        None => 100,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "limit must be a number from 1 to 500")
+            })?,
+    };
+    let rows =
+        db::outbox::list_deliveries(&state.pool, p.state.as_deref(), p.tenant.as_deref(), limit)
+            .await?;
+    Ok(Json(DeliveryPage {
+        deliveries: rows
+            .into_iter()
+            .map(|d| DeliveryView {
+                webhook_id: crate::engine::dispatcher::webhook_id(d.event_id),
+                event_id: d.event_id.to_string(),
+                event_type: d.event_type,
+                tenant: d.slug,
+                endpoint: d.endpoint_id,
+                state: d.state,
+                attempts: d.attempts,
+                next_attempt_at: d.next_attempt_at,
+                last_status: d.last_status,
+                last_error: d.last_error,
+                delivered_at: d.delivered_at,
+                created_at: d.created_at,
+            })
+            .collect(),
+    }))
+}
+
+/// Prometheus metrics: this process's counters plus fleet-wide gauges read from the database.
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let m = &state.metrics;
+    let (steps, due) = db::steps::stats(&state.pool).await?;
+    for s in StepState::ALL {
+        let n = steps
+            .iter()
+            .find(|(k, _)| k == s.as_str())
+            .map_or(0, |(_, n)| *n);
+        m.steps_by_state
+            .get_or_create(&crate::telemetry::StateLabels {
+                state: s.as_str().into(),
+            })
+            .set(n);
+    }
+    m.queue_depth.set(due);
+    let tenants = db::tenants::count_by_state(&state.pool).await?;
+    for s in TenantState::ALL {
+        let n = tenants
+            .iter()
+            .find(|(k, _)| k == s.as_str())
+            .map_or(0, |(_, n)| *n);
+        m.tenants_by_state
+            .get_or_create(&crate::telemetry::StateLabels {
+                state: s.as_str().into(),
+            })
+            .set(n);
+    }
+    for (state_name, n) in db::outbox::count_by_state(&state.pool).await? {
+        m.deliveries_by_state
+            .get_or_create(&crate::telemetry::StateLabels { state: state_name })
+            .set(n);
+    }
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response())
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// The database is reachable.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody))
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), db::ping(&state.pool)).await {
+        Ok(Ok(())) => Ok(Json(Health {
+            status: "ready".into(),
+        })),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is not reachable",
+        )),
+    }
+}

@@ -1,0 +1,200 @@
+//! `POST /v1/signup`: the signed signup webhook. It never calls AWS: it commits the tenant, its run, the
+//! first due step, the history entry and the outbox event in one transaction and answers 202.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tracing::info;
+use uuid::Uuid;
+
+use crate::db;
+use crate::db::history::NewEntry;
+use crate::db::tenants::StoredAnswer;
+use crate::domain::{EventType, Signup};
+
+use super::AppState;
+use super::error::ApiError;
+use super::views::{SignupAccepted, TenantView};
+
+/// Larger bodies are refused with 413 before anything else is looked at.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Accept a signup. Signed per Standard Webhooks; a repeat of the same `webhook-id` returns the
+/// original answer and changes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/signup",
+    tag = "signup",
+    request_body(content = inline(SignupBodySchema), content_type = "application/json"),
+    params(
+        ("webhook-id" = String, Header, description = "Unique message id; the idempotency key"),
+        ("webhook-timestamp" = i64, Header, description = "Unix seconds; must be within 5 minutes of now"),
+        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`, space-separated if several"),
+    ),
+    responses(
+        (status = 202, description = "Accepted; provisioning is asynchronous", body = SignupAccepted),
+        (status = 400, description = "Invalid body or fields", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or invalid signature, or stale timestamp", body = super::error::ErrorBody),
+        (status = 409, description = "The slug belongs to a tenant created by another request", body = super::error::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = super::error::ErrorBody),
+    )
+)]
+pub async fn signup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the body must be at most 64 KiB",
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| too_large())?;
+
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    state
+        .signup_secret
+        .verify(
+            h("webhook-id"),
+            h("webhook-timestamp"),
+            h("webhook-signature"),
+            &bytes,
+            chrono::Utc::now().timestamp(),
+        )
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let webhook_id = h("webhook-id").unwrap_or_default().to_owned();
+    if webhook_id.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_webhook_id",
+            "webhook-id must be at most 256 characters",
+        ));
+    }
+
+    let signup =
+        Signup::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+
+    if let Some(answer) = db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
+        return Ok(replay(answer));
+    }
+    accept(&state, &signup, &webhook_id).await
+}
+
+/// The transaction that makes a signup durable.
+async fn accept(state: &AppState, signup: &Signup, webhook_id: &str) -> Result<Response, ApiError> {
+    let workflow = state.workflows.for_tier(signup.tier);
+    let mut tx = state.pool.begin().await?;
+    let tenant_id = Uuid::now_v7();
+    let Some(tenant) =
+        db::tenants::insert_tenant(&mut tx, tenant_id, signup, &workflow.name, webhook_id).await?
+    else {
+        // The slug is taken. If it was taken by this same webhook-id (a concurrent duplicate that
+        // committed first), replay its answer; otherwise it is someone else's tenant.
+        drop(tx);
+        let existing = db::tenants::by_slug(&state.pool, signup.slug.as_str()).await?;
+        if existing.is_some_and(|t| t.signup_id == webhook_id)
+            && let Some(answer) = db::tenants::find_signup_answer(&state.pool, webhook_id).await?
+        {
+            return Ok(replay(answer));
+        }
+        return Err(ApiError::conflict(
+            "slug_taken",
+            format!(
+                "the slug {:?} belongs to another tenant",
+                signup.slug.as_str()
+            ),
+        ));
+    };
+
+    db::tenants::insert_run(&mut tx, Uuid::now_v7(), tenant.id, workflow).await?;
+    db::history::append(
+        &mut *tx,
+        tenant.id,
+        &NewEntry {
+            kind: "signup.accepted",
+            actor: Some("signup"),
+            message: &format!("signup accepted; workflow {}", workflow.name),
+            detail: Some(json!({"webhook_id": webhook_id, "tier": signup.tier})),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let view = TenantView::from(&tenant);
+    let payload = json!({"tenant": view, "step": Value::Null});
+    db::outbox::insert_event(&mut tx, tenant.id, EventType::TenantCreated, &payload).await?;
+    let body = SignupAccepted {
+        status_url: format!("/v1/tenants/{}", tenant.slug),
+        tenant: view,
+    };
+    let answer = StoredAnswer {
+        status: StatusCode::ACCEPTED.as_u16(),
+        response: serde_json::to_value(&body).expect("views serialize"),
+    };
+    if !db::tenants::insert_signup_answer(&mut tx, webhook_id, tenant.id, &answer).await? {
+        // The same webhook-id carried another slug and committed first: its answer stands.
+        drop(tx);
+        if let Some(answer) = db::tenants::find_signup_answer(&state.pool, webhook_id).await? {
+            return Ok(replay(answer));
+        }
+        return Err(ApiError::conflict(
+            "webhook_id_reused",
+            "this webhook-id was already used",
+        ));
+    }
+    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+    db::notify(&mut tx, db::OUTBOX_CHANNEL).await?;
+    tx.commit().await?;
+    info!(tenant.slug = %tenant.slug, tier = signup.tier.as_str(), "signup accepted");
+    Ok(answer_response(answer))
+}
+
+fn replay(answer: StoredAnswer) -> Response {
+    answer_response(answer)
+}
+
+fn answer_response(answer: StoredAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::ACCEPTED);
+    (status, axum::Json(answer.response)).into_response()
+}
+
+/// The signup body, for the OpenAPI document.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct SignupBodySchema {
+    /// 3–40 chars: lowercase letters, digits and `-`; starts with a letter, does not end with `-`.
+    #[schema(example = "acme")]
+    slug: String,
+    /// 1–200 characters.
+    #[schema(example = "Acme Corp")]
+    name: String,
+    #[schema(example = "ops@acme.example")]
+    owner_email: String,
+    /// `free`, `pro` or `enterprise`.
+    #[schema(example = "enterprise")]
+    tier: String,
+}

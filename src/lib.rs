@@ -1,0 +1,13 @@
+//! vend: an account-vending control plane. One signup becomes a dedicated, guarded, deployed and
+//! reachable AWS account. See DESIGN.md for the architecture.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod standard_webhooks;
+pub mod steps;
+pub mod telemetry;

@@ -1,0 +1,309 @@
+//! The `vend` binary: the CLI over a live ops API, and `serve`'s start-up checks.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use vend::domain::StepError;
+use vend::engine::Registry;
+
+use crate::support::steps::{Calls, FailTimes, Succeed};
+use crate::support::{OPS_TOKEN, TestApp, signup_body, spawn_app, workflow_toml};
+
+async fn vend(app: &TestApp, args: &[&str]) -> Output {
+    vend_with(
+        args,
+        &[
+            ("VEND_URL", app.base.as_str()),
+            ("VEND_OPS_TOKEN", OPS_TOKEN),
+        ],
+    )
+    .await
+}
+
+async fn vend_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vend"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn cli_lists_shows_retries_requeues_and_watches() {
+    let calls = Calls::default();
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "once",
+        FailTimes {
+            times: 1,
+            error: StepError::permanent("Quota", "raise the quota first"),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("first", "ok"), ("second", "once")], ""),
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+
+    // watch follows the tenant until it fails and exits non-zero.
+    let o = vend(
+        &app,
+        &[
+            "tenants",
+            "watch",
+            "acme",
+            "--interval",
+            "50ms",
+            "--timeout",
+            "20s",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("failed at second: raise the quota first"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("second"), "{}", stdout(&o));
+
+    let o = vend(&app, &["tenants", "list"]).await;
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(out.starts_with("SLUG"), "{out}");
+    assert!(out.contains("acme") && out.contains("failed"), "{out}");
+
+    let o = vend(&app, &["tenants", "list", "--json", "--state", "failed"]).await;
+    let page: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(page["tenants"][0]["slug"], "acme");
+
+    let o = vend(&app, &["tenants", "show", "acme"]).await;
+    assert!(
+        stdout(&o).contains("raise the quota first"),
+        "{}",
+        stdout(&o)
+    );
+    let o = vend(&app, &["tenants", "show", "acme", "--json"]).await;
+    let t: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(t["steps"][1]["state"], "failed");
+
+    let o = vend(&app, &["tenants", "retry", "acme"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = vend(
+        &app,
+        &[
+            "tenants",
+            "watch",
+            "acme",
+            "--interval",
+            "50ms",
+            "--timeout",
+            "20s",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("acme is active"));
+
+    let o = vend(
+        &app,
+        &["tenants", "requeue", "acme", "--from", "second", "--json"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    app.wait_for_state("acme", &["active"], Duration::from_secs(20))
+        .await;
+    engine.stop().await;
+    assert_eq!(calls.get("acme"), 3);
+
+    let o = vend(&app, &["tenants", "history", "acme"]).await;
+    let h = stdout(&o);
+    assert!(
+        h.contains("operator.retry") && h.contains("operator.requeue"),
+        "{h}"
+    );
+}
+
+#[tokio::test]
+async fn cli_errors_exit_non_zero_with_the_apis_message() {
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    let o = vend(&app, &["tenants", "show", "nobody"]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+
+    let o = vend(&app, &["tenants", "requeue", "nobody", "--from", "a"]).await;
+    assert!(!o.status.success());
+
+    let o = vend_with(
+        &["tenants", "list"],
+        &[
+            ("VEND_URL", &app.base),
+            ("VEND_OPS_TOKEN", "wrong-token-0123456789"),
+        ],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("401") && stderr(&o).contains("VEND_OPS_TOKEN"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("wrong-token"),
+        "the token must not be echoed"
+    );
+
+    let o = vend_with(&["tenants", "list"], &[("VEND_URL", "http://127.0.0.1:9")]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("VEND_OPS_TOKEN"));
+
+    let o = vend_with(
+        &["tenants", "list"],
+        &[
+            ("VEND_URL", "http://127.0.0.1:9"),
+            ("VEND_OPS_TOKEN", OPS_TOKEN),
+        ],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_with_missing_or_bad_configuration() {
+    let o = vend_with(&["serve"], &[]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("DATABASE_URL"), "{}", stderr(&o));
+
+    let secret = "whsec_c2VjcmV0LXZhbHVlLW5vdC10by1sZWFr";
+    let o = vend_with(
+        &["serve"],
+        &[
+            ("DATABASE_URL", "postgres://x@127.0.0.1:9/x"),
+            ("VEND_SIGNUP_SECRET", "plain-secret-value"),
+            ("VEND_OPS_TOKEN", OPS_TOKEN),
+        ],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("VEND_SIGNUP_SECRET"));
+    assert!(!stderr(&o).contains("plain-secret-value"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "name = \"bad\"\ntiers = [\"free\", \"pro\", \"enterprise\"]\n[[steps]]\nname = \"x\"\nkind = \"teleport\"\n").unwrap();
+    let o = vend_with(
+        &["serve"],
+        &[
+            ("DATABASE_URL", "postgres://x@127.0.0.1:9/x"),
+            ("VEND_SIGNUP_SECRET", secret),
+            ("VEND_OPS_TOKEN", OPS_TOKEN),
+            ("VEND_WORKFLOWS_DIR", dir.path().to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("bad.toml") && e.contains("unknown step kind \"teleport\""),
+        "{e}"
+    );
+}
+
+/// `vend serve` as a process: API, workers and dispatcher in one, on the shipped silo workflow.
+#[tokio::test]
+async fn serve_accepts_a_signup_and_works_on_it() {
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    let port = crate::support::postgres::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let workflows = crate::support::postgres::repo_root().join("workflows");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vend"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", &app.db_url)
+        .env("VEND_LISTEN", &listen)
+        .env("VEND_SIGNUP_SECRET", crate::support::SIGNUP_SECRET)
+        .env("VEND_OPS_TOKEN", OPS_TOKEN)
+        .env("VEND_WORKFLOWS_DIR", &workflows)
+        .env("VEND_POLL_INTERVAL", "100ms")
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{listen}");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "vend serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = serde_json::to_vec(&signup_body("acme")).unwrap();
+    let ts = chrono::Utc::now().timestamp();
+    let r = client
+        .post(format!("{base}/v1/signup"))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_serve")
+        .header("webhook-timestamp", ts.to_string())
+        .header(
+            "webhook-signature",
+            crate::support::sign("msg_serve", ts, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The workers picked it up: the tenant left `pending` and its first step ran.
+    loop {
+        let t: Value = client
+            .get(format!("{base}/v1/tenants/acme"))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if t["steps"][0]["attempts"].as_i64().unwrap_or(0) >= 1 && t["state"] != "pending" {
+            assert_eq!(t["steps"][0]["name"], "create_account");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the signup was not worked on: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

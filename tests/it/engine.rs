@@ -1,0 +1,396 @@
+//! The engine against a real Postgres: retries, throttling, durable waits, crashes, lost leases and
+//! racing workers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+use vend::domain::StepError;
+use vend::engine::{Finished, Registry};
+
+use crate::support::steps::{Calls, FailTimes, Hang, Probe, Succeed, WaitTimes};
+use crate::support::{signup_body, spawn_app, workflow_toml};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn kinds(history: &[Value]) -> Vec<String> {
+    history
+        .iter()
+        .map(|h| h["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_runs_every_step_and_becomes_active() {
+    let calls = Calls::default();
+    let registry = Registry::new().with("ok", Succeed(calls.clone()));
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("a", "ok"), ("b", "ok"), ("c", "ok")], ""),
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+
+    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
+    engine.stop().await;
+    assert_eq!(calls.get("acme"), 3);
+    for s in t["steps"].as_array().unwrap() {
+        assert_eq!(s["state"], "succeeded");
+        assert_eq!(s["attempts"], 1);
+        assert!(s["finished_at"].is_string());
+        assert_eq!(s["next_attempt_at"], Value::Null);
+    }
+    // Resources set by steps were committed with their outcomes.
+    assert_eq!(t["resources"]["a_done"], true);
+    assert_eq!(t["resources"]["c_done"], true);
+    let k = kinds(&app.history("acme").await);
+    assert_eq!(k.iter().filter(|k| *k == "step.succeeded").count(), 3);
+    assert_eq!(k.first().unwrap(), "signup.accepted");
+    assert_eq!(k.last().unwrap(), "tenant.state");
+    let events: Vec<String> = sqlx::query_scalar("SELECT type FROM events ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        [
+            "tenant.created",
+            "tenant.step.succeeded",
+            "tenant.step.succeeded",
+            "tenant.step.succeeded",
+            "tenant.active"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff_until_success() {
+    let calls = Calls::default();
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "flaky",
+        FailTimes {
+            times: 2,
+            error: StepError::transient("ServiceException", "try again"),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(registry, &workflow_toml(&[("a", "flaky"), ("b", "ok")], "")).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
+    engine.stop().await;
+    assert_eq!(calls.get("acme"), 3);
+    assert_eq!(t["steps"][0]["attempts"], 3);
+    assert_eq!(
+        t["steps"][0]["last_error"],
+        Value::Null,
+        "a success clears the error"
+    );
+    let h = app.history("acme").await;
+    let backoffs: Vec<&Value> = h.iter().filter(|e| e["kind"] == "step.backoff").collect();
+    assert_eq!(backoffs.len(), 2);
+    assert_eq!(backoffs[0]["detail"]["error"]["code"], "ServiceException");
+    assert_eq!(backoffs[0]["detail"]["error"]["class"], "transient");
+    // The policy (initial 20ms, x2, no jitter) decided the delays.
+    assert_eq!(backoffs[0]["detail"]["retry_in_ms"], 20);
+    assert_eq!(backoffs[1]["detail"]["retry_in_ms"], 40);
+}
+
+#[tokio::test]
+async fn a_step_that_keeps_failing_fails_the_tenant_with_a_clear_error() {
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "broken",
+        FailTimes {
+            times: 100,
+            error: StepError::transient("ServiceException", "still broken"),
+            calls: Calls::default(),
+        },
+    );
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("a", "broken"), ("b", "ok")], ""),
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["failed"], WITHIN).await;
+    engine.stop().await;
+    let a = &t["steps"][0];
+    assert_eq!(a["state"], "failed");
+    assert_eq!(a["attempts"], 4, "maximum_attempts of the test policy");
+    assert_eq!(a["last_error_code"], "ServiceException");
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 4 attempts"),
+        "{a}"
+    );
+    assert_eq!(t["steps"][1]["state"], "pending");
+    let events: Vec<String> = sqlx::query_scalar("SELECT type FROM events ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        ["tenant.created", "tenant.step.failed", "tenant.failed"]
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_error_fails_at_once() {
+    let calls = Calls::default();
+    let registry = Registry::new().with(
+        "bad",
+        FailTimes {
+            times: 100,
+            error: StepError::permanent("INVALID_EMAIL", "the address is refused"),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(registry, &workflow_toml(&[("a", "bad")], "")).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["failed"], WITHIN).await;
+    engine.stop().await;
+    assert_eq!(calls.get("acme"), 1);
+    assert_eq!(t["steps"][0]["last_error"], "the address is refused");
+}
+
+#[tokio::test]
+async fn throttling_does_not_spend_attempts() {
+    let calls = Calls::default();
+    // Six throttles against a budget of four attempts: still succeeds, in one attempt.
+    let registry = Registry::new().with(
+        "throttled",
+        FailTimes {
+            times: 6,
+            error: StepError::throttled("TooManyRequestsException", "Rate exceeded"),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(registry, &workflow_toml(&[("a", "throttled")], "")).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "active");
+    assert_eq!(t["steps"][0]["attempts"], 1);
+    assert_eq!(t["steps"][0]["throttles"], 6);
+    assert_eq!(calls.get("acme"), 7);
+}
+
+#[tokio::test]
+async fn a_durable_wait_holds_no_worker_and_resumes() {
+    let calls = Calls::default();
+    let registry = Registry::new().with(
+        "poll",
+        WaitTimes {
+            times: 3,
+            after: Duration::from_millis(30),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(registry, &workflow_toml(&[("a", "poll")], "")).await;
+    // Ten tenants waiting at once on an engine with a single worker slot: waits hold no slot.
+    for i in 0..10 {
+        app.signup(&signup_body(&format!("tenant-{i}"))).await;
+    }
+    let mut config = app.engine_config("w1");
+    config.concurrency = 1;
+    let engine = app.start_engine(config);
+    for i in 0..10 {
+        let t = app
+            .wait_for_state(&format!("tenant-{i}"), &["active"], WITHIN)
+            .await;
+        assert_eq!(t["steps"][0]["attempts"], 1, "polls continue one attempt");
+    }
+    engine.stop().await;
+    assert_eq!(calls.total(), 40);
+    let polls: i64 = sqlx::query_scalar("SELECT sum(polls)::bigint FROM steps")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(polls, 30);
+}
+
+#[tokio::test]
+async fn a_step_timeout_fails_a_step_that_never_finishes_waiting() {
+    let registry = Registry::new().with(
+        "poll",
+        WaitTimes {
+            times: usize::MAX,
+            after: Duration::from_millis(20),
+            calls: Calls::default(),
+        },
+    );
+    let toml = workflow_toml(
+        &[],
+        "[[steps]]\nname = \"a\"\nkind = \"poll\"\ntimeout = \"300ms\"\n",
+    );
+    let app = spawn_app(registry, &toml).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["failed"], WITHIN).await;
+    engine.stop().await;
+    assert_eq!(t["steps"][0]["last_error_code"], "StepTimedOut");
+}
+
+#[tokio::test]
+async fn a_crashed_worker_is_taken_over_when_its_lease_expires() {
+    let hang = Hang::default();
+    let registry = Registry::new()
+        .with("hang", hang.clone())
+        .with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("a", "hang"), ("b", "ok")], "")).await;
+    app.signup(&signup_body("acme")).await;
+
+    let mut config = app.engine_config("doomed");
+    config.lease = Duration::from_secs(1);
+    let doomed = app.start_engine(config.clone());
+    hang.entered.notified().await;
+    // The worker dies mid-step: no outcome is written, the step stays `running` under its lease.
+    doomed.kill().await;
+    let t = app.tenant("acme").await;
+    assert_eq!(t["steps"][0]["state"], "running");
+    assert_eq!(
+        t["resources"]["hang_started"], true,
+        "saved before the crash"
+    );
+
+    config.worker_id = "survivor".into();
+    let survivor = app.start_engine(config);
+    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
+    survivor.stop().await;
+    assert_eq!(
+        t["steps"][0]["attempts"], 2,
+        "the crash counts as an attempt"
+    );
+    let h = app.history("acme").await;
+    let takeover = h
+        .iter()
+        .find(|e| e["kind"] == "step.started" && e["actor"] == "survivor" && e["step"] == "a")
+        .unwrap();
+    assert!(
+        takeover["message"]
+            .as_str()
+            .unwrap()
+            .contains("lease of doomed expired"),
+        "{takeover}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_cannot_commit() {
+    let hang = Hang::default();
+    let registry = Registry::new()
+        .with("hang", hang.clone())
+        .with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("a", "hang"), ("b", "ok")], "")).await;
+    app.signup(&signup_body("acme")).await;
+    let mut config = app.engine_config("slow");
+    // Long lease and heartbeat: the loss must be caught by the commit's fence, not the heartbeat.
+    config.lease = Duration::from_secs(30);
+    let slow = app.engine(config);
+    let run = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.run_due_once().await.unwrap() }
+    });
+    hang.entered.notified().await;
+    // Another worker takes the step over (as after an expired lease): a new fencing token.
+    sqlx::query("UPDATE steps SET lease_owner = 'thief', lease_token = nextval('lease_tokens') WHERE state = 'running'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    hang.release.notify_one();
+    let finished = run.await.unwrap();
+    assert_eq!(finished, vec![Finished::LeaseLost]);
+
+    let t = app.tenant("acme").await;
+    assert_eq!(
+        t["steps"][0]["state"], "running",
+        "the stale worker wrote nothing"
+    );
+    assert_eq!(t["steps"][1]["state"], "pending");
+    assert!(!kinds(&app.history("acme").await).contains(&"step.succeeded".to_string()));
+    assert_eq!(app.count("events").await, 1, "only tenant.created");
+}
+
+#[tokio::test]
+async fn racing_workers_never_run_a_step_twice_or_at_once() {
+    let probe = Probe::default();
+    let registry = Registry::new().with("probe", probe.clone());
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("a", "probe"), ("b", "probe"), ("c", "probe")], ""),
+    )
+    .await;
+    for i in 0..30 {
+        app.signup(&signup_body(&format!("tenant-{i}"))).await;
+    }
+    // Several engines start at the same instant and claim from the same rows.
+    let barrier = Arc::new(tokio::sync::Barrier::new(4));
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let engine = app.engine(app.engine_config(&format!("w{w}")));
+        let barrier = barrier.clone();
+        let token = tokio_util::sync::CancellationToken::new();
+        let t = token.clone();
+        handles.push((
+            token,
+            tokio::spawn(async move {
+                barrier.wait().await;
+                engine.run(t).await
+            }),
+        ));
+    }
+    for i in 0..30 {
+        app.wait_for_state(&format!("tenant-{i}"), &["active"], WITHIN)
+            .await;
+    }
+    for (token, h) in handles {
+        token.cancel();
+        h.await.unwrap();
+    }
+    assert_eq!(
+        probe.overlaps.load(Ordering::SeqCst),
+        0,
+        "two attempts overlapped on one tenant"
+    );
+    for i in 0..30 {
+        for s in ["a", "b", "c"] {
+            assert_eq!(
+                probe.calls.get(&format!("tenant-{i}/{s}")),
+                1,
+                "tenant-{i}/{s} ran more than once"
+            );
+        }
+    }
+    // More than one worker took part.
+    let actors: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT actor) FROM history WHERE kind = 'step.started'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(actors >= 2, "only {actors} worker(s) claimed anything");
+}
+
+#[tokio::test]
+async fn a_notification_wakes_an_idle_worker_without_waiting_for_a_poll() {
+    let registry = Registry::new().with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("a", "ok")], "")).await;
+    let mut config = app.engine_config("w1");
+    // Polling alone would take an hour: only NOTIFY can make this tenant progress in the test's time.
+    config.poll_interval = Duration::from_secs(3600);
+    let engine = app.start_engine(config);
+    // Let the engine go idle (claim nothing, start waiting) before the signup arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.signup(&signup_body("acme")).await;
+    app.wait_for_state("acme", &["active"], Duration::from_secs(10))
+        .await;
+    engine.stop().await;
+}

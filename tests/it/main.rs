@@ -1,0 +1,9 @@
+//! Integration tests: one binary (fast links), a real Postgres, real HTTP.
+
+mod support;
+
+mod cli;
+mod engine;
+mod ops;
+mod outbox;
+mod signup;

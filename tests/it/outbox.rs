@@ -1,0 +1,272 @@
+//! The outbox dispatcher against a real HTTP receiver on loopback.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use reqwest::Method;
+use serde_json::Value;
+use vend::engine::Registry;
+use vend::engine::dispatcher::WebhookEndpoint;
+use vend::standard_webhooks::Secret;
+
+use crate::support::steps::Succeed;
+use crate::support::{signup_body, spawn_app, workflow_toml};
+
+const RECEIVER_SECRET: &str = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A status code and an optional Retry-After value.
+type Reply = (u16, Option<&'static str>);
+
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    at: Instant,
+    body: Vec<u8>,
+    signature_ok: bool,
+}
+
+/// A webhook receiver that answers from a script of status codes (then 200), verifying signatures.
+#[derive(Clone)]
+struct Receiver {
+    script: Arc<Mutex<Vec<Reply>>>,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> impl IntoResponse {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let ok = Secret::parse(RECEIVER_SECRET)
+        .unwrap()
+        .verify(
+            h("webhook-id"),
+            h("webhook-timestamp"),
+            h("webhook-signature"),
+            &body,
+            chrono::Utc::now().timestamp(),
+        )
+        .is_ok();
+    r.got.lock().unwrap().push(Received {
+        id: h("webhook-id").unwrap_or("").to_owned(),
+        at: Instant::now(),
+        body: body.to_vec(),
+        signature_ok: ok,
+    });
+    let next = {
+        let mut s = r.script.lock().unwrap();
+        if s.is_empty() {
+            (200, None)
+        } else {
+            s.remove(0)
+        }
+    };
+    let mut resp = StatusCode::from_u16(next.0).unwrap().into_response();
+    if let Some(ra) = next.1 {
+        resp.headers_mut()
+            .insert("retry-after", ra.parse().unwrap());
+    }
+    resp
+}
+
+async fn start_receiver(script: Vec<Reply>) -> (Receiver, String) {
+    let r = Receiver {
+        script: Arc::new(Mutex::new(script)),
+        got: Arc::new(Mutex::new(Vec::new())),
+    };
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}
+
+fn endpoint(url: &str) -> WebhookEndpoint {
+    WebhookEndpoint {
+        url: url.to_owned(),
+        secret: Secret::parse(RECEIVER_SECRET).unwrap(),
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn events_are_delivered_signed_and_retried_with_a_stable_id() {
+    let (receiver, url) = start_receiver(vec![(500, None), (500, None)]).await;
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    let dispatcher = app.dispatcher(vec![endpoint(&url)], vec![Duration::from_millis(50); 5]);
+    dispatcher.sync_endpoints().await.unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(dispatcher.clone().run(token.clone()));
+    // tenant.created is refused twice, then accepted.
+    app.signup(&signup_body("acme")).await;
+    let got = receiver.got.clone();
+    wait_until("tenant.created delivered", || {
+        got.lock().unwrap().len() >= 3
+    })
+    .await;
+    // Then the workflow runs: tenant.step.succeeded and tenant.active follow.
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("acme", &["active"], Duration::from_secs(20))
+        .await;
+    engine.stop().await;
+    wait_until("all deliveries", || got.lock().unwrap().len() >= 5).await;
+    token.cancel();
+    task.await.unwrap();
+
+    let got = receiver.got.lock().unwrap().clone();
+    assert!(
+        got.iter().all(|r| r.signature_ok),
+        "every request is signed with the endpoint secret"
+    );
+    assert_eq!(got.len(), 5, "3 events, one of them tried 3 times");
+    // The refused event kept its webhook-id and its exact body across retries.
+    assert_eq!(got[0].id, got[1].id);
+    assert_eq!(got[1].id, got[2].id);
+    assert_eq!(got[0].body, got[2].body);
+    let types: Vec<String> = got
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let mut later = types[3..].to_vec();
+    later.sort();
+    assert_eq!(
+        later,
+        ["tenant.active".to_string(), "tenant.step.succeeded".into()]
+    );
+    assert_eq!(types[0], "tenant.created");
+
+    let d: Value = app
+        .ops(Method::GET, "/v1/deliveries?tenant=acme", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let d = d["deliveries"].as_array().unwrap();
+    assert_eq!(d.len(), 3);
+    assert!(d.iter().all(|x| x["state"] == "delivered"));
+    let created = d
+        .iter()
+        .find(|x| x["event_type"] == "tenant.created")
+        .unwrap();
+    assert_eq!(created["attempts"], 3);
+    assert_eq!(created["webhook_id"], got[0].id.as_str());
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_gone_disables_the_endpoint() {
+    let (slow, slow_url) = start_receiver(vec![(429, Some("1"))]).await;
+    let (gone, gone_url) = start_receiver(vec![(410, None)]).await;
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    let dispatcher = app.dispatcher(
+        vec![endpoint(&slow_url), endpoint(&gone_url)],
+        vec![Duration::from_millis(10); 5],
+    );
+    dispatcher.sync_endpoints().await.unwrap();
+    app.signup(&signup_body("acme")).await;
+    // One round: the slow endpoint asks to wait a second, the gone one answers 410.
+    assert_eq!(dispatcher.dispatch_once().await.unwrap(), 2);
+    // Events after that are not even queued for the disabled endpoint.
+    app.signup(&signup_body("beta")).await;
+    let beta_deliveries: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_id JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = 'beta'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(beta_deliveries, 1);
+    let token = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(dispatcher.clone().run(token.clone()));
+    let got = slow.got.clone();
+    wait_until("the 429 retried", || got.lock().unwrap().len() >= 3).await;
+    token.cancel();
+    task.await.unwrap();
+
+    let s = slow.got.lock().unwrap().clone();
+    let first = &s[0];
+    let retry = s.iter().skip(1).find(|r| r.id == first.id).unwrap();
+    assert!(
+        retry.at.duration_since(first.at) >= Duration::from_millis(950),
+        "Retry-After: 1 was not honoured ({:?})",
+        retry.at.duration_since(first.at)
+    );
+    // 410 on the first delivery: the endpoint is disabled and gets nothing more.
+    assert_eq!(gone.got.lock().unwrap().len(), 1);
+    let d: Value = app
+        .ops(Method::GET, "/v1/deliveries?state=disabled", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["deliveries"].as_array().unwrap().len(), 1);
+    let disabled: Option<String> =
+        sqlx::query_scalar("SELECT disabled_reason FROM endpoints WHERE target = $1")
+            .bind(&gone_url)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(disabled.as_deref(), Some("410 Gone"));
+}
+
+#[tokio::test]
+async fn an_endpoint_that_never_accepts_is_given_up_after_the_schedule() {
+    let (receiver, url) = start_receiver(vec![(503, None); 10]).await;
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    let dispatcher = app.dispatcher(vec![endpoint(&url)], vec![Duration::from_millis(10); 2]);
+    dispatcher.sync_endpoints().await.unwrap();
+    app.signup(&signup_body("acme")).await;
+    for _ in 0..200 {
+        dispatcher.dispatch_once().await.unwrap();
+        let failed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state = 'failed'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if failed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(
+        receiver.got.lock().unwrap().len(),
+        3,
+        "one attempt plus two retries"
+    );
+    let d: Value = app
+        .ops(Method::GET, "/v1/deliveries", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["deliveries"][0]["state"], "failed");
+    assert_eq!(d["deliveries"][0]["last_status"], 503);
+}

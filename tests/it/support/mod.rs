@@ -1,0 +1,288 @@
+//! The test harness: a real Postgres per test, the real HTTP router on a loopback socket, real engines.
+
+pub mod postgres;
+pub mod steps;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use vend::config::OpsTokens;
+use vend::domain::{Workflow, Workflows};
+use vend::engine::dispatcher::{Dispatcher, DispatcherConfig, WebhookEndpoint};
+use vend::engine::{Engine, EngineConfig, Registry};
+use vend::http::{self, AppState};
+use vend::standard_webhooks::Secret;
+use vend::telemetry::Metrics;
+
+pub const OPS_TOKEN: &str = "test-ops-token-0123456789";
+pub const SIGNUP_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A workflow of test step kinds; `steps` are `(name, kind)` pairs, policies fast for tests.
+pub fn workflow_toml(steps: &[(&str, &str)], extra: &str) -> String {
+    let mut s = String::from(
+        r#"name = "test"
+tiers = ["free", "pro", "enterprise"]
+[defaults]
+poll_interval = "50ms"
+[defaults.retry]
+initial_interval = "20ms"
+backoff_coefficient = 2.0
+maximum_interval = "100ms"
+maximum_attempts = 4
+jitter = "none"
+"#,
+    );
+    for (name, kind) in steps {
+        s.push_str(&format!(
+            "[[steps]]\nname = \"{name}\"\nkind = \"{kind}\"\n"
+        ));
+    }
+    s.push_str(extra);
+    s
+}
+
+pub fn workflows(toml: &str, registry: &Registry) -> Arc<Workflows> {
+    let kinds: BTreeSet<String> = registry.kinds();
+    Arc::new(
+        Workflows::new(vec![
+            Workflow::parse(toml, &kinds).expect("test workflow parses"),
+        ])
+        .unwrap(),
+    )
+}
+
+pub struct TestApp {
+    pub pool: PgPool,
+    pub db_url: String,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub workflows: Arc<Workflows>,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The API over a fresh database, with `registry` and the workflow `toml` (no engine running yet).
+pub async fn spawn_app(registry: Registry, toml: &str) -> TestApp {
+    let (pool, db_url) = postgres::fresh_database().await;
+    let workflows = workflows(toml, &registry);
+    let metrics = Metrics::new();
+    let state = AppState {
+        pool: pool.clone(),
+        workflows: workflows.clone(),
+        signup_secret: Secret::parse(SIGNUP_SECRET).unwrap(),
+        ops_tokens: OpsTokens::new(vec![OPS_TOKEN.into()]),
+        metrics: metrics.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .unwrap();
+    });
+    TestApp {
+        pool,
+        db_url,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        workflows,
+        registry,
+        metrics,
+        shutdown,
+    }
+}
+
+pub fn signup_body(slug: &str) -> Value {
+    json!({"slug": slug, "name": format!("{slug} Corp"), "owner_email": format!("ops@{slug}.example"), "tier": "enterprise"})
+}
+
+pub fn sign(id: &str, ts: i64, body: &[u8]) -> String {
+    Secret::parse(SIGNUP_SECRET).unwrap().sign(id, ts, body)
+}
+
+impl TestApp {
+    pub fn engine_config(&self, worker: &str) -> EngineConfig {
+        EngineConfig {
+            worker_id: worker.into(),
+            concurrency: 16,
+            lease: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(50),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    pub fn engine(&self, config: EngineConfig) -> Arc<Engine> {
+        Engine::new(
+            self.pool.clone(),
+            self.workflows.clone(),
+            self.registry.clone(),
+            config,
+            self.metrics.clone(),
+        )
+    }
+
+    /// Runs an engine in the background until the returned guard is dropped (which aborts it, like a
+    /// crash) or cancelled.
+    pub fn start_engine(&self, config: EngineConfig) -> EngineHandle {
+        let engine = self.engine(config);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(engine.run(token.clone()));
+        EngineHandle { token, task }
+    }
+
+    pub fn dispatcher(
+        &self,
+        webhooks: Vec<WebhookEndpoint>,
+        schedule: Vec<Duration>,
+    ) -> Arc<Dispatcher> {
+        Dispatcher::new(
+            self.pool.clone(),
+            DispatcherConfig {
+                webhooks,
+                bus: None,
+                retry_schedule: schedule,
+                timeout: Duration::from_secs(5),
+                lease: Duration::from_secs(10),
+                poll_interval: Duration::from_millis(50),
+                batch: 50,
+            },
+            self.metrics.clone(),
+        )
+    }
+
+    /// Posts a correctly signed signup with a fresh webhook-id.
+    pub async fn signup(&self, body: &Value) -> reqwest::Response {
+        let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        self.signup_with_id(&id, body).await
+    }
+
+    pub async fn signup_with_id(&self, id: &str, body: &Value) -> reqwest::Response {
+        let raw = serde_json::to_vec(body).unwrap();
+        let ts = chrono::Utc::now().timestamp();
+        self.http
+            .post(format!("{}/v1/signup", self.base))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sign(id, ts, &raw))
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn ops(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(OPS_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn tenant(&self, slug: &str) -> Value {
+        let r = self
+            .ops(reqwest::Method::GET, &format!("/v1/tenants/{slug}"), None)
+            .await;
+        assert_eq!(r.status(), 200, "GET tenant {slug}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn history(&self, slug: &str) -> Vec<Value> {
+        let r = self
+            .ops(
+                reqwest::Method::GET,
+                &format!("/v1/tenants/{slug}/history"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["history"].as_array().unwrap().clone()
+    }
+
+    /// Waits until the tenant is in one of `states`; panics with its detail after `within`.
+    pub async fn wait_for_state(&self, slug: &str, states: &[&str], within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let t = self.tenant(slug).await;
+            if states.contains(&t["state"].as_str().unwrap_or("")) {
+                return t;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("tenant {slug} did not reach {states:?} within {within:?}: {t:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Row counts of every table a signup writes, to prove an error stored nothing.
+    pub async fn footprint(&self) -> Vec<i64> {
+        let mut v = Vec::new();
+        for t in [
+            "tenants",
+            "runs",
+            "steps",
+            "history",
+            "events",
+            "deliveries",
+            "signup_requests",
+        ] {
+            v.push(self.count(t).await);
+        }
+        v
+    }
+}
+
+pub struct EngineHandle {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EngineHandle {
+    /// Graceful stop: in-flight attempts finish.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Crash: every attempt in flight is dropped where it stands.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
