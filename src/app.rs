@@ -7,13 +7,20 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::Config;
+use crate::aws::accounts::Accounts;
+use crate::aws::eventbridge::EventBridge;
+use crate::aws::organizations::{Organizations, SdkOrganizations};
+use crate::aws::route53::Route53;
+use crate::aws::{self, Aws};
+use crate::config::{AwsSettings, Config};
 use crate::db;
 use crate::domain::Workflows;
 use crate::engine::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::engine::{Engine, EngineConfig, Registry};
 use crate::http::{self, AppState};
+use crate::reconcile::{self, Reconciler};
 use crate::steps;
+use crate::steps::{Silo, Templates};
 use crate::telemetry::Metrics;
 
 /// Which parts of `serve` run in this process, so API and workers can scale apart.
@@ -31,14 +38,83 @@ pub fn known_kinds(registry: &Registry) -> BTreeSet<String> {
     k
 }
 
+/// The AWS side of a running vend: the silo steps' shared context, the bus, the reconciler.
+pub struct AwsRuntime {
+    pub silo: Arc<Silo>,
+    pub bus: Arc<EventBridge>,
+    pub reconciler: Arc<Reconciler>,
+}
+
+impl AwsRuntime {
+    /// Validates the SCP files and templates, then reconciles the management account. `orgs` replaces
+    /// the Organizations adapter (tests interpose on it); `None` uses the SDK.
+    pub async fn start(
+        settings: AwsSettings,
+        sdk: aws_config::SdkConfig,
+        pool: sqlx::PgPool,
+        metrics: Arc<Metrics>,
+        orgs: Option<Arc<dyn Organizations>>,
+    ) -> anyhow::Result<Self> {
+        // Local files first: a broken guardrail must stop start-up before any AWS call.
+        let scps = reconcile::load_scps(&settings.scp_dir)?;
+        let templates = Templates::load(&settings.templates_dir).map_err(anyhow::Error::msg)?;
+        let aws = Aws::new(sdk, metrics);
+        let orgs = orgs.unwrap_or_else(|| Arc::new(SdkOrganizations::new(aws.clone())));
+        let accounts = Arc::new(Accounts::new(aws.clone(), &settings.access_role));
+        let route53 = Arc::new(Route53::new(aws.clone()));
+        let bus = Arc::new(EventBridge::new(aws.clone(), &settings.event_bus));
+        let reconciler = Arc::new(Reconciler {
+            orgs: orgs.clone(),
+            accounts: accounts.clone(),
+            route53: route53.clone(),
+            bus: bus.clone(),
+            settings: settings.clone(),
+            scps,
+            pool: pool.clone(),
+        });
+        let management = reconciler
+            .reconcile()
+            .await
+            .context("cannot prepare the management account")?;
+        info!(
+            organization = %management.organization_id,
+            tenant_ou = %management.tenant_ou_id,
+            zone = %management.hosted_zone_id,
+            "management account reconciled"
+        );
+        if db::org::claim_periodic(&pool, "sync-accounts", settings.account_sync_interval).await? {
+            let n = reconciler
+                .sync_accounts()
+                .await
+                .context("cannot index the organization's accounts")?;
+            info!(accounts = n, "organization account index refreshed");
+        }
+        let silo = Arc::new(Silo {
+            aws,
+            orgs,
+            accounts,
+            route53,
+            settings,
+            management,
+            templates,
+            pool,
+        });
+        Ok(Self {
+            silo,
+            bus,
+            reconciler,
+        })
+    }
+}
+
 pub async fn serve(
     config: Config,
     parts: Parts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let registry = Registry::new();
+    // Workflows first: a bad file stops the process before it touches anything.
     let workflows = Arc::new(
-        Workflows::load_dir(&config.workflows_dir, &known_kinds(&registry))
+        Workflows::load_dir(&config.workflows_dir, &known_kinds(&Registry::new()))
             .context("invalid workflows")?,
     );
     let pool = db::connect(&config.database_url, config.db_max_connections)
@@ -49,11 +125,29 @@ pub async fn serve(
         .context("cannot apply migrations")?;
     let metrics = Metrics::new();
 
+    let aws_runtime = if parts.workers || parts.dispatcher {
+        let settings = config.aws.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "VEND_BASE_DOMAIN: is required to run workers or the dispatcher (with VEND_CERTIFICATE_ARN)"
+            )
+        })?;
+        let sdk = aws::load_sdk_config().await.map_err(anyhow::Error::msg)?;
+        Some(AwsRuntime::start(settings, sdk, pool.clone(), metrics.clone(), None).await?)
+    } else {
+        None
+    };
+    let registry = match &aws_runtime {
+        Some(rt) => crate::steps::registry(rt.silo.clone()),
+        None => Registry::new(),
+    };
+
     let dispatcher = Dispatcher::new(
         pool.clone(),
         DispatcherConfig {
             webhooks: config.progress_webhooks.clone(),
-            bus: None,
+            bus: aws_runtime
+                .as_ref()
+                .map(|rt| rt.bus.clone() as Arc<dyn crate::engine::dispatcher::EventBus>),
             retry_schedule: config.webhook_retry_schedule.clone(),
             timeout: config.webhook_timeout,
             lease: config.webhook_timeout * 2,
@@ -68,6 +162,10 @@ pub async fn serve(
         .context("cannot record the progress endpoints")?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(rt) = &aws_runtime {
+        let ou = rt.silo.management.tenant_ou_id.clone();
+        tasks.spawn(rt.reconciler.clone().run(ou, shutdown.clone()));
+    }
     if parts.workers {
         let engine = Engine::new(
             pool.clone(),

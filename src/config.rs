@@ -77,6 +77,120 @@ impl OpsTokens {
 pub struct AwsSettings {
     pub base_domain: String,
     pub certificate_arn: String,
+    /// Name of the OU under the root that holds tenant accounts and carries the SCPs.
+    pub tenant_ou: String,
+    pub scp_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    /// Root e-mail of a tenant's account; `{slug}` and `{base_domain}` are replaced.
+    pub account_email_template: String,
+    /// Name of a tenant's account; `{slug}` is replaced.
+    pub account_name_template: String,
+    /// Extra tags on every tenant account (cost allocation), besides vend's own.
+    pub account_tags: Vec<(String, String)>,
+    /// The role vend assumes in tenant accounts.
+    pub access_role: String,
+    /// The central EventBridge bus progress events go to (created if missing).
+    pub event_bus: String,
+    /// Deploy an account CloudTrail with the baseline.
+    pub baseline_cloudtrail: bool,
+    /// How often one replica refreshes the index of the organization's accounts.
+    pub account_sync_interval: Duration,
+    /// How often the OU and SCPs are reconciled (drift is repaired).
+    pub reconcile_interval: Duration,
+    /// After an intent to call `CreateAccount` whose outcome is unknown, how long an unseen request is
+    /// presumed still in flight: the longest an earlier call can take (the SDK's operation timeout),
+    /// plus a margin. Only then is calling again safe.
+    pub unknown_outcome_grace: Duration,
+}
+
+impl AwsSettings {
+    /// Settings with defaults, for a base domain and certificate.
+    pub fn new(base_domain: &str, certificate_arn: &str) -> Self {
+        Self {
+            base_domain: base_domain.to_owned(),
+            certificate_arn: certificate_arn.to_owned(),
+            tenant_ou: "tenants".into(),
+            scp_dir: PathBuf::from("scp-policies"),
+            templates_dir: PathBuf::from("templates"),
+            account_email_template: "aws+{slug}@{base_domain}".into(),
+            account_name_template: "tenant-{slug}".into(),
+            account_tags: Vec::new(),
+            access_role: "OrganizationAccountAccessRole".into(),
+            event_bus: "vend".into(),
+            baseline_cloudtrail: true,
+            account_sync_interval: Duration::from_secs(3600),
+            reconcile_interval: Duration::from_secs(600),
+            unknown_outcome_grace: crate::aws::OPERATION_TIMEOUT + Duration::from_secs(20),
+        }
+    }
+
+    pub fn account_email(&self, slug: &str) -> String {
+        self.account_email_template
+            .replace("{slug}", slug)
+            .replace("{base_domain}", &self.base_domain)
+    }
+
+    pub fn account_name(&self, slug: &str) -> String {
+        self.account_name_template.replace("{slug}", slug)
+    }
+
+    pub fn tenant_domain(&self, slug: &str) -> String {
+        format!("{slug}.{}", self.base_domain)
+    }
+
+    fn from_env(
+        env: &dyn Env,
+        base_domain: String,
+        certificate_arn: String,
+    ) -> Result<Self, ConfigError> {
+        let mut s = Self::new(&base_domain, &certificate_arn);
+        if let Some(v) = env.get("VEND_TENANT_OU") {
+            s.tenant_ou = v;
+        }
+        if let Some(v) = env.get("VEND_SCP_DIR") {
+            s.scp_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("VEND_TEMPLATES_DIR") {
+            s.templates_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("VEND_ACCOUNT_EMAIL_TEMPLATE") {
+            if !v.contains("{slug}") || !v.contains('@') {
+                return Err(err(
+                    "VEND_ACCOUNT_EMAIL_TEMPLATE",
+                    "must be an e-mail address containing {slug}, e.g. aws+{slug}@example.com",
+                ));
+            }
+            s.account_email_template = v;
+        }
+        if let Some(v) = env.get("VEND_ACCOUNT_NAME_TEMPLATE") {
+            if !v.contains("{slug}") {
+                return Err(err("VEND_ACCOUNT_NAME_TEMPLATE", "must contain {slug}"));
+            }
+            s.account_name_template = v;
+        }
+        if let Some(v) = env.get("VEND_ACCOUNT_TAGS") {
+            let map: std::collections::BTreeMap<String, String> = serde_json::from_str(&v)
+                .map_err(|_| err("VEND_ACCOUNT_TAGS", "must be a JSON object of string tag values, e.g. {\"cost-center\": \"saas\"}"))?;
+            if map.keys().any(|k| k.starts_with("vend:")) {
+                return Err(err("VEND_ACCOUNT_TAGS", "the vend: tag prefix is reserved"));
+            }
+            s.account_tags = map.into_iter().collect();
+        }
+        if let Some(v) = env.get("VEND_ACCOUNT_ROLE_NAME") {
+            s.access_role = v;
+        }
+        if let Some(v) = env.get("VEND_EVENT_BUS") {
+            s.event_bus = v;
+        }
+        s.baseline_cloudtrail = match env.get("VEND_BASELINE_CLOUDTRAIL") {
+            None => true,
+            Some(_) => flag(env, "VEND_BASELINE_CLOUDTRAIL")?,
+        };
+        s.account_sync_interval =
+            duration(env, "VEND_ACCOUNT_SYNC_INTERVAL", s.account_sync_interval)?;
+        s.reconcile_interval = duration(env, "VEND_RECONCILE_INTERVAL", s.reconcile_interval)?;
+        Ok(s)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -182,10 +296,7 @@ impl Config {
                         "must be an ACM certificate ARN",
                     ));
                 }
-                Some(AwsSettings {
-                    base_domain,
-                    certificate_arn,
-                })
+                Some(AwsSettings::from_env(env, base_domain, certificate_arn)?)
             }
             (None, None) => None,
             (Some(_), None) => {

@@ -2,12 +2,14 @@
 //! reachable AWS account. See DESIGN.md for the architecture.
 
 pub mod app;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod reconcile;
 pub mod standard_webhooks;
 pub mod steps;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 //! writes that may be retried are idempotent or fenced by a lease token.
 
 pub mod history;
+pub mod org;
 pub mod outbox;
 pub mod steps;
 pub mod tenants;

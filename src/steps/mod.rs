@@ -1,4 +1,31 @@
-//! The steps of the silo workflow, one file per step kind.
+//! The steps of the silo workflow, one file per step kind. Every step is idempotent: it first looks at
+//! what its tenant's saved resources and AWS already say, and only then acts; external ids are saved
+//! the moment they are known.
+
+mod await_account;
+mod bootstrap_baseline;
+mod create_account;
+mod deploy_stack;
+mod map_domain;
+mod move_account;
+mod stack;
+
+use std::sync::Arc;
+
+use crate::aws::Aws;
+use crate::aws::accounts::Accounts;
+use crate::aws::organizations::Organizations;
+use crate::aws::route53::Route53;
+use crate::config::AwsSettings;
+use crate::domain::{StepError, StepOutcome};
+use crate::engine::Registry;
+
+pub use await_account::AwaitAccount;
+pub use bootstrap_baseline::BootstrapBaseline;
+pub use create_account::CreateAccount;
+pub use deploy_stack::DeployStack;
+pub use map_domain::MapDomain;
+pub use move_account::MoveAccount;
 
 /// The step kinds of the silo workflow, in order (CONTRACT.md).
 pub const SILO_KINDS: [&str; 6] = [
@@ -9,3 +36,88 @@ pub const SILO_KINDS: [&str; 6] = [
     "deploy_stack",
     "map_domain",
 ];
+
+/// What the management-account reconciler found or made at start; the steps build on it.
+#[derive(Debug, Clone)]
+pub struct Management {
+    pub organization_id: String,
+    pub management_account_id: String,
+    pub root_id: String,
+    pub tenant_ou_id: String,
+    pub hosted_zone_id: String,
+    pub event_bus_arn: String,
+}
+
+/// The CloudFormation templates, read once at start.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    pub baseline: String,
+    pub tenant_stack: String,
+}
+
+impl Templates {
+    pub fn load(dir: &std::path::Path) -> Result<Self, String> {
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p)
+                .map_err(|e| format!("cannot read template {}: {e}", p.display()))
+        };
+        Ok(Self {
+            baseline: read("baseline.yaml")?,
+            tenant_stack: read("tenant-stack.yaml")?,
+        })
+    }
+}
+
+/// Everything the silo steps share.
+pub struct Silo {
+    pub aws: Aws,
+    pub orgs: Arc<dyn Organizations>,
+    pub accounts: Arc<Accounts>,
+    pub route53: Arc<Route53>,
+    pub settings: AwsSettings,
+    pub management: Management,
+    pub templates: Templates,
+    pub pool: sqlx::PgPool,
+}
+
+impl Silo {
+    /// vend's tags on a tenant account, then the configured cost-allocation tags.
+    pub fn account_tags(&self, slug: &str, tier: &str) -> Vec<(String, String)> {
+        let mut t = vec![
+            ("vend:tenant".to_owned(), slug.to_owned()),
+            ("vend:tier".to_owned(), tier.to_owned()),
+            ("vend:managed-by".to_owned(), "vend".to_owned()),
+        ];
+        t.extend(self.settings.account_tags.iter().cloned());
+        t
+    }
+}
+
+/// The registry with every silo step.
+pub fn registry(silo: Arc<Silo>) -> Registry {
+    Registry::new()
+        .with("create_account", CreateAccount(silo.clone()))
+        .with("await_account", AwaitAccount(silo.clone()))
+        .with("move_account", MoveAccount(silo.clone()))
+        .with("bootstrap_baseline", BootstrapBaseline(silo.clone()))
+        .with("deploy_stack", DeployStack(silo.clone()))
+        .with("map_domain", MapDomain(silo))
+}
+
+/// Steps are written as `Result<StepOutcome, StepError>` so `?` works on AWS errors.
+pub(crate) fn finish(r: Result<StepOutcome, StepError>) -> StepOutcome {
+    r.unwrap_or_else(StepOutcome::Failed)
+}
+
+/// The tenant's account id, which every step after `await_account` needs.
+pub(crate) fn account_id(ctx: &crate::engine::StepContext) -> Result<String, StepError> {
+    ctx.resource_str("account_id")
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            StepError::permanent(
+                "NoAccount",
+                "the tenant has no account id recorded; requeue from create_account",
+            )
+        })
+}

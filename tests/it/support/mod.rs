@@ -1,5 +1,6 @@
 //! The test harness: a real Postgres per test, the real HTTP router on a loopback socket, real engines.
 
+pub mod moto;
 pub mod postgres;
 pub mod steps;
 
@@ -57,7 +58,6 @@ pub fn workflows(toml: &str, registry: &Registry) -> Arc<Workflows> {
 
 pub struct TestApp {
     pub pool: PgPool,
-    pub db_url: String,
     pub base: String,
     pub http: reqwest::Client,
     pub workflows: Arc<Workflows>,
@@ -74,7 +74,45 @@ impl Drop for TestApp {
 
 /// The API over a fresh database, with `registry` and the workflow `toml` (no engine running yet).
 pub async fn spawn_app(registry: Registry, toml: &str) -> TestApp {
-    let (pool, db_url) = postgres::fresh_database().await;
+    let (pool, _) = postgres::fresh_database().await;
+    spawn_app_on(pool, registry, toml).await
+}
+
+/// The silo workflow with test-speed polling and backoff (moto finishes everything at once).
+pub fn fast_silo_toml() -> String {
+    let steps: Vec<(&str, &str)> = vend::steps::SILO_KINDS.iter().map(|k| (*k, *k)).collect();
+    workflow_toml(&steps, "").replace("maximum_attempts = 4", "maximum_attempts = 10")
+}
+
+/// A test app whose registry has the real silo steps against a fresh moto: the management account is
+/// prepared (organization, hosted zone) and reconciled as `vend serve` would at start.
+pub async fn spawn_silo(
+    moto_url: &str,
+    tune: impl FnOnce(&mut vend::config::AwsSettings),
+    orgs: Option<Arc<dyn vend::aws::organizations::Organizations>>,
+) -> (TestApp, vend::app::AwsRuntime) {
+    let (pool, _) = postgres::fresh_database().await;
+    let sdk = moto::sdk(moto_url).await;
+    let mut settings = silo_settings();
+    tune(&mut settings);
+    let metrics = Metrics::new();
+    let rt = vend::app::AwsRuntime::start(settings, sdk, pool.clone(), metrics, orgs)
+        .await
+        .expect("the management account reconciles");
+    let registry = vend::steps::registry(rt.silo.clone());
+    let app = spawn_app_on(pool, registry, &fast_silo_toml()).await;
+    (app, rt)
+}
+
+pub fn silo_settings() -> vend::config::AwsSettings {
+    let root = postgres::repo_root();
+    let mut s = vend::config::AwsSettings::new(moto::BASE_DOMAIN, moto::CERTIFICATE_ARN);
+    s.scp_dir = root.join("scp-policies");
+    s.templates_dir = root.join("templates");
+    s
+}
+
+async fn spawn_app_on(pool: PgPool, registry: Registry, toml: &str) -> TestApp {
     let workflows = workflows(toml, &registry);
     let metrics = Metrics::new();
     let state = AppState {
@@ -96,7 +134,6 @@ pub async fn spawn_app(registry: Registry, toml: &str) -> TestApp {
     });
     TestApp {
         pool,
-        db_url,
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
         workflows,
@@ -149,11 +186,20 @@ impl TestApp {
         webhooks: Vec<WebhookEndpoint>,
         schedule: Vec<Duration>,
     ) -> Arc<Dispatcher> {
+        self.dispatcher_with_bus(webhooks, schedule, None)
+    }
+
+    pub fn dispatcher_with_bus(
+        &self,
+        webhooks: Vec<WebhookEndpoint>,
+        schedule: Vec<Duration>,
+        bus: Option<Arc<dyn vend::engine::dispatcher::EventBus>>,
+    ) -> Arc<Dispatcher> {
         Dispatcher::new(
             self.pool.clone(),
             DispatcherConfig {
                 webhooks,
-                bus: None,
+                bus,
                 retry_schedule: schedule,
                 timeout: Duration::from_secs(5),
                 lease: Duration::from_secs(10),

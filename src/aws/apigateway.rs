@@ -1,0 +1,183 @@
+//! API Gateway (REST) in a tenant account: the regional custom domain and its base path mapping.
+//! `CreateDomainName` allows 1 request per 30 s per account, which is why it runs in the tenant's account.
+
+use aws_config::SdkConfig;
+use aws_sdk_apigateway::Client;
+use aws_sdk_apigateway::types::{EndpointConfiguration, EndpointType, Op, PatchOperation};
+
+use super::{Aws, AwsError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainTarget {
+    /// e.g. `d-abc123.execute-api.us-east-1.amazonaws.com`
+    pub regional_domain_name: String,
+    pub regional_hosted_zone_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub base_path: String,
+    pub rest_api_id: String,
+    pub stage: String,
+}
+
+pub struct ApiGateway {
+    aws: Aws,
+    client: Client,
+}
+
+fn target(name: Option<&str>, zone: Option<&str>) -> DomainTarget {
+    DomainTarget {
+        regional_domain_name: name.unwrap_or_default().to_owned(),
+        regional_hosted_zone_id: zone.unwrap_or_default().to_owned(),
+    }
+}
+
+impl ApiGateway {
+    pub fn new(aws: &Aws, config: &SdkConfig) -> Self {
+        Self {
+            aws: aws.clone(),
+            client: Client::new(config),
+        }
+    }
+
+    pub async fn get_domain(&self, domain: &str) -> Result<Option<DomainTarget>, AwsError> {
+        match self
+            .aws
+            .call(
+                "apigateway.GetDomainName",
+                self.client.get_domain_name().domain_name(domain).send(),
+            )
+            .await
+        {
+            Ok(d) => Ok(Some(target(
+                d.regional_domain_name(),
+                d.regional_hosted_zone_id(),
+            ))),
+            Err(e) if e.code == "NotFoundException" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn create_domain(
+        &self,
+        domain: &str,
+        certificate_arn: &str,
+    ) -> Result<DomainTarget, AwsError> {
+        let d = self
+            .aws
+            .call(
+                "apigateway.CreateDomainName",
+                self.client
+                    .create_domain_name()
+                    .domain_name(domain)
+                    .regional_certificate_arn(certificate_arn)
+                    .endpoint_configuration(
+                        EndpointConfiguration::builder()
+                            .types(EndpointType::Regional)
+                            .build(),
+                    )
+                    .security_policy(aws_sdk_apigateway::types::SecurityPolicy::Tls12)
+                    .tags("vend:managed-by", "vend")
+                    .send(),
+            )
+            .await?;
+        Ok(target(
+            d.regional_domain_name(),
+            d.regional_hosted_zone_id(),
+        ))
+    }
+
+    /// The mapping of the domain's root (`(none)` base path), if any.
+    pub async fn root_mapping(&self, domain: &str) -> Result<Option<Mapping>, AwsError> {
+        match self
+            .aws
+            .call(
+                "apigateway.GetBasePathMapping",
+                self.client
+                    .get_base_path_mapping()
+                    .domain_name(domain)
+                    .base_path("(none)")
+                    .send(),
+            )
+            .await
+        {
+            Ok(m) => Ok(Some(Mapping {
+                base_path: m.base_path().unwrap_or("(none)").to_owned(),
+                rest_api_id: m.rest_api_id().unwrap_or_default().to_owned(),
+                stage: m.stage().unwrap_or_default().to_owned(),
+            })),
+            Err(e) if e.code == "NotFoundException" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the domain's root map to `rest_api_id`/`stage`: creates the mapping, or, when one exists
+    /// (`ConflictException`), repoints it if it points elsewhere. Creating first (rather than reading
+    /// first) is also what works on emulators that cannot list the mappings of an unmapped domain.
+    pub async fn ensure_root_mapping(
+        &self,
+        domain: &str,
+        rest_api_id: &str,
+        stage: &str,
+    ) -> Result<(), AwsError> {
+        match self.create_root_mapping(domain, rest_api_id, stage).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code == "ConflictException" => match self.root_mapping(domain).await? {
+                Some(m) if m.rest_api_id == rest_api_id && m.stage == stage => Ok(()),
+                _ => self.repoint_root_mapping(domain, rest_api_id, stage).await,
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Maps the domain's root to `rest_api_id`/`stage`.
+    async fn create_root_mapping(
+        &self,
+        domain: &str,
+        rest_api_id: &str,
+        stage: &str,
+    ) -> Result<(), AwsError> {
+        self.aws
+            .call(
+                "apigateway.CreateBasePathMapping",
+                self.client
+                    .create_base_path_mapping()
+                    .domain_name(domain)
+                    .rest_api_id(rest_api_id)
+                    .stage(stage)
+                    .send(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Points an existing root mapping at another API or stage.
+    async fn repoint_root_mapping(
+        &self,
+        domain: &str,
+        rest_api_id: &str,
+        stage: &str,
+    ) -> Result<(), AwsError> {
+        let op = |path: &str, value: &str| {
+            PatchOperation::builder()
+                .op(Op::Replace)
+                .path(path)
+                .value(value)
+                .build()
+        };
+        self.aws
+            .call(
+                "apigateway.UpdateBasePathMapping",
+                self.client
+                    .update_base_path_mapping()
+                    .domain_name(domain)
+                    .base_path("(none)")
+                    .patch_operations(op("/restapiId", rest_api_id))
+                    .patch_operations(op("/stage", stage))
+                    .send(),
+            )
+            .await
+            .map(|_| ())
+    }
+}

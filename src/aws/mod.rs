@@ -1,0 +1,117 @@
+//! AWS adapters: one module per service, speaking in vend's terms rather than SDK types. Every call goes
+//! through [`Aws::call`], which counts it and classifies its errors into the engine's throttled /
+//! transient / permanent classes.
+//!
+//! The SDK gets a small retry budget (2 attempts: one quick retry of a dropped connection); every other
+//! retry is durable, in the engine, under the step's policy. The two multiply, so keeping the SDK's part
+//! small is what bounds the calls per step.
+
+pub mod accounts;
+pub mod apigateway;
+pub mod classify;
+pub mod cloudformation;
+pub mod eventbridge;
+pub mod organizations;
+pub mod route53;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::domain::{ErrorClass, StepError};
+use crate::telemetry::{AwsLabels, Metrics};
+
+pub use classify::AwsError;
+
+/// SDK attempts per call (the first included).
+pub const SDK_MAX_ATTEMPTS: u32 = 2;
+/// Upper bound of one AWS call including the SDK's retry; shorter than a lease, so a worker that lost
+/// its lease cannot still be inside a call long after another worker took over.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Loads the SDK configuration from the standard environment (`AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// credentials chain) with vend's retry and timeout budget.
+pub async fn load_sdk_config() -> Result<SdkConfig, String> {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(SDK_MAX_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(20))
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await;
+    if config.region().is_none() {
+        return Err("AWS_REGION: is required (the region vend works in, e.g. us-east-1)".into());
+    }
+    if config.credentials_provider().is_none() {
+        return Err("AWS credentials: none found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile or role)".into());
+    }
+    Ok(config)
+}
+
+/// The management account's view of AWS, shared by every adapter.
+#[derive(Clone)]
+pub struct Aws {
+    pub sdk: SdkConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Aws {
+    pub fn new(sdk: SdkConfig, metrics: Arc<Metrics>) -> Self {
+        Self { sdk, metrics }
+    }
+
+    /// Runs one AWS operation: counts it, and turns its error into an [`AwsError`].
+    pub async fn call<T, E, F>(&self, operation: &'static str, fut: F) -> Result<T, AwsError>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Into<AwsError>,
+    {
+        self.metrics
+            .aws_calls
+            .get_or_create(&AwsLabels {
+                operation: operation.to_owned(),
+            })
+            .inc();
+        match fut.await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let e: AwsError = e.into();
+                let e = e.during(operation);
+                if e.class == ErrorClass::Throttled {
+                    self.metrics
+                        .aws_throttles
+                        .get_or_create(&AwsLabels {
+                            operation: operation.to_owned(),
+                        })
+                        .inc();
+                }
+                tracing::debug!(aws.operation = operation, error.code = %e.code, error.class = e.class.as_str(), "AWS call failed");
+                Err(e)
+            }
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+impl From<AwsError> for StepError {
+    fn from(e: AwsError) -> Self {
+        let mut s = StepError::new(e.class, e.code, e.message);
+        s.retry_after = e.retry_after;
+        s
+    }
+}

@@ -1,0 +1,664 @@
+//! AWS Organizations: account creation and placement, the tenant OU and its SCPs.
+
+use async_trait::async_trait;
+use aws_sdk_organizations::Client;
+use aws_sdk_organizations::error::SdkError;
+use aws_sdk_organizations::operation::create_account::CreateAccountError;
+use aws_sdk_organizations::types::{
+    CreateAccountFailureReason, CreateAccountState, CreateAccountStatus, PolicyType, Tag,
+};
+
+use crate::domain::ErrorClass;
+
+use super::{Aws, AwsError};
+
+/// Where a `CreateAccount` request stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateState {
+    InProgress,
+    Succeeded {
+        account_id: String,
+    },
+    /// AWS's `FailureReason`, e.g. `EMAIL_ALREADY_EXISTS`.
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub id: String,
+    pub account_name: String,
+    pub state: CreateState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    pub id: String,
+    pub name: String,
+}
+
+/// What vend needs from Organizations, in its own terms. A trait so tests can interpose on the real
+/// service (e.g. crash right after `create_account` returns) without faking it.
+#[async_trait]
+pub trait Organizations: Send + Sync {
+    /// The organization's id; a clear error if the account is not in one.
+    async fn organization_id(&self) -> Result<String, AwsError>;
+    /// The root's id and whether SCPs are enabled on it.
+    async fn root(&self) -> Result<(String, bool), AwsError>;
+    async fn enable_scps(&self, root_id: &str) -> Result<(), AwsError>;
+    async fn find_ou(&self, parent_id: &str, name: &str) -> Result<Option<String>, AwsError>;
+    async fn create_ou(&self, parent_id: &str, name: &str) -> Result<String, AwsError>;
+    async fn list_scps(&self) -> Result<Vec<PolicySummary>, AwsError>;
+    async fn scp_content(&self, policy_id: &str) -> Result<String, AwsError>;
+    async fn create_scp(
+        &self,
+        name: &str,
+        description: &str,
+        content: &str,
+    ) -> Result<String, AwsError>;
+    async fn update_scp(&self, policy_id: &str, content: &str) -> Result<(), AwsError>;
+    async fn scps_attached_to(&self, target_id: &str) -> Result<Vec<String>, AwsError>;
+    async fn attach_scp(&self, policy_id: &str, target_id: &str) -> Result<(), AwsError>;
+
+    /// Every account of the organization: O(n) pages, for the periodic index sync only.
+    async fn list_accounts(&self) -> Result<Vec<Account>, AwsError>;
+    /// O(accounts in the organization): only for recovering from an unknown outcome.
+    async fn find_account_by_email(&self, email: &str) -> Result<Option<Account>, AwsError>;
+    /// O(recent requests): the newest in-progress or succeeded request for this account name.
+    async fn find_create_request(
+        &self,
+        account_name: &str,
+    ) -> Result<Option<CreateRequest>, AwsError>;
+    async fn create_account(
+        &self,
+        email: &str,
+        account_name: &str,
+        tags: &[(String, String)],
+    ) -> Result<CreateRequest, AwsError>;
+    async fn describe_create_request(&self, request_id: &str) -> Result<CreateRequest, AwsError>;
+    async fn tag_account(
+        &self,
+        account_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), AwsError>;
+    async fn parent_of(&self, account_id: &str) -> Result<String, AwsError>;
+    async fn move_account(&self, account_id: &str, from: &str, to: &str) -> Result<(), AwsError>;
+}
+
+pub struct SdkOrganizations {
+    aws: Aws,
+    client: Client,
+}
+
+impl SdkOrganizations {
+    pub fn new(aws: Aws) -> Self {
+        let client = Client::new(&aws.sdk);
+        Self { aws, client }
+    }
+}
+
+fn tags(tags: &[(String, String)]) -> Result<Vec<Tag>, AwsError> {
+    tags.iter()
+        .map(|(k, v)| {
+            Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .map_err(|e| AwsError::new(ErrorClass::Permanent, "InvalidTag", e.to_string()))
+        })
+        .collect()
+}
+
+fn account(a: &aws_sdk_organizations::types::Account) -> Account {
+    Account {
+        id: a.id().unwrap_or_default().to_owned(),
+        email: a.email().unwrap_or_default().to_owned(),
+        name: a.name().unwrap_or_default().to_owned(),
+        status: a
+            .status()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+fn request(s: &CreateAccountStatus) -> CreateRequest {
+    let state = match s.state() {
+        Some(CreateAccountState::Succeeded) => CreateState::Succeeded {
+            account_id: s.account_id().unwrap_or_default().to_owned(),
+        },
+        Some(CreateAccountState::Failed) => CreateState::Failed {
+            reason: s
+                .failure_reason()
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_else(|| "UNKNOWN".into()),
+        },
+        _ => CreateState::InProgress,
+    };
+    CreateRequest {
+        id: s.id().unwrap_or_default().to_owned(),
+        account_name: s.account_name().unwrap_or_default().to_owned(),
+        state,
+    }
+}
+
+/// `ConstraintViolationException` carries a reason that decides its class: the daily creation cap is
+/// pacing (throttled), a full organization is for ops (permanent).
+fn create_account_error(
+    err: SdkError<CreateAccountError, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> AwsError {
+    if let SdkError::ServiceError(s) = &err
+        && let CreateAccountError::ConstraintViolationException(c) = s.err()
+    {
+        let reason = c
+            .reason()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default();
+        let message = c.message().unwrap_or("constraint violation").to_owned();
+        let class = match reason.as_str() {
+            "ACCOUNT_CREATION_RATE_LIMIT_EXCEEDED" => ErrorClass::Throttled,
+            "ACCOUNT_CREATION_NOT_COMPLETE" => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        };
+        let code = if reason.is_empty() {
+            "ConstraintViolationException".to_owned()
+        } else {
+            reason
+        };
+        let mut e = AwsError::new(class, code, message);
+        if class == ErrorClass::Throttled {
+            // A daily cap: there is no point asking again within the hour.
+            e.retry_after = Some(std::time::Duration::from_secs(3600));
+        }
+        return e;
+    }
+    err.into()
+}
+
+#[async_trait]
+impl Organizations for SdkOrganizations {
+    async fn organization_id(&self) -> Result<String, AwsError> {
+        let out = self
+            .aws
+            .call("organizations.DescribeOrganization", self.client.describe_organization().send())
+            .await
+            .map_err(|e| {
+                if e.code == "AWSOrganizationsNotInUseException" {
+                    AwsError::new(
+                        ErrorClass::Permanent,
+                        e.code.clone(),
+                        "the AWS account vend runs as is not in an AWS Organization; create one (all features) in the management account",
+                    )
+                } else {
+                    e
+                }
+            })?;
+        Ok(out
+            .organization()
+            .and_then(|o| o.id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn root(&self) -> Result<(String, bool), AwsError> {
+        let out = self
+            .aws
+            .call("organizations.ListRoots", self.client.list_roots().send())
+            .await?;
+        let root = out.roots().first().ok_or_else(|| {
+            AwsError::new(
+                ErrorClass::Permanent,
+                "NoRoot",
+                "the organization has no root",
+            )
+        })?;
+        let scps = root.policy_types().iter().any(|p| {
+            p.r#type() == Some(&PolicyType::ServiceControlPolicy)
+                && p.status().is_some_and(|s| s.as_str() == "ENABLED")
+        });
+        Ok((root.id().unwrap_or_default().to_owned(), scps))
+    }
+
+    async fn enable_scps(&self, root_id: &str) -> Result<(), AwsError> {
+        let r = self
+            .aws
+            .call(
+                "organizations.EnablePolicyType",
+                self.client
+                    .enable_policy_type()
+                    .root_id(root_id)
+                    .policy_type(PolicyType::ServiceControlPolicy)
+                    .send(),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == "PolicyTypeAlreadyEnabledException" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn find_ou(&self, parent_id: &str, name: &str) -> Result<Option<String>, AwsError> {
+        let mut token = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListOrganizationalUnitsForParent",
+                    self.client
+                        .list_organizational_units_for_parent()
+                        .parent_id(parent_id)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
+            if let Some(ou) = out
+                .organizational_units()
+                .iter()
+                .find(|o| o.name() == Some(name))
+            {
+                return Ok(ou.id().map(str::to_owned));
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn create_ou(&self, parent_id: &str, name: &str) -> Result<String, AwsError> {
+        let out = self
+            .aws
+            .call(
+                "organizations.CreateOrganizationalUnit",
+                self.client
+                    .create_organizational_unit()
+                    .parent_id(parent_id)
+                    .name(name)
+                    .send(),
+            )
+            .await?;
+        Ok(out
+            .organizational_unit()
+            .and_then(|o| o.id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn list_scps(&self) -> Result<Vec<PolicySummary>, AwsError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListPolicies",
+                    self.client
+                        .list_policies()
+                        .filter(PolicyType::ServiceControlPolicy)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
+            all.extend(out.policies().iter().map(|p| PolicySummary {
+                id: p.id().unwrap_or_default().to_owned(),
+                name: p.name().unwrap_or_default().to_owned(),
+            }));
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn scp_content(&self, policy_id: &str) -> Result<String, AwsError> {
+        let out = self
+            .aws
+            .call(
+                "organizations.DescribePolicy",
+                self.client.describe_policy().policy_id(policy_id).send(),
+            )
+            .await?;
+        Ok(out
+            .policy()
+            .and_then(|p| p.content())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn create_scp(
+        &self,
+        name: &str,
+        description: &str,
+        content: &str,
+    ) -> Result<String, AwsError> {
+        let out = self
+            .aws
+            .call(
+                "organizations.CreatePolicy",
+                self.client
+                    .create_policy()
+                    .name(name)
+                    .description(description)
+                    .content(content)
+                    .r#type(PolicyType::ServiceControlPolicy)
+                    .send(),
+            )
+            .await?;
+        Ok(out
+            .policy()
+            .and_then(|p| p.policy_summary())
+            .and_then(|s| s.id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn update_scp(&self, policy_id: &str, content: &str) -> Result<(), AwsError> {
+        self.aws
+            .call(
+                "organizations.UpdatePolicy",
+                self.client
+                    .update_policy()
+                    .policy_id(policy_id)
+                    .content(content)
+                    .send(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn scps_attached_to(&self, target_id: &str) -> Result<Vec<String>, AwsError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListPoliciesForTarget",
+                    self.client
+                        .list_policies_for_target()
+                        .target_id(target_id)
+                        .filter(PolicyType::ServiceControlPolicy)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
+            all.extend(
+                out.policies()
+                    .iter()
+                    .filter_map(|p| p.id().map(str::to_owned)),
+            );
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn attach_scp(&self, policy_id: &str, target_id: &str) -> Result<(), AwsError> {
+        let r = self
+            .aws
+            .call(
+                "organizations.AttachPolicy",
+                self.client
+                    .attach_policy()
+                    .policy_id(policy_id)
+                    .target_id(target_id)
+                    .send(),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == "DuplicatePolicyAttachmentException" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>, AwsError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListAccounts",
+                    self.client.list_accounts().set_next_token(token).send(),
+                )
+                .await?;
+            all.extend(out.accounts().iter().map(account));
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn find_account_by_email(&self, email: &str) -> Result<Option<Account>, AwsError> {
+        let mut token = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListAccounts",
+                    self.client.list_accounts().set_next_token(token).send(),
+                )
+                .await?;
+            if let Some(a) = out
+                .accounts()
+                .iter()
+                .find(|a| a.email().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+            {
+                return Ok(Some(account(a)));
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn find_create_request(
+        &self,
+        account_name: &str,
+    ) -> Result<Option<CreateRequest>, AwsError> {
+        let mut token = None;
+        let mut found: Option<(Option<aws_smithy_types::DateTime>, CreateRequest)> = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListCreateAccountStatus",
+                    self.client
+                        .list_create_account_status()
+                        .states(CreateAccountState::InProgress)
+                        .states(CreateAccountState::Succeeded)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
+            for s in out.create_account_statuses() {
+                if s.account_name() != Some(account_name) {
+                    continue;
+                }
+                let r = request(s);
+                if matches!(r.state, CreateState::Failed { .. }) {
+                    continue;
+                }
+                let at = s.requested_timestamp().copied();
+                if found.as_ref().is_none_or(|(t, _)| at > *t) {
+                    found = Some((at, r));
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(found.map(|(_, r)| r));
+            }
+        }
+    }
+
+    async fn create_account(
+        &self,
+        email: &str,
+        account_name: &str,
+        tag_list: &[(String, String)],
+    ) -> Result<CreateRequest, AwsError> {
+        let out = self
+            .aws
+            .call("organizations.CreateAccount", async {
+                self.client
+                    .create_account()
+                    .email(email)
+                    .account_name(account_name)
+                    .set_tags(Some(tags(tag_list)?))
+                    .send()
+                    .await
+                    .map_err(create_account_error)
+            })
+            .await?;
+        out.create_account_status().map(request).ok_or_else(|| {
+            AwsError::new(
+                ErrorClass::Transient,
+                "EmptyResponse",
+                "CreateAccount returned no status",
+            )
+        })
+    }
+
+    async fn describe_create_request(&self, request_id: &str) -> Result<CreateRequest, AwsError> {
+        let out = self
+            .aws
+            .call(
+                "organizations.DescribeCreateAccountStatus",
+                self.client
+                    .describe_create_account_status()
+                    .create_account_request_id(request_id)
+                    .send(),
+            )
+            .await?;
+        out.create_account_status().map(request).ok_or_else(|| {
+            AwsError::new(
+                ErrorClass::Transient,
+                "EmptyResponse",
+                "DescribeCreateAccountStatus returned no status",
+            )
+        })
+    }
+
+    async fn tag_account(
+        &self,
+        account_id: &str,
+        tag_list: &[(String, String)],
+    ) -> Result<(), AwsError> {
+        self.aws
+            .call("organizations.TagResource", async {
+                self.client
+                    .tag_resource()
+                    .resource_id(account_id)
+                    .set_tags(Some(tags(tag_list)?))
+                    .send()
+                    .await
+                    .map_err(AwsError::from)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn parent_of(&self, account_id: &str) -> Result<String, AwsError> {
+        let out = self
+            .aws
+            .call(
+                "organizations.ListParents",
+                self.client.list_parents().child_id(account_id).send(),
+            )
+            .await?;
+        out.parents()
+            .first()
+            .and_then(|p| p.id())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AwsError::new(
+                    ErrorClass::Transient,
+                    "NoParent",
+                    "the account has no parent yet",
+                )
+            })
+    }
+
+    async fn move_account(&self, account_id: &str, from: &str, to: &str) -> Result<(), AwsError> {
+        let r = self
+            .aws
+            .call(
+                "organizations.MoveAccount",
+                self.client
+                    .move_account()
+                    .account_id(account_id)
+                    .source_parent_id(from)
+                    .destination_parent_id(to)
+                    .send(),
+            )
+            .await;
+        match r {
+            // Already there: a move that happened before a crash.
+            Err(e) if e.code == "DuplicateAccountException" => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+/// A readable explanation of a `CreateAccount` `FailureReason`, and whether a new request could work.
+pub fn failure_reason(reason: &str) -> (ErrorClass, &'static str) {
+    use CreateAccountFailureReason as R;
+    let r = R::from(reason);
+    match r {
+        R::EmailAlreadyExists => (
+            ErrorClass::Transient,
+            "an AWS account with this root e-mail already exists",
+        ),
+        R::ConcurrentAccountModification => (
+            ErrorClass::Transient,
+            "a request with the same information is already being processed",
+        ),
+        R::InternalFailure => (
+            ErrorClass::Transient,
+            "AWS had an internal failure creating the account",
+        ),
+        R::AccountLimitExceeded => (
+            ErrorClass::Permanent,
+            "the organization has reached its account limit; raise the quota, then retry",
+        ),
+        R::InvalidAddress => (ErrorClass::Permanent, "AWS rejected the account's address"),
+        R::InvalidEmail => (
+            ErrorClass::Permanent,
+            "AWS rejected the account's root e-mail",
+        ),
+        R::InvalidIdentityForBusinessValidation
+        | R::FailedBusinessValidation
+        | R::PendingBusinessValidatioNv
+        | R::MissingBusinessValidation
+        | R::UnknownBusinessValidation => (
+            ErrorClass::Permanent,
+            "the organization's business validation does not allow new accounts; see the AWS console",
+        ),
+        R::MissingPaymentInstrument => (
+            ErrorClass::Permanent,
+            "the management account has no valid payment instrument",
+        ),
+        R::GovcloudAccountAlreadyExists => (
+            ErrorClass::Permanent,
+            "a GovCloud account for this account already exists",
+        ),
+        R::UpdateExistingResourcePolicyWithTagsNotSupported => (
+            ErrorClass::Permanent,
+            "AWS cannot apply these tags to the new account",
+        ),
+        _ => (ErrorClass::Permanent, "AWS could not create the account"),
+    }
+}

@@ -1,0 +1,351 @@
+//! The management-account reconciler: periodic, idempotent, and taking no input but the configuration.
+//! At start (and every `VEND_RECONCILE_INTERVAL`, one replica at a time) it makes the management side
+//! match what vend needs: the organization exists, SCPs are enabled, the tenant OU exists under the root,
+//! every SCP in `scp-policies/` exists with the file's content and is attached to the OU, the central bus
+//! exists and accepts the organization's events, and the hosted zone of the base domain exists.
+//! Separately, it refreshes the index of the organization's accounts.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::aws::AwsError;
+use crate::aws::accounts::Accounts;
+use crate::aws::eventbridge::EventBridge;
+use crate::aws::organizations::Organizations;
+use crate::aws::route53::Route53;
+use crate::config::AwsSettings;
+use crate::db;
+use crate::steps::Management;
+
+/// AWS's limit on an SCP document.
+pub const SCP_MAX_CHARS: usize = 5120;
+/// Managed SCPs are named with this prefix plus the file's stem.
+pub const SCP_PREFIX: &str = "vend-";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScpDocument {
+    pub file: String,
+    pub name: String,
+    /// Minified JSON, as sent to AWS.
+    pub content: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("SCP file {file}: {message}")]
+    InvalidScp { file: String, message: String },
+    #[error("cannot read the SCP directory {dir}: {source}")]
+    ScpDir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("VEND_BASE_DOMAIN: no public hosted zone named {0} in Route53; create it first")]
+    NoHostedZone(String),
+    #[error("{0}")]
+    Aws(#[from] AwsError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Reads and validates every `*.json` in `dir`: JSON, an IAM policy shape, at most 5,120 characters
+/// once minified. The first invalid file stops everything, named.
+pub fn load_scps(dir: &Path) -> Result<Vec<ScpDocument>, ReconcileError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ReconcileError::ScpDir {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    let mut docs = Vec::new();
+    for path in paths {
+        let file = path.display().to_string();
+        let bad = |message: String| ReconcileError::InvalidScp {
+            file: file.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let statements = v
+            .get("Statement")
+            .ok_or_else(|| bad("has no \"Statement\"".into()))?;
+        if v.get("Version").and_then(Value::as_str) != Some("2012-10-17") {
+            return Err(bad("\"Version\" must be \"2012-10-17\"".into()));
+        }
+        let list = match statements {
+            Value::Array(a) if !a.is_empty() => a.clone(),
+            Value::Object(_) => vec![statements.clone()],
+            _ => {
+                return Err(bad(
+                    "\"Statement\" must be a statement or a non-empty list of them".into(),
+                ));
+            }
+        };
+        for (i, st) in list.iter().enumerate() {
+            match st.get("Effect").and_then(Value::as_str) {
+                Some("Allow" | "Deny") => {}
+                _ => {
+                    return Err(bad(format!(
+                        "statement {i} needs \"Effect\": \"Allow\" or \"Deny\""
+                    )));
+                }
+            }
+            if st.get("Action").is_none() && st.get("NotAction").is_none() {
+                return Err(bad(format!(
+                    "statement {i} needs \"Action\" or \"NotAction\""
+                )));
+            }
+        }
+        let content = serde_json::to_string(&v).expect("a parsed value serializes");
+        let chars = content.chars().count();
+        if chars > SCP_MAX_CHARS {
+            return Err(bad(format!(
+                "is {chars} characters minified; AWS allows at most {SCP_MAX_CHARS}"
+            )));
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if stem.is_empty()
+            || !stem
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(
+                "the file name must be letters, digits, '-' and '_' (it names the policy)".into(),
+            ));
+        }
+        docs.push(ScpDocument {
+            file: path
+                .file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned(),
+            name: format!("{SCP_PREFIX}{stem}"),
+            content,
+        });
+    }
+    if docs.is_empty() {
+        return Err(ReconcileError::InvalidScp {
+            file: dir.display().to_string(),
+            message: "contains no *.json SCP documents; the tenant OU would have no guardrails"
+                .into(),
+        });
+    }
+    Ok(docs)
+}
+
+pub struct Reconciler {
+    pub orgs: Arc<dyn Organizations>,
+    pub accounts: Arc<Accounts>,
+    pub route53: Arc<Route53>,
+    pub bus: Arc<EventBridge>,
+    pub settings: AwsSettings,
+    pub scps: Vec<ScpDocument>,
+    pub pool: PgPool,
+}
+
+impl Reconciler {
+    /// Brings the management side to what vend needs and reports where things are.
+    pub async fn reconcile(&self) -> Result<Management, ReconcileError> {
+        let organization_id = self.orgs.organization_id().await?;
+        let management_account_id = self.accounts.caller_account().await?;
+        let (root_id, scps_enabled) = self.orgs.root().await?;
+        if !scps_enabled {
+            info!("enabling service control policies on the organization root");
+            self.orgs.enable_scps(&root_id).await?;
+        }
+        let ou = &self.settings.tenant_ou;
+        let tenant_ou_id = match self.orgs.find_ou(&root_id, ou).await? {
+            Some(id) => id,
+            None => {
+                info!(ou = %ou, "creating the tenant OU");
+                self.orgs.create_ou(&root_id, ou).await?
+            }
+        };
+        self.reconcile_scps(&tenant_ou_id).await?;
+        let hosted_zone_id = self
+            .route53
+            .find_public_zone(&self.settings.base_domain)
+            .await?
+            .ok_or_else(|| ReconcileError::NoHostedZone(self.settings.base_domain.clone()))?;
+        let event_bus_arn = self.bus.ensure_bus().await?;
+        if let Err(e) = self.bus.allow_organization(&organization_id).await {
+            // Progress events still reach the bus from vend; only the baselines' forwarding needs this.
+            warn!(error = %e, "could not let the organization's accounts put events on the central bus");
+        }
+        Ok(Management {
+            organization_id,
+            management_account_id,
+            root_id,
+            tenant_ou_id,
+            hosted_zone_id,
+            event_bus_arn,
+        })
+    }
+
+    /// Every SCP from the files exists with the file's content and is attached to the OU.
+    pub async fn reconcile_scps(&self, ou_id: &str) -> Result<(), ReconcileError> {
+        let existing = self.orgs.list_scps().await?;
+        let attached = self.orgs.scps_attached_to(ou_id).await?;
+        for doc in &self.scps {
+            let id = match existing.iter().find(|p| p.name == doc.name) {
+                Some(p) => {
+                    let current = self.orgs.scp_content(&p.id).await?;
+                    let same = serde_json::from_str::<Value>(&current).ok()
+                        == serde_json::from_str::<Value>(&doc.content).ok();
+                    if !same {
+                        info!(policy = %doc.name, file = %doc.file, "updating SCP from its file");
+                        self.orgs.update_scp(&p.id, &doc.content).await?;
+                    }
+                    p.id.clone()
+                }
+                None => {
+                    info!(policy = %doc.name, file = %doc.file, "creating SCP");
+                    let description = format!("Managed by vend from scp-policies/{}", doc.file);
+                    self.orgs
+                        .create_scp(&doc.name, &description, &doc.content)
+                        .await?
+                }
+            };
+            if !attached.contains(&id) {
+                info!(policy = %doc.name, "attaching SCP to the tenant OU");
+                self.orgs.attach_scp(&id, ou_id).await?;
+            }
+        }
+        for p in existing.iter().filter(|p| p.name.starts_with(SCP_PREFIX)) {
+            if !self.scps.iter().any(|d| d.name == p.name) && attached.contains(&p.id) {
+                warn!(policy = %p.name, "an SCP vend manages has no file any more; it stays attached until ops detach it");
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes the local index of the organization's accounts.
+    pub async fn sync_accounts(&self) -> Result<usize, ReconcileError> {
+        let all = self.orgs.list_accounts().await?;
+        let rows: Vec<db::org::OrgAccount> = all
+            .into_iter()
+            .map(|a| db::org::OrgAccount {
+                account_id: a.id,
+                email: a.email,
+                name: a.name,
+                status: a.status,
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        db::org::replace_accounts(&mut tx, &rows).await?;
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Repeats the reconcile and the account sync on their intervals, each run by one replica only.
+    pub async fn run(self: Arc<Self>, ou_id: String, shutdown: CancellationToken) {
+        let tick = std::cmp::min(
+            self.settings.reconcile_interval,
+            self.settings.account_sync_interval,
+        )
+        .min(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = shutdown.cancelled() => return,
+            }
+            match db::org::claim_periodic(
+                &self.pool,
+                "reconcile-scps",
+                self.settings.reconcile_interval,
+            )
+            .await
+            {
+                Ok(true) => {
+                    if let Err(e) = self.reconcile_scps(&ou_id).await {
+                        warn!(error = %e, "SCP reconcile failed; will try again");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot schedule the SCP reconcile"),
+            }
+            match db::org::claim_periodic(
+                &self.pool,
+                "sync-accounts",
+                self.settings.account_sync_interval,
+            )
+            .await
+            {
+                Ok(true) => match self.sync_accounts().await {
+                    Ok(n) => info!(accounts = n, "organization account index refreshed"),
+                    Err(e) => warn!(error = %e, "account index refresh failed; will try again"),
+                },
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot schedule the account sync"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, body) in files {
+            std::fs::write(d.path().join(name), body).unwrap();
+        }
+        d
+    }
+
+    const OK: &str = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "ec2:RunInstances", "Resource": "*"}]}"#;
+
+    #[test]
+    fn shipped_policies_are_valid() {
+        let docs = load_scps(&Path::new(env!("CARGO_MANIFEST_DIR")).join("scp-policies")).unwrap();
+        assert!(docs.len() >= 3);
+        assert!(docs.iter().all(|d| d.name.starts_with(SCP_PREFIX)));
+    }
+
+    #[test]
+    fn a_valid_file_is_minified_and_named_after_itself() {
+        let d = dir_with(&[("deny-ec2.json", OK)]);
+        let docs = load_scps(d.path()).unwrap();
+        assert_eq!(docs[0].name, "vend-deny-ec2");
+        assert!(!docs[0].content.contains(' '));
+    }
+
+    #[test]
+    fn invalid_files_are_named() {
+        let long = format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Deny", "Action": "ec2:RunInstances", "Resource": "*", "Sid": "{}"}}]}}"#,
+            "x".repeat(5200)
+        );
+        for (name, body, needle) in [
+            ("broken.json", "{not json", "not valid JSON"),
+            (
+                "noversion.json",
+                r#"{"Statement": [{"Effect": "Deny", "Action": "*"}]}"#,
+                "Version",
+            ),
+            (
+                "noeffect.json",
+                r#"{"Version": "2012-10-17", "Statement": [{"Action": "*"}]}"#,
+                "Effect",
+            ),
+            ("long.json", long.as_str(), "5120"),
+        ] {
+            let d = dir_with(&[("good.json", OK), (name, body)]);
+            let e = load_scps(d.path()).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(needle), "{e}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `await_account`: poll `DescribeCreateAccountStatus` as a durable timer until the account exists.
+//! A failed request is mapped by its `FailureReason`: duplicates are adopted, AWS-internal failures
+//! start a fresh request, everything else is a readable permanent failure for ops.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::aws::organizations::{CreateState, failure_reason};
+use crate::db;
+use crate::db::org::OrgAccount;
+use crate::domain::{ErrorClass, StepError, StepOutcome};
+use crate::engine::{Step, StepContext};
+
+use super::create_account::{Requested, ensure_requested};
+use super::{Silo, finish};
+
+pub struct AwaitAccount(pub Arc<Silo>);
+
+#[async_trait]
+impl Step for AwaitAccount {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(run(&self.0, ctx).await)
+    }
+}
+
+async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    if let Some(account_id) = ctx.resource_str("account_id").map(str::to_owned) {
+        return finish_account(silo, ctx, &account_id).await;
+    }
+    // No request recorded (an earlier one failed and was cleared): start a new one.
+    let Some(request_id) = ctx.resource_str("create_request_id").map(str::to_owned) else {
+        return match ensure_requested(silo, ctx).await? {
+            Requested::Known => Ok(StepOutcome::Wait {
+                after: ctx.poll_interval,
+                note: "CreateAccount requested again".into(),
+            }),
+            Requested::Unsure(after) => Ok(StepOutcome::Wait {
+                after,
+                note: "an earlier CreateAccount may still be in flight".into(),
+            }),
+        };
+    };
+    let r = silo.orgs.describe_create_request(&request_id).await?;
+    match r.state {
+        CreateState::InProgress => Ok(StepOutcome::Wait {
+            after: ctx.poll_interval,
+            note: "IN_PROGRESS".into(),
+        }),
+        CreateState::Succeeded { account_id } => {
+            ctx.save_resource("account_id", account_id.clone()).await?;
+            finish_account(silo, ctx, &account_id).await
+        }
+        CreateState::Failed { reason } => failed(silo, ctx, &reason).await,
+    }
+}
+
+/// The account exists: make sure it carries the tenant's tags (an adopted one may not) and index it.
+async fn finish_account(
+    silo: &Silo,
+    ctx: &mut StepContext,
+    account_id: &str,
+) -> Result<StepOutcome, StepError> {
+    let tags = silo.account_tags(&ctx.tenant.slug, ctx.tenant.tier.as_str());
+    silo.orgs.tag_account(account_id, &tags).await?;
+    let email = silo.settings.account_email(&ctx.tenant.slug);
+    let entry = OrgAccount {
+        account_id: account_id.to_owned(),
+        email,
+        name: silo.settings.account_name(&ctx.tenant.slug),
+        status: "ACTIVE".into(),
+    };
+    db::org::upsert_account(&silo.pool, &entry)
+        .await
+        .map_err(|e| StepError::transient("DatabaseError", e.to_string()))?;
+    Ok(StepOutcome::Succeeded)
+}
+
+async fn failed(
+    silo: &Silo,
+    ctx: &mut StepContext,
+    reason: &str,
+) -> Result<StepOutcome, StepError> {
+    let email = silo.settings.account_email(&ctx.tenant.slug);
+    let name = silo.settings.account_name(&ctx.tenant.slug);
+    match reason {
+        // The tenant's account already exists (an earlier request won) or is being made: adopt it.
+        "EMAIL_ALREADY_EXISTS" | "CONCURRENT_ACCOUNT_MODIFICATION" => {
+            if let Some(a) = silo.orgs.find_account_by_email(&email).await? {
+                tracing::info!(account.id = %a.id, reason, "adopting the existing account");
+                ctx.save_resource("account_id", a.id.clone()).await?;
+                ctx.set_resource("account_adopted", reason);
+                return finish_account(silo, ctx, &a.id).await;
+            }
+            if let Some(r) = silo.orgs.find_create_request(&name).await? {
+                ctx.save_resource("create_request_id", r.id).await?;
+                return Ok(StepOutcome::Wait {
+                    after: ctx.poll_interval,
+                    note: "following the request already in progress".into(),
+                });
+            }
+            let (_, what) = failure_reason(reason);
+            Err(StepError::transient(
+                reason,
+                format!("{what}, but it is not visible yet"),
+            ))
+        }
+        _ => {
+            // This request is finished for good; a later attempt (or an operator's retry) starts a new one.
+            ctx.set_resource("create_request_id", Value::Null);
+            ctx.set_resource("create_intent_at", Value::Null);
+            let (class, what) = failure_reason(reason);
+            let e = StepError::new(
+                class,
+                reason,
+                format!("CreateAccount failed: {what} ({reason})"),
+            );
+            if class == ErrorClass::Permanent {
+                tracing::warn!(reason, "CreateAccount failed permanently");
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `bootstrap_baseline`: assume the access role in the tenant account (a new account refuses for its
+//! first minutes: retried, bounded by the step's timeout) and converge the baseline stack: the deployment
+//! role for the tenant stack, event forwarding to the central bus, and the account's CloudTrail.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::aws::cloudformation::{Cfn, StackSpec};
+use crate::domain::{StepError, StepOutcome};
+use crate::engine::{Step, StepContext};
+
+use super::stack::{StackProgress, converge};
+use super::{Silo, account_id, finish};
+
+pub const STACK_NAME: &str = "vend-baseline";
+
+pub struct BootstrapBaseline(pub Arc<Silo>);
+
+#[async_trait]
+impl Step for BootstrapBaseline {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(run(&self.0, ctx).await)
+    }
+}
+
+async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    let account = account_id(ctx)?;
+    let config = silo.accounts.config_for(&account).await?;
+    let cfn = Cfn::new(&silo.aws, &config);
+    let spec = StackSpec {
+        name: STACK_NAME.into(),
+        template_body: silo.templates.baseline.clone(),
+        parameters: vec![
+            ("TenantSlug".into(), ctx.tenant.slug.clone()),
+            (
+                "ManagementAccountId".into(),
+                silo.management.management_account_id.clone(),
+            ),
+            (
+                "CentralEventBusArn".into(),
+                silo.management.event_bus_arn.clone(),
+            ),
+            (
+                "EnableCloudTrail".into(),
+                silo.settings.baseline_cloudtrail.to_string(),
+            ),
+        ],
+        role_arn: None,
+        tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
+    };
+    match converge(ctx, &cfn, spec, "baseline").await? {
+        StackProgress::InProgress(status) => Ok(StepOutcome::Wait {
+            after: ctx.poll_interval,
+            note: status,
+        }),
+        StackProgress::Ready(stack) => {
+            let role = stack
+                .outputs
+                .get("DeploymentRoleArn")
+                .cloned()
+                .ok_or_else(|| {
+                    StepError::permanent(
+                        "StackOutputMissing",
+                        "the baseline stack has no DeploymentRoleArn output",
+                    )
+                })?;
+            ctx.set_resource("deployment_role_arn", role);
+            Ok(StepOutcome::Succeeded)
+        }
+    }
+}

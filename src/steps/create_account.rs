@@ -1,0 +1,139 @@
+//! `create_account`: make sure exactly one `CreateAccount` request exists for the tenant.
+//!
+//! `CreateAccount` has no client token, so a blind retry can create a second account, the worst bug this
+//! product can have. The rules:
+//! 1. An account or request already recorded for the tenant: done.
+//! 2. The organization index (synced from ListAccounts) has the tenant's root e-mail: adopt it.
+//! 3. An earlier attempt recorded its *intent* to call but not the answer (it crashed, or the answer
+//!    was lost): the outcome is unknown, so look in AWS itself — ListAccounts by e-mail and
+//!    ListCreateAccountStatus by name (both O(n), so only on this path) — and adopt what is there.
+//!    If nothing is there yet, wait out the longest time an earlier call could still be in flight
+//!    before calling again.
+//! 4. Otherwise record the intent (committed), call, and record the request id the moment it returns.
+//!
+//! `EMAIL_ALREADY_EXISTS` and `CONCURRENT_ACCOUNT_MODIFICATION` come back asynchronously; `await_account`
+//! resolves them by adopting the matching account.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::aws::classify::outcome_unknown;
+use crate::aws::organizations::CreateState;
+use crate::db;
+use crate::domain::{StepError, StepOutcome};
+use crate::engine::{Step, StepContext};
+
+use super::{Silo, finish};
+
+pub struct CreateAccount(pub Arc<Silo>);
+
+/// Where the tenant's account creation stands after [`ensure_requested`].
+pub(crate) enum Requested {
+    /// A request or the account itself is recorded.
+    Known,
+    /// An earlier call's outcome is still unknown; look again after this long.
+    Unsure(Duration),
+}
+
+#[async_trait]
+impl Step for CreateAccount {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(match ensure_requested(&self.0, ctx).await {
+            Ok(Requested::Known) => Ok(StepOutcome::Succeeded),
+            Ok(Requested::Unsure(after)) => Ok(StepOutcome::Wait {
+                after,
+                note:
+                    "an earlier CreateAccount may still be in flight; looking again before calling"
+                        .into(),
+            }),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+async fn adopt(ctx: &mut StepContext, account_id: &str, how: &str) -> Result<(), StepError> {
+    tracing::info!(
+        account.id = account_id,
+        how,
+        "adopting the tenant's existing account"
+    );
+    ctx.save_resource("account_id", account_id).await?;
+    ctx.set_resource("account_adopted", how);
+    Ok(())
+}
+
+pub(crate) async fn ensure_requested(
+    silo: &Silo,
+    ctx: &mut StepContext,
+) -> Result<Requested, StepError> {
+    if ctx.resource_str("account_id").is_some() || ctx.resource_str("create_request_id").is_some() {
+        return Ok(Requested::Known);
+    }
+    let slug = ctx.tenant.slug.clone();
+    let email = silo.settings.account_email(&slug);
+    let name = silo.settings.account_name(&slug);
+
+    let indexed = db::org::account_by_email(&silo.pool, &email)
+        .await
+        .map_err(|e| StepError::transient("DatabaseError", e.to_string()))?;
+    if let Some(a) = indexed {
+        adopt(ctx, &a.account_id, "found in the organization index").await?;
+        return Ok(Requested::Known);
+    }
+
+    if let Some(intent) = ctx.resource_str("create_intent_at").map(str::to_owned) {
+        if let Some(a) = silo.orgs.find_account_by_email(&email).await? {
+            adopt(ctx, &a.id, "found by e-mail after an unknown outcome").await?;
+            return Ok(Requested::Known);
+        }
+        if let Some(r) = silo.orgs.find_create_request(&name).await? {
+            tracing::info!(request.id = %r.id, "found the tenant's CreateAccount request after an unknown outcome");
+            ctx.save_resource("create_request_id", r.id.clone()).await?;
+            if let CreateState::Succeeded { account_id } = &r.state {
+                ctx.save_resource("account_id", account_id.clone()).await?;
+            }
+            return Ok(Requested::Known);
+        }
+        let since = chrono::DateTime::parse_from_rfc3339(&intent)
+            .map(|t| {
+                (Utc::now() - t.with_timezone(&Utc))
+                    .to_std()
+                    .unwrap_or_default()
+            })
+            .unwrap_or(Duration::MAX);
+        if since < silo.settings.unknown_outcome_grace {
+            return Ok(Requested::Unsure(
+                silo.settings.unknown_outcome_grace - since,
+            ));
+        }
+        tracing::warn!(
+            "no trace of an earlier CreateAccount; the call never reached AWS, calling again"
+        );
+    }
+
+    ctx.save_resource("create_intent_at", Utc::now().to_rfc3339())
+        .await?;
+    ctx.set_resource("account_email", email.clone());
+    ctx.set_resource("account_name", name.clone());
+    let tags = silo.account_tags(&slug, ctx.tenant.tier.as_str());
+    match silo.orgs.create_account(&email, &name, &tags).await {
+        Ok(r) => {
+            ctx.save_resource("create_request_id", r.id.clone()).await?;
+            if let CreateState::Succeeded { account_id } = &r.state {
+                ctx.save_resource("account_id", account_id.clone()).await?;
+            }
+            tracing::info!(request.id = %r.id, "CreateAccount requested");
+            Ok(Requested::Known)
+        }
+        Err(e) if !outcome_unknown(&e) => {
+            // AWS answered no: nothing was created, so the next attempt need not search.
+            ctx.set_resource("create_intent_at", Value::Null);
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

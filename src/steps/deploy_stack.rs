@@ -1,0 +1,66 @@
+//! `deploy_stack`: converge the tenant's serverless stack (DynamoDB table, Lambda function, REST API with
+//! a stage) in the tenant account, deployed by CloudFormation through the baseline's deployment role,
+//! and record its outputs (API id and stage) for `map_domain`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::aws::cloudformation::{Cfn, StackSpec};
+use crate::domain::{StepError, StepOutcome};
+use crate::engine::{Step, StepContext};
+
+use super::stack::{StackProgress, converge};
+use super::{Silo, account_id, finish};
+
+pub const STACK_NAME: &str = "vend-tenant";
+
+pub struct DeployStack(pub Arc<Silo>);
+
+#[async_trait]
+impl Step for DeployStack {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(run(&self.0, ctx).await)
+    }
+}
+
+async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    let account = account_id(ctx)?;
+    let role = ctx
+        .resource_str("deployment_role_arn")
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            StepError::permanent(
+                "NoDeploymentRole",
+                "no deployment role recorded; requeue from bootstrap_baseline",
+            )
+        })?;
+    let config = silo.accounts.config_for(&account).await?;
+    let cfn = Cfn::new(&silo.aws, &config);
+    let spec = StackSpec {
+        name: STACK_NAME.into(),
+        template_body: silo.templates.tenant_stack.clone(),
+        parameters: vec![("TenantSlug".into(), ctx.tenant.slug.clone())],
+        role_arn: Some(role),
+        tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
+    };
+    match converge(ctx, &cfn, spec, "tenant").await? {
+        StackProgress::InProgress(status) => Ok(StepOutcome::Wait {
+            after: ctx.poll_interval,
+            note: status,
+        }),
+        StackProgress::Ready(stack) => {
+            let output = |k: &str| {
+                stack.outputs.get(k).cloned().ok_or_else(|| {
+                    StepError::permanent(
+                        "StackOutputMissing",
+                        format!("the tenant stack has no {k} output"),
+                    )
+                })
+            };
+            ctx.set_resource("api_id", output("ApiId")?);
+            ctx.set_resource("api_stage", output("StageName")?);
+            Ok(StepOutcome::Succeeded)
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Converging a CloudFormation stack to its template: create, update when the template or parameters
+//! changed, wait while in progress (as a durable timer), and turn failures into clear step errors.
+
+use sha2::{Digest, Sha256};
+
+use crate::aws::cloudformation::{Cfn, StackInfo, StackSpec};
+use crate::domain::StepError;
+use crate::engine::StepContext;
+
+/// Tag carrying the hash of what a stack was deployed from, so a changed template is an update.
+const HASH_TAG: &str = "vend:template-sha256";
+
+pub enum StackProgress {
+    Ready(StackInfo),
+    InProgress(String),
+}
+
+fn spec_hash(spec: &StackSpec) -> String {
+    let mut h = Sha256::new();
+    h.update(spec.template_body.as_bytes());
+    for (k, v) in &spec.parameters {
+        h.update(b"\0");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+    }
+    if let Some(r) = &spec.role_arn {
+        h.update(b"\0role=");
+        h.update(r.as_bytes());
+    }
+    let d = h.finalize();
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Drives the stack `spec` one step towards its template. `key` names it in the tenant's resources
+/// (`<key>_stack_id`, `<key>_failed`).
+pub async fn converge(
+    ctx: &mut StepContext,
+    cfn: &Cfn,
+    mut spec: StackSpec,
+    key: &str,
+) -> Result<StackProgress, StepError> {
+    let hash = spec_hash(&spec);
+    spec.tags.push((HASH_TAG.into(), hash.clone()));
+    // The same token for the same (stack, content): a repeated call after a crash is a no-op at AWS.
+    let token = format!("vend-{}-{}", spec.name, &hash[..16]);
+    let failed_key = format!("{key}_failed");
+    let id_key = format!("{key}_stack_id");
+
+    let Some(stack) = cfn.describe(&spec.name).await? else {
+        cfn.create(&spec, &token).await?;
+        if let Some(s) = cfn.describe(&spec.name).await? {
+            ctx.save_resource(&id_key, s.stack_id).await?;
+        }
+        return Ok(StackProgress::InProgress("CREATE_IN_PROGRESS".into()));
+    };
+    if ctx.resource_str(&id_key) != Some(stack.stack_id.as_str()) {
+        ctx.set_resource(&id_key, stack.stack_id.clone());
+    }
+    let status = stack.status.as_str();
+    // Seen and reported before: an operator has asked to try again.
+    let retrying = ctx.resource_str(&failed_key) == Some(&format!("{}:{status}", stack.stack_id));
+    match status {
+        s if s.ends_with("_IN_PROGRESS") => Ok(StackProgress::InProgress(s.to_owned())),
+        "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
+            if stack.tags.get(HASH_TAG) != Some(&hash) && cfn.update(&spec, &token).await? {
+                return Ok(StackProgress::InProgress("UPDATE_IN_PROGRESS".into()));
+            }
+            ctx.set_resource(&failed_key, serde_json::Value::Null);
+            Ok(StackProgress::Ready(stack))
+        }
+        // A failed creation leaves a stack that can only be deleted. Report it once; when the operator
+        // retries, delete it so the next pass creates it afresh.
+        "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" | "CREATE_FAILED" if retrying => {
+            cfn.delete(&spec.name, &format!("{token}-delete")).await?;
+            ctx.set_resource(&failed_key, serde_json::Value::Null);
+            Ok(StackProgress::InProgress("DELETE_IN_PROGRESS".into()))
+        }
+        // A failed update rolled back to the last good state: on an operator retry, update again.
+        "UPDATE_ROLLBACK_COMPLETE" if retrying => {
+            ctx.set_resource(&failed_key, serde_json::Value::Null);
+            if cfn
+                .update(&spec, &format!("{token}-retry-{}", ctx.attempt))
+                .await?
+            {
+                Ok(StackProgress::InProgress("UPDATE_IN_PROGRESS".into()))
+            } else {
+                Ok(StackProgress::Ready(stack))
+            }
+        }
+        "ROLLBACK_COMPLETE"
+        | "ROLLBACK_FAILED"
+        | "CREATE_FAILED"
+        | "UPDATE_ROLLBACK_COMPLETE"
+        | "UPDATE_FAILED"
+        | "UPDATE_ROLLBACK_FAILED"
+        | "DELETE_FAILED" => {
+            let why = cfn
+                .first_failure(&stack.stack_id)
+                .await
+                .ok()
+                .flatten()
+                .or(stack.reason.clone())
+                .unwrap_or_else(|| "no reason given".into());
+            ctx.set_resource(&failed_key, format!("{}:{status}", stack.stack_id));
+            Err(StepError::permanent(
+                "StackFailed",
+                format!(
+                    "stack {} is {status}: {why}; fix the cause, then retry",
+                    spec.name
+                ),
+            ))
+        }
+        other => Err(StepError::transient(
+            "StackState",
+            format!("stack {} is in unexpected state {other}", spec.name),
+        )),
+    }
+}

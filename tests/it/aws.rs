@@ -1,0 +1,701 @@
+//! The silo workflow against moto: afterwards, plain SDK calls check what CONTRACT.md says must exist.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use vend::aws::AwsError;
+use vend::aws::organizations::{
+    Account, CreateRequest, Organizations, PolicySummary, SdkOrganizations,
+};
+
+use crate::support::moto::{self, BASE_DOMAIN};
+use crate::support::{signup_body, spawn_silo};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn scp_names() -> BTreeSet<String> {
+    vend::reconcile::load_scps(&crate::support::postgres::repo_root().join("scp-policies"))
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect()
+}
+
+/// Every account of the organization tagged for `slug`.
+async fn accounts_of(sdk: &SdkConfig, slug: &str) -> Vec<String> {
+    let org = aws_sdk_organizations::Client::new(sdk);
+    let mut out = Vec::new();
+    for a in org.list_accounts().send().await.unwrap().accounts() {
+        let id = a.id().unwrap().to_owned();
+        let tags = org
+            .list_tags_for_resource()
+            .resource_id(&id)
+            .send()
+            .await
+            .unwrap();
+        if tags
+            .tags()
+            .iter()
+            .any(|t| t.key() == "vend:tenant" && t.value() == slug)
+        {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// The checks of CONTRACT.md's silo section, with nothing but the AWS SDK.
+async fn assert_contract_holds(sdk: &SdkConfig, slug: &str) -> String {
+    let org = aws_sdk_organizations::Client::new(sdk);
+    // Exactly one account tagged for the tenant, in the tenant OU, which carries every SCP.
+    let accounts = accounts_of(sdk, slug).await;
+    assert_eq!(accounts.len(), 1, "{slug} has {} accounts", accounts.len());
+    let account = accounts[0].clone();
+    let parents = org.list_parents().child_id(&account).send().await.unwrap();
+    let parent = parents.parents()[0].id().unwrap().to_owned();
+    let ou = org
+        .describe_organizational_unit()
+        .organizational_unit_id(&parent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ou.organizational_unit().unwrap().name(), Some("tenants"));
+    let attached: BTreeSet<String> = org
+        .list_policies_for_target()
+        .target_id(&parent)
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap()
+        .policies()
+        .iter()
+        .filter_map(|p| p.name().map(str::to_owned))
+        .collect();
+    for name in scp_names() {
+        assert!(
+            attached.contains(&name),
+            "SCP {name} is not attached to the tenant OU"
+        );
+    }
+
+    // In the tenant account: the baseline roles and the tenant stack, complete and not rolled back.
+    let inside = moto::sdk_in(sdk, &account).await;
+    let iam = aws_sdk_iam::Client::new(&inside);
+    for role in ["vend-deployment", "vend-event-forwarder"] {
+        iam.get_role()
+            .role_name(role)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{slug}: no role {role}: {e}"));
+    }
+    let cfn = aws_sdk_cloudformation::Client::new(&inside);
+    let stacks = cfn
+        .describe_stacks()
+        .stack_name("vend-tenant")
+        .send()
+        .await
+        .unwrap();
+    let status = stacks.stacks()[0]
+        .stack_status()
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(
+        status.ends_with("_COMPLETE") && !status.contains("ROLLBACK"),
+        "tenant stack is {status}"
+    );
+
+    // The custom domain in the tenant account, mapped to the tenant's API.
+    let domain = format!("{slug}.{BASE_DOMAIN}");
+    let apigw = aws_sdk_apigateway::Client::new(&inside);
+    let d = apigw
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    let target = d.regional_domain_name().unwrap().to_owned();
+    let mappings = apigw
+        .get_base_path_mappings()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mappings.items().len(), 1);
+    let api = mappings.items()[0].rest_api_id().unwrap();
+    assert!(
+        apigw.get_rest_api().rest_api_id(api).send().await.is_ok(),
+        "mapping points at a missing API"
+    );
+
+    // The record in the central zone points at the domain's regional target.
+    let r53 = aws_sdk_route53::Client::new(sdk);
+    let zone = r53
+        .list_hosted_zones_by_name()
+        .dns_name(BASE_DOMAIN)
+        .send()
+        .await
+        .unwrap();
+    let zone_id = zone.hosted_zones()[0].id().to_owned();
+    let records = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone_id)
+        .send()
+        .await
+        .unwrap();
+    let matching: Vec<_> = records
+        .resource_record_sets()
+        .iter()
+        .filter(|r| r.name() == format!("{domain}."))
+        .collect();
+    assert_eq!(matching.len(), 1, "{domain} should have exactly one record");
+    assert_eq!(
+        matching[0]
+            .alias_target()
+            .unwrap()
+            .dns_name()
+            .trim_end_matches('.'),
+        target,
+        "the record must point at the domain's regional target"
+    );
+    account
+}
+
+async fn count_domains_and_stacks(sdk: &SdkConfig, account: &str) -> (usize, usize, usize) {
+    let inside = moto::sdk_in(sdk, account).await;
+    let domains = aws_sdk_apigateway::Client::new(&inside)
+        .get_domain_names()
+        .send()
+        .await
+        .unwrap()
+        .items()
+        .len();
+    let stacks = aws_sdk_cloudformation::Client::new(&inside)
+        .list_stacks()
+        .send()
+        .await
+        .unwrap()
+        .stack_summaries()
+        .iter()
+        .filter(|s| {
+            s.stack_status()
+                .is_some_and(|x| x.as_str() != "DELETE_COMPLETE")
+        })
+        .count();
+    let apis = aws_sdk_apigateway::Client::new(&inside)
+        .get_rest_apis()
+        .send()
+        .await
+        .unwrap()
+        .items()
+        .len();
+    (domains, stacks, apis)
+}
+
+async fn total_records(sdk: &SdkConfig) -> usize {
+    let r53 = aws_sdk_route53::Client::new(sdk);
+    let zone = r53
+        .list_hosted_zones_by_name()
+        .dns_name(BASE_DOMAIN)
+        .send()
+        .await
+        .unwrap();
+    let id = zone.hosted_zones()[0].id().to_owned();
+    r53.list_resource_record_sets()
+        .hosted_zone_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .resource_record_sets()
+        .len()
+}
+
+#[tokio::test]
+async fn the_silo_workflow_vends_several_tenants_end_to_end() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    // Progress events reach the central bus: route them to a queue we can read.
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = sqs
+        .create_queue()
+        .queue_name("vend-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let queue_arn = "arn:aws:sqs:us-east-1:123456789012:vend-events";
+    let (app, rt) = spawn_silo(&moto.url, |_| {}, None).await;
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    events
+        .put_rule()
+        .name("to-queue")
+        .event_bus_name("vend")
+        .event_pattern(r#"{"source": ["vend"]}"#)
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("to-queue")
+        .event_bus_name("vend")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(queue_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let dispatcher = app.dispatcher_with_bus(
+        vec![],
+        vec![Duration::from_millis(100); 3],
+        Some(rt.bus.clone()),
+    );
+    dispatcher.sync_endpoints().await.unwrap();
+    let slugs = ["acme", "globex", "initech"];
+    for s in slugs {
+        assert_eq!(app.signup(&signup_body(s)).await.status(), 202);
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dispatching = tokio::spawn(dispatcher.clone().run(stop.clone()));
+    for s in slugs {
+        let t = app.wait_for_state(s, &["active", "failed"], WITHIN).await;
+        assert_eq!(t["state"], "active", "{t:#}");
+        assert_eq!(t["endpoint"], format!("https://{s}.{BASE_DOMAIN}"));
+        let account = assert_contract_holds(&sdk, s).await;
+        assert_eq!(t["account_id"], account);
+    }
+    engine.stop().await;
+
+    // Every event went to the bus with Source vend: 1 created + 6 steps + 1 active per tenant.
+    let expected = slugs.len() * 8;
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while received.len() < expected && tokio::time::Instant::now() < deadline {
+        let r = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        for m in r.messages() {
+            received.push(serde_json::from_str::<Value>(m.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(&queue)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        if r.messages().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop.cancel();
+    dispatching.await.unwrap();
+    assert_eq!(received.len(), expected, "events on the bus");
+    assert!(received.iter().all(|e| e["source"] == "vend"));
+    let active = received
+        .iter()
+        .filter(|e| e["detail-type"] == "tenant.active")
+        .count();
+    assert_eq!(active, 3);
+    let d: Value = app
+        .ops(Method::GET, "/v1/deliveries?state=delivered", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["deliveries"].as_array().unwrap().len(), expected);
+}
+
+#[tokio::test]
+async fn running_every_step_again_changes_nothing_in_aws() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, _rt) = spawn_silo(&moto.url, |_| {}, None).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("acme", &["active"], WITHIN).await;
+    let account = assert_contract_holds(&sdk, "acme").await;
+    let before = (
+        count_domains_and_stacks(&sdk, &account).await,
+        total_records(&sdk).await,
+    );
+
+    // Requeue from each step in turn: that step and every later one run again on a tenant whose AWS
+    // state is complete. Nothing may be created twice.
+    for step in vend::steps::SILO_KINDS.iter().rev() {
+        let r = app
+            .ops(
+                Method::POST,
+                "/v1/tenants/acme/requeue",
+                Some(json!({"from_step": step})),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "requeue from {step}");
+        let t = app
+            .wait_for_state("acme", &["active", "failed"], WITHIN)
+            .await;
+        assert_eq!(t["state"], "active", "after rerunning from {step}: {t:#}");
+        assert_eq!(
+            assert_contract_holds(&sdk, "acme").await,
+            account,
+            "rerun from {step} changed the account"
+        );
+        let after = (
+            count_domains_and_stacks(&sdk, &account).await,
+            total_records(&sdk).await,
+        );
+        assert_eq!(
+            after, before,
+            "rerun from {step} changed AWS (domains, stacks, APIs; records)"
+        );
+    }
+    engine.stop().await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    assert_eq!(
+        org.list_accounts().send().await.unwrap().accounts().len(),
+        2,
+        "the management account and acme's"
+    );
+}
+
+#[tokio::test]
+async fn an_account_that_already_has_the_tenants_email_is_adopted() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    let pre = org
+        .create_account()
+        .email(format!("aws+acme@{BASE_DOMAIN}"))
+        .account_name("made by hand")
+        .send()
+        .await
+        .unwrap();
+    let pre_id = pre
+        .create_account_status()
+        .unwrap()
+        .account_id()
+        .unwrap()
+        .to_owned();
+
+    let (app, _rt) = spawn_silo(&moto.url, |_| {}, None).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    assert_eq!(t["account_id"], pre_id.as_str());
+    assert!(t["resources"]["account_adopted"].is_string());
+    let same_email = org
+        .list_accounts()
+        .send()
+        .await
+        .unwrap()
+        .accounts()
+        .iter()
+        .filter(|a| a.email() == Some(&format!("aws+acme@{BASE_DOMAIN}")))
+        .count();
+    assert_eq!(same_email, 1, "a second account was created");
+    // Adopted accounts get the tenant's tags too.
+    assert_eq!(assert_contract_holds(&sdk, "acme").await, pre_id);
+}
+
+/// Delegates to the real Organizations (moto) but, once, never returns from `create_account` after
+/// AWS has acted on it: the worker "dies" between the call and recording its answer.
+struct CrashAfterCreate {
+    inner: SdkOrganizations,
+    armed: AtomicBool,
+    called: Arc<Notify>,
+}
+
+#[async_trait]
+impl Organizations for CrashAfterCreate {
+    async fn organization_id(&self) -> Result<String, AwsError> {
+        self.inner.organization_id().await
+    }
+    async fn root(&self) -> Result<(String, bool), AwsError> {
+        self.inner.root().await
+    }
+    async fn enable_scps(&self, r: &str) -> Result<(), AwsError> {
+        self.inner.enable_scps(r).await
+    }
+    async fn find_ou(&self, p: &str, n: &str) -> Result<Option<String>, AwsError> {
+        self.inner.find_ou(p, n).await
+    }
+    async fn create_ou(&self, p: &str, n: &str) -> Result<String, AwsError> {
+        self.inner.create_ou(p, n).await
+    }
+    async fn list_scps(&self) -> Result<Vec<PolicySummary>, AwsError> {
+        self.inner.list_scps().await
+    }
+    async fn scp_content(&self, id: &str) -> Result<String, AwsError> {
+        self.inner.scp_content(id).await
+    }
+    async fn create_scp(&self, n: &str, d: &str, c: &str) -> Result<String, AwsError> {
+        self.inner.create_scp(n, d, c).await
+    }
+    async fn update_scp(&self, id: &str, c: &str) -> Result<(), AwsError> {
+        self.inner.update_scp(id, c).await
+    }
+    async fn scps_attached_to(&self, t: &str) -> Result<Vec<String>, AwsError> {
+        self.inner.scps_attached_to(t).await
+    }
+    async fn attach_scp(&self, p: &str, t: &str) -> Result<(), AwsError> {
+        self.inner.attach_scp(p, t).await
+    }
+    async fn list_accounts(&self) -> Result<Vec<Account>, AwsError> {
+        self.inner.list_accounts().await
+    }
+    async fn find_account_by_email(&self, e: &str) -> Result<Option<Account>, AwsError> {
+        self.inner.find_account_by_email(e).await
+    }
+    async fn find_create_request(&self, n: &str) -> Result<Option<CreateRequest>, AwsError> {
+        self.inner.find_create_request(n).await
+    }
+    async fn create_account(
+        &self,
+        e: &str,
+        n: &str,
+        t: &[(String, String)],
+    ) -> Result<CreateRequest, AwsError> {
+        let r = self.inner.create_account(e, n, t).await;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.called.notify_one();
+            std::future::pending::<()>().await;
+        }
+        r
+    }
+    async fn describe_create_request(&self, id: &str) -> Result<CreateRequest, AwsError> {
+        self.inner.describe_create_request(id).await
+    }
+    async fn tag_account(&self, a: &str, t: &[(String, String)]) -> Result<(), AwsError> {
+        self.inner.tag_account(a, t).await
+    }
+    async fn parent_of(&self, a: &str) -> Result<String, AwsError> {
+        self.inner.parent_of(a).await
+    }
+    async fn move_account(&self, a: &str, f: &str, t: &str) -> Result<(), AwsError> {
+        self.inner.move_account(a, f, t).await
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_create_account_and_recording_its_id_ends_with_one_account() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let called = Arc::new(Notify::new());
+    let orgs = Arc::new(CrashAfterCreate {
+        inner: SdkOrganizations::new(vend::aws::Aws::new(
+            sdk.clone(),
+            vend::telemetry::Metrics::new(),
+        )),
+        armed: AtomicBool::new(true),
+        called: called.clone(),
+    });
+    let (app, _rt) = spawn_silo(&moto.url, |_| {}, Some(orgs)).await;
+    app.signup(&signup_body("acme")).await;
+
+    let mut config = app.engine_config("doomed");
+    config.lease = Duration::from_secs(1);
+    let doomed = app.start_engine(config.clone());
+    called.notified().await;
+    doomed.kill().await;
+    // AWS created the account; vend recorded only its intent.
+    let t = app.tenant("acme").await;
+    assert!(t["resources"]["create_intent_at"].is_string());
+    assert!(t["resources"].get("create_request_id").is_none());
+    assert_eq!(accounts_of(&sdk, "acme").await.len(), 1);
+
+    config.worker_id = "survivor".into();
+    let survivor = app.start_engine(config);
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    survivor.stop().await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    let account = assert_contract_holds(&sdk, "acme").await;
+    assert_eq!(t["account_id"], account);
+    assert_eq!(
+        t["resources"]["account_adopted"],
+        "found by e-mail after an unknown outcome"
+    );
+}
+
+async fn scp_state(sdk: &SdkConfig) -> Vec<(String, usize, String)> {
+    let org = aws_sdk_organizations::Client::new(sdk);
+    let policies = org
+        .list_policies()
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    let roots = org.list_roots().send().await.unwrap();
+    let ou = org
+        .list_organizational_units_for_parent()
+        .parent_id(roots.roots()[0].id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ou.organizational_units().len(), 1, "one tenant OU");
+    let ou_id = ou.organizational_units()[0].id().unwrap().to_owned();
+    let attached = org
+        .list_policies_for_target()
+        .target_id(&ou_id)
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for p in policies
+        .policies()
+        .iter()
+        .filter(|p| p.name().unwrap().starts_with("vend-"))
+    {
+        let n = attached
+            .policies()
+            .iter()
+            .filter(|a| a.id() == p.id())
+            .count();
+        let content = org
+            .describe_policy()
+            .policy_id(p.id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        out.push((
+            p.name().unwrap().to_owned(),
+            n,
+            content.policy().unwrap().content().unwrap().to_owned(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn the_scp_reconcile_is_idempotent_across_restarts_and_follows_the_files() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(crate::support::postgres::repo_root().join("scp-policies")).unwrap()
+    {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let scp_dir = dir.path().to_owned();
+    let (_a, _) = spawn_silo(&moto.url, |s| s.scp_dir = scp_dir.clone(), None).await;
+    let first = scp_state(&sdk).await;
+    assert_eq!(first.len(), scp_names().len());
+    assert!(first.iter().all(|(_, attached, _)| *attached == 1));
+
+    // A restart changes nothing.
+    let (_b, _) = spawn_silo(&moto.url, |s| s.scp_dir = scp_dir.clone(), None).await;
+    assert_eq!(scp_state(&sdk).await, first);
+
+    // An edited file updates its policy in place.
+    std::fs::write(
+        dir.path().join("deny-leaving-organization.json"),
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "Edited", "Effect": "Deny", "Action": "organizations:LeaveOrganization", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let (_c, _) = spawn_silo(&moto.url, |s| s.scp_dir = scp_dir.clone(), None).await;
+    let third = scp_state(&sdk).await;
+    assert_eq!(third.len(), first.len());
+    let edited = third
+        .iter()
+        .find(|(n, _, _)| n == "vend-deny-leaving-organization")
+        .unwrap();
+    assert!(edited.2.contains("Edited"));
+    assert_eq!(edited.1, 1);
+}
+
+#[tokio::test]
+async fn an_invalid_scp_file_stops_start_up_with_its_name() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fine.json"), r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "ec2:*", "Resource": "*"}]}"#).unwrap();
+    std::fs::write(dir.path().join("too-long.json"), format!(r#"{{"Version": "2012-10-17", "Statement": [{{"Sid": "{}", "Effect": "Deny", "Action": "*", "Resource": "*"}}]}}"#, "A".repeat(5200))).unwrap();
+    let (pool, _) = crate::support::postgres::fresh_database().await;
+    let mut settings = crate::support::silo_settings();
+    settings.scp_dir = dir.path().to_owned();
+    let e = vend::app::AwsRuntime::start(
+        settings,
+        sdk.clone(),
+        pool,
+        vend::telemetry::Metrics::new(),
+        None,
+    )
+    .await
+    .err()
+    .expect("start-up must fail")
+    .to_string();
+    assert!(e.contains("too-long.json") && e.contains("5120"), "{e}");
+    // Nothing was created in AWS.
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    let policies = org
+        .list_policies()
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        policies
+            .policies()
+            .iter()
+            .all(|p| !p.name().unwrap().starts_with("vend-"))
+    );
+}
+
+#[tokio::test]
+async fn start_up_explains_a_missing_organization_and_a_missing_zone() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    let (pool, _) = crate::support::postgres::fresh_database().await;
+    let start = || {
+        vend::app::AwsRuntime::start(
+            crate::support::silo_settings(),
+            sdk.clone(),
+            pool.clone(),
+            vend::telemetry::Metrics::new(),
+            None,
+        )
+    };
+    let e = format!("{:#}", start().await.err().unwrap());
+    assert!(e.contains("not in an AWS Organization"), "{e}");
+    aws_sdk_organizations::Client::new(&sdk)
+        .create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    let e = format!("{:#}", start().await.err().unwrap());
+    assert!(
+        e.contains("VEND_BASE_DOMAIN") && e.contains(BASE_DOMAIN),
+        "{e}"
+    );
+}

@@ -1,0 +1,123 @@
+//! A moto server per test (it emulates every AWS API vend drives, with per-account isolation after
+//! AssumeRole), on a free loopback port, killed when the test ends or the test process dies.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+
+use super::postgres::{free_port, on_exit, repo_root};
+
+pub const REGION: &str = "us-east-1";
+pub const BASE_DOMAIN: &str = "tenants.example.test";
+pub const CERTIFICATE_ARN: &str = "arn:aws:acm:us-east-1:123456789012:certificate/vend-test";
+
+pub struct Moto {
+    pub url: String,
+    child: Child,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("VEND_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join(".venv/bin/moto_server");
+    assert!(
+        p.exists(),
+        "moto is not installed: run scripts/test (it installs moto[server] into .venv), or set VEND_MOTO_SERVER"
+    );
+    p
+}
+
+/// Starts moto on a free loopback port and waits until it answers.
+pub async fn start() -> Moto {
+    let port = free_port();
+    let child = Command::new(moto_binary())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting moto_server");
+    on_exit(&format!("kill {} 2>/dev/null", child.id()));
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if http.get(format!("{url}/moto-api/")).send().await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "moto did not start on {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Moto { url, child }
+}
+
+/// SDK configuration for the management account, pointed at `url`.
+pub async fn sdk(url: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(vend::aws::SDK_MAX_ATTEMPTS),
+        )
+        .load()
+        .await
+}
+
+/// SDK configuration inside `account_id`, through its access role (as an operator would check).
+pub async fn sdk_in(base: &SdkConfig, account_id: &str) -> SdkConfig {
+    let sts = aws_sdk_sts::Client::new(base);
+    let c = sts
+        .assume_role()
+        .role_arn(format!(
+            "arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+        ))
+        .role_session_name("test")
+        .send()
+        .await
+        .unwrap();
+    let c = c.credentials().unwrap();
+    base.to_builder()
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
+                c.access_key_id(),
+                c.secret_access_key(),
+                Some(c.session_token().to_owned()),
+                None,
+                "test-assumed",
+            )),
+        )
+        .build()
+}
+
+/// What vend expects to exist before it starts: an organization, and the public zone of the base domain.
+pub async fn prepare_management(sdk: &SdkConfig) {
+    let org = aws_sdk_organizations::Client::new(sdk);
+    org.create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    aws_sdk_route53::Client::new(sdk)
+        .create_hosted_zone()
+        .name(BASE_DOMAIN)
+        .caller_reference("vend-test")
+        .send()
+        .await
+        .unwrap();
+}
