@@ -112,19 +112,28 @@ impl ApiGateway {
         }
     }
 
-    /// Makes the domain's root map to `rest_api_id`/`stage`: creates the mapping, or, when one exists
-    /// (`ConflictException`), repoints it if it points elsewhere. Creating first (rather than reading
-    /// first) is also what works on emulators that cannot list the mappings of an unmapped domain.
+    /// Makes the domain's root map to `rest_api_id`/`stage`. Reads first (some emulators accept a
+    /// duplicate mapping); when absent, creates it, and on `ConflictException` (a mapping made meanwhile)
+    /// compares again. If the read itself fails server-side (moto cannot read an unmapped domain), the
+    /// create's conflict check keeps this safe.
     pub async fn ensure_root_mapping(
         &self,
         domain: &str,
         rest_api_id: &str,
         stage: &str,
     ) -> Result<(), AwsError> {
+        let same = |m: &Mapping| m.rest_api_id == rest_api_id && m.stage == stage;
+        match self.root_mapping(domain).await {
+            Ok(Some(m)) if same(&m) => return Ok(()),
+            Ok(Some(_)) => return self.repoint_root_mapping(domain, rest_api_id, stage).await,
+            Ok(None) => {}
+            Err(e) if e.code.starts_with("Http5") || e.code == "InternalServerError" => {}
+            Err(e) => return Err(e),
+        }
         match self.create_root_mapping(domain, rest_api_id, stage).await {
             Ok(()) => Ok(()),
             Err(e) if e.code == "ConflictException" => match self.root_mapping(domain).await? {
-                Some(m) if m.rest_api_id == rest_api_id && m.stage == stage => Ok(()),
+                Some(m) if same(&m) => Ok(()),
                 _ => self.repoint_root_mapping(domain, rest_api_id, stage).await,
             },
             Err(e) => Err(e),

@@ -3,7 +3,7 @@
 
 use aws_sdk_route53::Client;
 use aws_sdk_route53::types::{
-    AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecordSet, RrType,
+    AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 
 use crate::domain::ErrorClass;
@@ -49,8 +49,9 @@ impl Route53 {
             .map(|z| z.id().trim_start_matches("/hostedzone/").to_owned()))
     }
 
-    /// UPSERT an alias A record `name` → the API Gateway regional target. Idempotent by nature.
-    pub async fn upsert_alias(
+    /// UPSERT the record `name` → the API Gateway regional target: an alias A record when the target's
+    /// hosted zone is known (AWS always says), a CNAME otherwise (some emulators do not). Idempotent.
+    pub async fn upsert_target(
         &self,
         zone_id: &str,
         name: &str,
@@ -58,16 +59,25 @@ impl Route53 {
         target_zone_id: &str,
     ) -> Result<String, AwsError> {
         let build = || -> Result<ChangeBatch, aws_sdk_route53::error::BuildError> {
-            let alias = AliasTarget::builder()
-                .dns_name(target_dns)
-                .hosted_zone_id(target_zone_id)
-                .evaluate_target_health(false)
-                .build()?;
-            let set = ResourceRecordSet::builder()
-                .name(absolute(name))
-                .r#type(RrType::A)
-                .alias_target(alias)
-                .build()?;
+            let set = if target_zone_id.is_empty() {
+                ResourceRecordSet::builder()
+                    .name(absolute(name))
+                    .r#type(RrType::Cname)
+                    .ttl(60)
+                    .resource_records(ResourceRecord::builder().value(target_dns).build()?)
+                    .build()?
+            } else {
+                let alias = AliasTarget::builder()
+                    .dns_name(target_dns)
+                    .hosted_zone_id(target_zone_id)
+                    .evaluate_target_health(false)
+                    .build()?;
+                ResourceRecordSet::builder()
+                    .name(absolute(name))
+                    .r#type(RrType::A)
+                    .alias_target(alias)
+                    .build()?
+            };
             ChangeBatch::builder()
                 .comment("vend: tenant endpoint")
                 .changes(
@@ -97,8 +107,8 @@ impl Route53 {
             .unwrap_or_default())
     }
 
-    /// The alias target of the A record `name`, if there is one.
-    pub async fn alias_of(&self, zone_id: &str, name: &str) -> Result<Option<String>, AwsError> {
+    /// Where the record `name` points (an A alias's target or a CNAME's value), if it exists.
+    pub async fn target_of(&self, zone_id: &str, name: &str) -> Result<Option<String>, AwsError> {
         let want = absolute(name);
         let out = self
             .aws
@@ -108,16 +118,19 @@ impl Route53 {
                     .list_resource_record_sets()
                     .hosted_zone_id(zone_id)
                     .start_record_name(&want)
-                    .start_record_type(RrType::A)
-                    .max_items(1)
+                    .max_items(4)
                     .send(),
             )
             .await?;
         Ok(out
             .resource_record_sets()
             .iter()
-            .find(|r| r.name().eq_ignore_ascii_case(&want) && r.r#type() == &RrType::A)
-            .and_then(|r| r.alias_target())
-            .map(|a| a.dns_name().trim_end_matches('.').to_owned()))
+            .filter(|r| r.name().eq_ignore_ascii_case(&want))
+            .find_map(|r| match r.r#type() {
+                RrType::A => r.alias_target().map(|a| a.dns_name().to_owned()),
+                RrType::Cname => r.resource_records().first().map(|v| v.value().to_owned()),
+                _ => None,
+            })
+            .map(|d| d.trim_end_matches('.').to_owned()))
     }
 }

@@ -55,10 +55,10 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
     apigw.ensure_root_mapping(&domain, &api_id, &stage).await?;
 
     let zone = &silo.management.hosted_zone_id;
-    let current = silo.route53.alias_of(zone, &domain).await?;
+    let current = silo.route53.target_of(zone, &domain).await?;
     if current.as_deref() != Some(target.regional_domain_name.as_str()) {
         silo.route53
-            .upsert_alias(
+            .upsert_target(
                 zone,
                 &domain,
                 &target.regional_domain_name,

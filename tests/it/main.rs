@@ -4,7 +4,9 @@ mod support;
 
 mod aws;
 mod cli;
+mod docs;
 mod engine;
+mod localstack;
 mod ops;
 mod outbox;
 mod signup;

@@ -1,5 +1,6 @@
 //! The test harness: a real Postgres per test, the real HTTP router on a loopback socket, real engines.
 
+pub mod localstack;
 pub mod moto;
 pub mod postgres;
 pub mod steps;
@@ -91,8 +92,18 @@ pub async fn spawn_silo(
     tune: impl FnOnce(&mut vend::config::AwsSettings),
     orgs: Option<Arc<dyn vend::aws::organizations::Organizations>>,
 ) -> (TestApp, vend::app::AwsRuntime) {
-    let (pool, _) = postgres::fresh_database().await;
     let sdk = moto::sdk(moto_url).await;
+    spawn_silo_with(sdk, orgs, tune, &fast_silo_toml()).await
+}
+
+/// As [`spawn_silo`], with any SDK configuration and workflow.
+pub async fn spawn_silo_with(
+    sdk: aws_config::SdkConfig,
+    orgs: Option<Arc<dyn vend::aws::organizations::Organizations>>,
+    tune: impl FnOnce(&mut vend::config::AwsSettings),
+    toml: &str,
+) -> (TestApp, vend::app::AwsRuntime) {
+    let (pool, _) = postgres::fresh_database().await;
     let mut settings = silo_settings();
     tune(&mut settings);
     let metrics = Metrics::new();
@@ -100,7 +111,7 @@ pub async fn spawn_silo(
         .await
         .expect("the management account reconciles");
     let registry = vend::steps::registry(rt.silo.clone());
-    let app = spawn_app_on(pool, registry, &fast_silo_toml()).await;
+    let app = spawn_app_on(pool, registry, toml).await;
     (app, rt)
 }
 

@@ -1,0 +1,393 @@
+//! The steps LocalStack's community edition supports, against LocalStack: `bootstrap_baseline`,
+//! `map_domain`, assumed-role handling and EventBridge publishing. It has no Organizations, so that side
+//! is on moto; its DynamoDB cannot be downloaded here, so the tenant's API is made directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+use vend::aws::organizations::SdkOrganizations;
+use vend::telemetry::AwsLabels;
+
+use crate::support::moto::{self, BASE_DOMAIN};
+use crate::support::{localstack, signup_body, spawn_silo_with, workflow_toml};
+
+const TENANT_ACCOUNT: &str = "111111111111";
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// A REST API with a `prod` stage in the tenant account, standing in for the tenant stack's.
+async fn make_api(inside: &SdkConfig) -> String {
+    let apigw = aws_sdk_apigateway::Client::new(inside);
+    let api = apigw
+        .create_rest_api()
+        .name("tenant-acme")
+        .send()
+        .await
+        .unwrap();
+    let id = api.id().unwrap().to_owned();
+    let root = apigw
+        .get_resources()
+        .rest_api_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .items()[0]
+        .id()
+        .unwrap()
+        .to_owned();
+    apigw
+        .put_method()
+        .rest_api_id(&id)
+        .resource_id(&root)
+        .http_method("GET")
+        .authorization_type("NONE")
+        .send()
+        .await
+        .unwrap();
+    apigw
+        .put_integration()
+        .rest_api_id(&id)
+        .resource_id(&root)
+        .http_method("GET")
+        .r#type(aws_sdk_apigateway::types::IntegrationType::Mock)
+        .send()
+        .await
+        .unwrap();
+    apigw
+        .create_deployment()
+        .rest_api_id(&id)
+        .stage_name("prod")
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn baseline_domain_and_assumed_roles_work_against_localstack() {
+    let moto = moto::start().await;
+    let moto_sdk = moto::sdk(&moto.url).await;
+    aws_sdk_organizations::Client::new(&moto_sdk)
+        .create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    let ls = localstack::start().await;
+    let sdk = moto::sdk(&ls.url).await;
+    aws_sdk_route53::Client::new(&sdk)
+        .create_hosted_zone()
+        .name(BASE_DOMAIN)
+        .caller_reference("vend-test")
+        .send()
+        .await
+        .unwrap();
+    let orgs = Arc::new(SdkOrganizations::new(vend::aws::Aws::new(
+        moto_sdk,
+        vend::telemetry::Metrics::new(),
+    )));
+    let toml = workflow_toml(
+        &[
+            ("bootstrap_baseline", "bootstrap_baseline"),
+            ("map_domain", "map_domain"),
+        ],
+        "",
+    );
+    // LocalStack's community edition has no CloudTrail.
+    let (app, rt) = spawn_silo_with(
+        sdk.clone(),
+        Some(orgs),
+        |s| s.baseline_cloudtrail = false,
+        &toml,
+    )
+    .await;
+
+    let inside = moto::sdk_in(&sdk, TENANT_ACCOUNT).await;
+    let api = make_api(&inside).await;
+    app.signup(&signup_body("acme")).await;
+    sqlx::query("UPDATE tenants SET resources = $1")
+        .bind(json!({"account_id": TENANT_ACCOUNT, "api_id": api, "api_stage": "prod"}))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    assert_eq!(t["state"], "active", "{t:#}");
+
+    // The baseline, in the tenant account.
+    let iam = aws_sdk_iam::Client::new(&inside);
+    for role in ["vend-deployment", "vend-event-forwarder"] {
+        iam.get_role()
+            .role_name(role)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("no role {role}: {e}"));
+    }
+    let cfn = aws_sdk_cloudformation::Client::new(&inside);
+    let s = cfn
+        .describe_stacks()
+        .stack_name("vend-baseline")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.stacks()[0].stack_status().unwrap().as_str(),
+        "CREATE_COMPLETE"
+    );
+    let rules = aws_sdk_eventbridge::Client::new(&inside)
+        .list_rules()
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        rules
+            .rules()
+            .iter()
+            .any(|r| r.name() == Some("vend-forward-to-central"))
+    );
+    assert_eq!(
+        t["resources"]["deployment_role_arn"],
+        format!("arn:aws:iam::{TENANT_ACCOUNT}:role/vend-deployment")
+    );
+
+    // The domain, its mapping, and the record in the central zone.
+    let domain = format!("acme.{BASE_DOMAIN}");
+    let apigw = aws_sdk_apigateway::Client::new(&inside);
+    let d = apigw
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    let target = d.regional_domain_name().unwrap().to_owned();
+    let m = apigw
+        .get_base_path_mappings()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.items().len(), 1);
+    assert_eq!(m.items()[0].rest_api_id(), Some(api.as_str()));
+    let r53 = aws_sdk_route53::Client::new(&sdk);
+    let zone = r53
+        .list_hosted_zones_by_name()
+        .dns_name(BASE_DOMAIN)
+        .send()
+        .await
+        .unwrap()
+        .hosted_zones()[0]
+        .id()
+        .to_owned();
+    let records = |r53: aws_sdk_route53::Client, zone: String, domain: String| async move {
+        r53.list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .send()
+            .await
+            .unwrap()
+            .resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == format!("{domain}."))
+            .map(|r| {
+                r.alias_target()
+                    .map(|a| a.dns_name().to_owned())
+                    .or_else(|| r.resource_records().first().map(|v| v.value().to_owned()))
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = records(r53.clone(), zone.clone(), domain.clone()).await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].trim_end_matches('.'), target);
+    assert_eq!(t["endpoint"], format!("https://{domain}"));
+
+    // Assumed credentials are cached per account: one AssumeRole served both steps.
+    let assume = rt
+        .silo
+        .aws
+        .metrics()
+        .aws_calls
+        .get_or_create(&AwsLabels {
+            operation: "sts.AssumeRole".into(),
+        })
+        .get();
+    assert_eq!(assume, 1);
+
+    // Running both steps again changes nothing.
+    let r = app
+        .ops(
+            Method::POST,
+            "/v1/tenants/acme/requeue",
+            Some(json!({"from_step": "bootstrap_baseline"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    assert_eq!(
+        apigw.get_domain_names().send().await.unwrap().items().len(),
+        1
+    );
+    assert_eq!(
+        apigw
+            .get_base_path_mappings()
+            .domain_name(&domain)
+            .send()
+            .await
+            .unwrap()
+            .items()
+            .len(),
+        1
+    );
+    assert_eq!(records(r53, zone, domain).await, before);
+    let stacks = cfn.list_stacks().send().await.unwrap();
+    assert_eq!(
+        stacks
+            .stack_summaries()
+            .iter()
+            .filter(|s| s
+                .stack_status()
+                .is_some_and(|x| x.as_str() != "DELETE_COMPLETE"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn progress_events_reach_the_central_bus_on_localstack() {
+    let moto = moto::start().await;
+    let moto_sdk = moto::sdk(&moto.url).await;
+    aws_sdk_organizations::Client::new(&moto_sdk)
+        .create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    let ls = localstack::start().await;
+    let sdk = moto::sdk(&ls.url).await;
+    aws_sdk_route53::Client::new(&sdk)
+        .create_hosted_zone()
+        .name(BASE_DOMAIN)
+        .caller_reference("vend-test")
+        .send()
+        .await
+        .unwrap();
+    let orgs = Arc::new(SdkOrganizations::new(vend::aws::Aws::new(
+        moto_sdk,
+        vend::telemetry::Metrics::new(),
+    )));
+    let toml = workflow_toml(&[("bootstrap_baseline", "bootstrap_baseline")], "");
+    let (app, rt) = spawn_silo_with(
+        sdk.clone(),
+        Some(orgs),
+        |s| s.baseline_cloudtrail = false,
+        &toml,
+    )
+    .await;
+
+    // A queue subscribed to everything vend puts on its bus.
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = sqs
+        .create_queue()
+        .queue_name("vend-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    events
+        .put_rule()
+        .name("to-queue")
+        .event_bus_name("vend")
+        .event_pattern(r#"{"source": ["vend"]}"#)
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("to-queue")
+        .event_bus_name("vend")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let dispatcher = app.dispatcher_with_bus(
+        vec![],
+        vec![Duration::from_millis(100); 3],
+        Some(rt.bus.clone()),
+    );
+    dispatcher.sync_endpoints().await.unwrap();
+    // Twelve signups: 12 tenant.created events, more than one PutEvents batch of 10.
+    for i in 0..12 {
+        app.signup(&signup_body(&format!("tenant-{i}"))).await;
+    }
+    let mut sent = 0;
+    while sent < 12 {
+        sent += dispatcher.dispatch_once().await.unwrap();
+    }
+    let mut got: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 12 && tokio::time::Instant::now() < deadline {
+        let r = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        for m in r.messages() {
+            got.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(&queue)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(got.len(), 12);
+    assert!(
+        got.iter()
+            .all(|e| e["source"] == "vend" && e["detail-type"] == "tenant.created")
+    );
+    let mut slugs: Vec<String> = got
+        .iter()
+        .map(|e| e["detail"]["tenant"]["slug"].as_str().unwrap().to_owned())
+        .collect();
+    slugs.sort();
+    slugs.dedup();
+    assert_eq!(slugs.len(), 12);
+    let d: Value = app
+        .ops(Method::GET, "/v1/deliveries?state=delivered", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["deliveries"].as_array().unwrap().len(), 12);
+}
