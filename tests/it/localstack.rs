@@ -391,3 +391,91 @@ async fn progress_events_reach_the_central_bus_on_localstack() {
         .unwrap();
     assert_eq!(d["deliveries"].as_array().unwrap().len(), 12);
 }
+
+#[tokio::test]
+async fn a_failed_stack_is_a_clear_step_failure_and_a_retry_starts_it_afresh() {
+    let moto = moto::start().await;
+    let moto_sdk = moto::sdk(&moto.url).await;
+    aws_sdk_organizations::Client::new(&moto_sdk)
+        .create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    let ls = localstack::start().await;
+    let sdk = moto::sdk(&ls.url).await;
+    aws_sdk_route53::Client::new(&sdk)
+        .create_hosted_zone()
+        .name(BASE_DOMAIN)
+        .caller_reference("t")
+        .send()
+        .await
+        .unwrap();
+    // A baseline whose extra role attaches a policy that does not exist: CloudFormation rolls back.
+    let templates = tempfile::tempdir().unwrap();
+    let root = crate::support::postgres::repo_root().join("templates");
+    let broken = std::fs::read_to_string(root.join("baseline.yaml")).unwrap().replace(
+        "\nOutputs:",
+        "\n  Broken:\n    Type: AWS::IAM::Role\n    Properties:\n      RoleName: vend-broken\n      AssumeRolePolicyDocument: {Version: \"2012-10-17\", Statement: [{Effect: Allow, Principal: {Service: lambda.amazonaws.com}, Action: \"sts:AssumeRole\"}]}\n      ManagedPolicyArns: [arn:aws:iam::aws:policy/DoesNotExist]\n\nOutputs:",
+    );
+    std::fs::write(templates.path().join("baseline.yaml"), broken).unwrap();
+    std::fs::copy(
+        root.join("tenant-stack.yaml"),
+        templates.path().join("tenant-stack.yaml"),
+    )
+    .unwrap();
+    let dir = templates.path().to_owned();
+    let orgs = Arc::new(SdkOrganizations::new(vend::aws::Aws::new(
+        moto_sdk,
+        vend::telemetry::Metrics::new(),
+    )));
+    let toml = workflow_toml(&[("bootstrap_baseline", "bootstrap_baseline")], "");
+    let (app, _rt) = spawn_silo_with(
+        sdk.clone(),
+        Some(orgs),
+        |s| {
+            s.baseline_cloudtrail = false;
+            s.templates_dir = dir;
+        },
+        &toml,
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    sqlx::query("UPDATE tenants SET resources = $1")
+        .bind(json!({"account_id": TENANT_ACCOUNT}))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    assert_eq!(t["state"], "failed");
+    let step = &t["steps"][0];
+    assert_eq!(step["last_error_code"], "StackFailed");
+    let msg = step["last_error"].as_str().unwrap();
+    assert!(
+        msg.contains("vend-baseline") && msg.contains("Broken") && msg.contains("DoesNotExist"),
+        "{msg}"
+    );
+    let first_id = t["resources"]["baseline_stack_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The operator retries (after fixing the cause, or not): the failed stack is deleted and created
+    // afresh rather than reported again.
+    assert_eq!(
+        app.ops(Method::POST, "/v1/tenants/acme/retry", None)
+            .await
+            .status(),
+        200
+    );
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "failed", "the template is still broken");
+    let second_id = t["resources"]["baseline_stack_id"].as_str().unwrap();
+    assert_ne!(second_id, first_id, "the failed stack was not recreated");
+}
