@@ -58,7 +58,8 @@ impl AwsRuntime {
         // Local files first: a broken guardrail must stop start-up before any AWS call.
         let scps = reconcile::load_scps(&settings.scp_dir)?;
         let templates = Templates::load(&settings.templates_dir).map_err(anyhow::Error::msg)?;
-        let aws = Aws::new(sdk, metrics);
+        let limiter = Arc::new(aws::Limiter::new(settings.budgets.clone()));
+        let aws = Aws::with_limiter(sdk, metrics, limiter);
         let orgs = orgs.unwrap_or_else(|| Arc::new(SdkOrganizations::new(aws.clone())));
         let accounts = Arc::new(Accounts::new(aws.clone(), &settings.access_role));
         let route53 = Arc::new(Route53::new(aws.clone()));
@@ -72,8 +73,7 @@ impl AwsRuntime {
             scps,
             pool: pool.clone(),
         });
-        let management = reconciler
-            .reconcile()
+        let management = reconcile_with_retries(&reconciler)
             .await
             .context("cannot prepare the management account")?;
         info!(
@@ -104,6 +104,28 @@ impl AwsRuntime {
             bus,
             reconciler,
         })
+    }
+}
+
+/// The start-up reconcile, retried while AWS throttles or fails transiently (a process that exits on
+/// the first throttle at boot would restart straight into the same storm).
+async fn reconcile_with_retries(
+    r: &Reconciler,
+) -> Result<crate::steps::Management, reconcile::ReconcileError> {
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut tries = 0;
+    loop {
+        match r.reconcile().await {
+            Err(reconcile::ReconcileError::Aws(e))
+                if e.class != crate::domain::ErrorClass::Permanent && tries < 8 =>
+            {
+                tries += 1;
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "management reconcile failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -101,6 +101,10 @@ pub struct AwsSettings {
     /// presumed still in flight: the longest an earlier call can take (the SDK's operation timeout),
     /// plus a margin. Only then is calling again safe.
     pub unknown_outcome_grace: Duration,
+    /// CreateAccount requests in flight at once across every replica (AWS allows 5 per organization).
+    pub create_account_concurrency: i64,
+    /// Rate budgets per AWS service or operation.
+    pub budgets: std::collections::HashMap<String, crate::aws::limiter::Budget>,
 }
 
 impl AwsSettings {
@@ -121,6 +125,8 @@ impl AwsSettings {
             account_sync_interval: Duration::from_secs(3600),
             reconcile_interval: Duration::from_secs(600),
             unknown_outcome_grace: crate::aws::OPERATION_TIMEOUT + Duration::from_secs(20),
+            create_account_concurrency: 5,
+            budgets: crate::aws::limiter::default_budgets(),
         }
     }
 

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod devtools;
 pub mod domain;
 pub mod engine;
 pub mod http;

@@ -50,6 +50,12 @@ impl Accounts {
         &self.role_name
     }
 
+    /// AWS as seen inside `account_id` through its access role, within that account's rate budgets.
+    pub async fn in_account(&self, account_id: &str) -> Result<Aws, AwsError> {
+        let cfg = self.config_for(account_id).await?;
+        Ok(self.aws.in_account(account_id, cfg))
+    }
+
     /// SDK configuration acting inside `account_id` through its access role.
     pub async fn config_for(&self, account_id: &str) -> Result<SdkConfig, AwsError> {
         if let Some((cfg, expires)) = self.cache.lock().await.get(account_id)

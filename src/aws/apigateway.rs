@@ -1,7 +1,6 @@
 //! API Gateway (REST) in a tenant account: the regional custom domain and its base path mapping.
 //! `CreateDomainName` allows 1 request per 30 s per account, which is why it runs in the tenant's account.
 
-use aws_config::SdkConfig;
 use aws_sdk_apigateway::Client;
 use aws_sdk_apigateway::types::{EndpointConfiguration, EndpointType, Op, PatchOperation};
 
@@ -34,10 +33,11 @@ fn target(name: Option<&str>, zone: Option<&str>) -> DomainTarget {
 }
 
 impl ApiGateway {
-    pub fn new(aws: &Aws, config: &SdkConfig) -> Self {
+    /// API Gateway as `aws` (scoped to a tenant account) sees it.
+    pub fn new(aws: &Aws) -> Self {
         Self {
             aws: aws.clone(),
-            client: Client::new(config),
+            client: Client::new(&aws.sdk),
         }
     }
 

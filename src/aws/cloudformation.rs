@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use aws_config::SdkConfig;
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::types::{Capability, Parameter, Tag};
 
@@ -33,10 +32,11 @@ pub struct Cfn {
 }
 
 impl Cfn {
-    pub fn new(aws: &Aws, config: &SdkConfig) -> Self {
+    /// CloudFormation as `aws` (scoped to a tenant account) sees it.
+    pub fn new(aws: &Aws) -> Self {
         Self {
             aws: aws.clone(),
-            client: Client::new(config),
+            client: Client::new(&aws.sdk),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod apigateway;
 pub mod classify;
 pub mod cloudformation;
 pub mod eventbridge;
+pub mod limiter;
 pub mod organizations;
 pub mod route53;
 
@@ -26,6 +27,7 @@ use crate::domain::{ErrorClass, StepError};
 use crate::telemetry::{AwsLabels, Metrics};
 
 pub use classify::AwsError;
+pub use limiter::Limiter;
 
 /// SDK attempts per call (the first included).
 pub const SDK_MAX_ATTEMPTS: u32 = 2;
@@ -60,24 +62,58 @@ pub async fn load_sdk_config() -> Result<SdkConfig, String> {
     Ok(config)
 }
 
-/// The management account's view of AWS, shared by every adapter.
+/// A view of AWS shared by the adapters: the SDK configuration, the rate budgets, and the account the
+/// calls are made in (`None` for the management account).
 #[derive(Clone)]
 pub struct Aws {
     pub sdk: SdkConfig,
     metrics: Arc<Metrics>,
+    limiter: Arc<Limiter>,
+    account: Option<Arc<str>>,
 }
 
 impl Aws {
+    /// The management account's view, with the default budgets.
     pub fn new(sdk: SdkConfig, metrics: Arc<Metrics>) -> Self {
-        Self { sdk, metrics }
+        Self::with_limiter(
+            sdk,
+            metrics,
+            Arc::new(Limiter::new(limiter::default_budgets())),
+        )
     }
 
-    /// Runs one AWS operation: counts it, and turns its error into an [`AwsError`].
+    pub fn with_limiter(sdk: SdkConfig, metrics: Arc<Metrics>, limiter: Arc<Limiter>) -> Self {
+        Self {
+            sdk,
+            metrics,
+            limiter,
+            account: None,
+        }
+    }
+
+    /// The same budgets, acting inside `account` with `sdk` (credentials of an assumed role there).
+    pub fn in_account(&self, account: &str, sdk: SdkConfig) -> Self {
+        Self {
+            sdk,
+            metrics: self.metrics.clone(),
+            limiter: self.limiter.clone(),
+            account: Some(account.into()),
+        }
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Runs one AWS operation within its rate budget: counts it, turns its error into an [`AwsError`],
+    /// and feeds the outcome back to the budget (a throttle halves it, a success grows it back).
     pub async fn call<T, E, F>(&self, operation: &'static str, fut: F) -> Result<T, AwsError>
     where
         F: Future<Output = Result<T, E>>,
         E: Into<AwsError>,
     {
+        let account = self.account.as_deref();
+        self.limiter.acquire(operation, account).await;
         self.metrics
             .aws_calls
             .get_or_create(&AwsLabels {
@@ -85,11 +121,15 @@ impl Aws {
             })
             .inc();
         match fut.await {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                self.limiter.succeeded(operation, account);
+                Ok(v)
+            }
             Err(e) => {
                 let e: AwsError = e.into();
                 let e = e.during(operation);
                 if e.class == ErrorClass::Throttled {
+                    self.limiter.throttled(operation, account);
                     self.metrics
                         .aws_throttles
                         .get_or_create(&AwsLabels {

@@ -13,6 +13,10 @@ use super::{Aws, AwsError};
 pub struct Route53 {
     aws: Aws,
     client: Client,
+    /// Changes to one zone go one at a time: AWS answers `PriorRequestNotComplete` to a change sent
+    /// while the zone's previous one is still being applied.
+    zone_locks:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn absolute(name: &str) -> String {
@@ -22,7 +26,11 @@ fn absolute(name: &str) -> String {
 impl Route53 {
     pub fn new(aws: Aws) -> Self {
         let client = Client::new(&aws.sdk);
-        Self { aws, client }
+        Self {
+            aws,
+            client,
+            zone_locks: Default::default(),
+        }
     }
 
     /// The public hosted zone named exactly `domain`.
@@ -90,6 +98,14 @@ impl Route53 {
         };
         let batch = build()
             .map_err(|e| AwsError::new(ErrorClass::Permanent, "InvalidRequest", e.to_string()))?;
+        let lock = self
+            .zone_locks
+            .lock()
+            .expect("zone lock map")
+            .entry(zone_id.to_owned())
+            .or_default()
+            .clone();
+        let _one_change_at_a_time = lock.lock().await;
         let out = self
             .aws
             .call(

@@ -27,6 +27,47 @@ enum Command {
     Migrate,
     /// Inspect and steer tenants through the ops API (VEND_URL, VEND_OPS_TOKEN).
     Tenants(tenants::TenantsArgs),
+    /// Development tools.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCommand {
+    /// A fault-injecting AWS proxy in front of an emulator: quotas, throttles, 5xx, lost responses and
+    /// an asynchronous, capped CreateAccount. Point vend's AWS_ENDPOINT_URL at it.
+    AwsProxy(AwsProxyArgs),
+}
+
+#[derive(Debug, Args)]
+struct AwsProxyArgs {
+    /// The emulator to forward to (e.g. moto).
+    #[arg(long)]
+    upstream: String,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:4566")]
+    listen: std::net::SocketAddr,
+    /// Probability of a random throttle on any call.
+    #[arg(long, default_value_t = 0.0)]
+    throttle_rate: f64,
+    /// Probability of a random 5xx on any call.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Probability that a call is made but its answer replaced by a 5xx.
+    #[arg(long, default_value_t = 0.0)]
+    lost_response_rate: f64,
+    /// How long CreateAccount stays IN_PROGRESS.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    create_account_delay: Duration,
+    /// CreateAccount requests allowed in progress at once.
+    #[arg(long, default_value_t = 5)]
+    create_account_cap: usize,
+    /// Turn off the quotas from AWS's published figures.
+    #[arg(long)]
+    no_quotas: bool,
+    /// Seed of the fault dice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +132,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenants(args) => tenants::run(args).await,
+        Command::Dev(DevCommand::AwsProxy(a)) => {
+            crate::telemetry::init();
+            use crate::devtools::aws_proxy::{Proxy, ProxyConfig};
+            let mut config = ProxyConfig::new(&a.upstream);
+            config.throttle_rate = a.throttle_rate;
+            config.error_rate = a.error_rate;
+            config.lost_response_rate = a.lost_response_rate;
+            config.create_account_delay = a.create_account_delay;
+            config.create_account_cap = a.create_account_cap;
+            config.seed = a.seed;
+            if a.no_quotas {
+                config.quotas.clear();
+            }
+            let listener = tokio::net::TcpListener::bind(a.listen).await?;
+            println!(
+                "aws-proxy on http://{} -> {} (stats: /_proxy/stats)",
+                listener.local_addr()?,
+                a.upstream
+            );
+            Proxy::new(config).serve(listener).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod history;
 pub mod org;
 pub mod outbox;
+pub mod slots;
 pub mod steps;
 pub mod tenants;
 

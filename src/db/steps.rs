@@ -108,6 +108,7 @@ pub async fn claim(
                             || ' expired'
                      WHEN c.was_reason = 'poll' THEN 'attempt ' || c.attempts || ' polled'
                      WHEN c.was_reason = 'throttle' THEN 'attempt ' || c.attempts || ' resumed after throttling'
+                     WHEN c.was_reason = 'slot' THEN 'attempt ' || c.attempts || ' resumed for a free slot'
                      ELSE 'attempt ' || c.attempts || ' started'
                    END
             FROM claimed c JOIN runs r ON r.id = c.run_id

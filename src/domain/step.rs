@@ -51,6 +51,8 @@ pub enum WaitReason {
     Backoff,
     /// Backing off after throttling; does not consume the attempt budget.
     Throttle,
+    /// Queued for a capacity slot (e.g. CreateAccount requests in flight); woken when one frees.
+    Slot,
 }
 
 impl WaitReason {
@@ -59,13 +61,19 @@ impl WaitReason {
             WaitReason::Poll => "poll",
             WaitReason::Backoff => "backoff",
             WaitReason::Throttle => "throttle",
+            WaitReason::Slot => "slot",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [WaitReason::Poll, WaitReason::Backoff, WaitReason::Throttle]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            WaitReason::Poll,
+            WaitReason::Backoff,
+            WaitReason::Throttle,
+            WaitReason::Slot,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -156,6 +164,8 @@ pub enum StepOutcome {
     Succeeded,
     /// Not done yet; run the step again after `after` (a durable timer: no worker waits).
     Wait { after: Duration, note: String },
+    /// Waiting for a capacity slot: run again when one frees (or after `after` at the latest).
+    Queued { after: Duration, note: String },
     /// The attempt failed.
     Failed(StepError),
 }
@@ -218,20 +228,24 @@ pub fn decide(
     let timed_out = rules.timeout.is_some_and(|t| progress.elapsed >= t);
     match outcome {
         StepOutcome::Succeeded => Decision::Succeed,
-        StepOutcome::Wait { after, note } => {
-            if timed_out {
-                return Decision::Fail {
-                    error: timeout_error(rules, &note),
-                    reason: FailReason::TimedOut,
-                };
-            }
-            Decision::Wait {
-                after,
-                reason: WaitReason::Poll,
-                error: None,
-                note,
+        StepOutcome::Wait { note, .. } | StepOutcome::Queued { note, .. } if timed_out => {
+            Decision::Fail {
+                error: timeout_error(rules, &note),
+                reason: FailReason::TimedOut,
             }
         }
+        StepOutcome::Wait { after, note } => Decision::Wait {
+            after,
+            reason: WaitReason::Poll,
+            error: None,
+            note,
+        },
+        StepOutcome::Queued { after, note } => Decision::Wait {
+            after,
+            reason: WaitReason::Slot,
+            error: None,
+            note,
+        },
         StepOutcome::Failed(error) => {
             let retryable = match error.class {
                 ErrorClass::Permanent => false,

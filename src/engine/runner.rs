@@ -204,6 +204,10 @@ impl Engine {
                 ..
             } => "waiting",
             Decision::Wait {
+                reason: WaitReason::Slot,
+                ..
+            } => "queued",
+            Decision::Wait {
                 reason: WaitReason::Backoff,
                 ..
             } => "backoff",
@@ -311,6 +315,7 @@ impl Engine {
                 db::steps::update_after_attempt(&mut tx, lease, &update).await?;
                 let kind = match reason {
                     WaitReason::Poll => "step.waiting",
+                    WaitReason::Slot => "step.queued",
                     WaitReason::Backoff => "step.backoff",
                     WaitReason::Throttle => "step.throttled",
                 };
@@ -403,7 +408,7 @@ fn log_decision(decision: &Decision) {
         Decision::Succeed => info!("step succeeded"),
         Decision::Wait {
             after,
-            reason: WaitReason::Poll,
+            reason: WaitReason::Poll | WaitReason::Slot,
             note,
             ..
         } => {

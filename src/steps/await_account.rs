@@ -13,7 +13,7 @@ use crate::db::org::OrgAccount;
 use crate::domain::{ErrorClass, StepError, StepOutcome};
 use crate::engine::{Step, StepContext};
 
-use super::create_account::{Requested, ensure_requested};
+use super::create_account::{Requested, ensure_requested, queued, release_slot};
 use super::{Silo, finish};
 
 pub struct AwaitAccount(pub Arc<Silo>);
@@ -40,6 +40,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                 after,
                 note: "an earlier CreateAccount may still be in flight".into(),
             }),
+            Requested::NoSlot => Ok(queued(silo)),
         };
     };
     let r = silo.orgs.describe_create_request(&request_id).await?;
@@ -62,6 +63,7 @@ async fn finish_account(
     ctx: &mut StepContext,
     account_id: &str,
 ) -> Result<StepOutcome, StepError> {
+    release_slot(silo, ctx).await?;
     let tags = silo.account_tags(&ctx.tenant.slug, ctx.tenant.tier.as_str());
     silo.orgs.tag_account(account_id, &tags).await?;
     let email = silo.settings.account_email(&ctx.tenant.slug);
@@ -108,6 +110,7 @@ async fn failed(
         }
         _ => {
             // This request is finished for good; a later attempt (or an operator's retry) starts a new one.
+            release_slot(silo, ctx).await?;
             ctx.set_resource("create_request_id", Value::Null);
             ctx.set_resource("create_intent_at", Value::Null);
             let (class, what) = failure_reason(reason);

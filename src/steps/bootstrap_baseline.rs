@@ -26,8 +26,7 @@ impl Step for BootstrapBaseline {
 
 async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let account = account_id(ctx)?;
-    let config = silo.accounts.config_for(&account).await?;
-    let cfn = Cfn::new(&silo.aws, &config);
+    let cfn = Cfn::new(&silo.accounts.in_account(&account).await?);
     let spec = StackSpec {
         name: STACK_NAME.into(),
         template_body: silo.templates.baseline.clone(),

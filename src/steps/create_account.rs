@@ -37,6 +37,34 @@ pub(crate) enum Requested {
     Known,
     /// An earlier call's outcome is still unknown; look again after this long.
     Unsure(Duration),
+    /// All CreateAccount slots are taken; a freed slot wakes the longest waiter.
+    NoSlot,
+}
+
+/// The longest a queued tenant waits before looking for a slot by itself (a release wakes it sooner).
+pub(crate) const SLOT_FALLBACK: Duration = Duration::from_secs(10);
+/// A slot older than this no longer counts (see `db::slots::acquire`).
+const SLOT_STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
+
+pub(crate) fn queued(silo: &Silo) -> StepOutcome {
+    StepOutcome::Queued {
+        after: SLOT_FALLBACK,
+        note: format!(
+            "waiting for a CreateAccount slot ({} in flight)",
+            silo.settings.create_account_concurrency
+        ),
+    }
+}
+
+fn db_error(e: sqlx::Error) -> StepError {
+    StepError::transient("DatabaseError", e.to_string())
+}
+
+/// Frees the tenant's CreateAccount slot (if it holds one) for the next tenant in line.
+pub(crate) async fn release_slot(silo: &Silo, ctx: &StepContext) -> Result<(), StepError> {
+    db::slots::release(&silo.pool, ctx.tenant.id)
+        .await
+        .map_err(db_error)
 }
 
 #[async_trait]
@@ -50,6 +78,7 @@ impl Step for CreateAccount {
                     "an earlier CreateAccount may still be in flight; looking again before calling"
                         .into(),
             }),
+            Ok(Requested::NoSlot) => Ok(queued(&self.0)),
             Err(e) => Err(e),
         })
     }
@@ -79,7 +108,7 @@ pub(crate) async fn ensure_requested(
 
     let indexed = db::org::account_by_email(&silo.pool, &email)
         .await
-        .map_err(|e| StepError::transient("DatabaseError", e.to_string()))?;
+        .map_err(db_error)?;
     if let Some(a) = indexed {
         adopt(ctx, &a.account_id, "found in the organization index").await?;
         return Ok(Requested::Known);
@@ -115,6 +144,13 @@ pub(crate) async fn ensure_requested(
         );
     }
 
+    let cap = silo.settings.create_account_concurrency;
+    if !db::slots::acquire(&silo.pool, ctx.tenant.id, cap, SLOT_STALE_AFTER)
+        .await
+        .map_err(db_error)?
+    {
+        return Ok(Requested::NoSlot);
+    }
     ctx.save_resource("create_intent_at", Utc::now().to_rfc3339())
         .await?;
     ctx.set_resource("account_email", email.clone());
@@ -130,8 +166,10 @@ pub(crate) async fn ensure_requested(
             Ok(Requested::Known)
         }
         Err(e) if !outcome_unknown(&e) => {
-            // AWS answered no: nothing was created, so the next attempt need not search.
+            // AWS answered no: nothing was created, so the next attempt need not search, and the slot
+            // goes to the next tenant.
             ctx.set_resource("create_intent_at", Value::Null);
+            release_slot(silo, ctx).await?;
             Err(e.into())
         }
         Err(e) => Err(e.into()),

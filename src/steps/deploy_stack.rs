@@ -35,8 +35,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                 "no deployment role recorded; requeue from bootstrap_baseline",
             )
         })?;
-    let config = silo.accounts.config_for(&account).await?;
-    let cfn = Cfn::new(&silo.aws, &config);
+    let cfn = Cfn::new(&silo.accounts.in_account(&account).await?);
     let spec = StackSpec {
         name: STACK_NAME.into(),
         template_body: silo.templates.tenant_stack.clone(),

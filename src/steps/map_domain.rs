@@ -39,8 +39,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         .ok_or_else(|| missing("api_stage"))?;
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
 
-    let config = silo.accounts.config_for(&account).await?;
-    let apigw = ApiGateway::new(&silo.aws, &config);
+    let apigw = ApiGateway::new(&silo.accounts.in_account(&account).await?);
     let target = match apigw.get_domain(&domain).await? {
         Some(t) => t,
         None => {

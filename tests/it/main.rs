@@ -3,6 +3,7 @@
 mod support;
 
 mod aws;
+mod chaos;
 mod cli;
 mod docs;
 mod engine;

@@ -288,7 +288,29 @@ impl TestApp {
                 return t;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("tenant {slug} did not reach {states:?} within {within:?}: {t:#}");
+                let h: Vec<String> = self
+                    .history(slug)
+                    .await
+                    .iter()
+                    .map(|e| format!("{} {} {} {}", e["at"], e["kind"], e["step"], e["message"]))
+                    .collect();
+                let all: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+                    "SELECT t.slug, t.state, s.name, s.state, s.last_error FROM tenants t JOIN runs r ON r.tenant_id = t.id
+                     JOIN steps s ON s.run_id = r.id WHERE s.state NOT IN ('succeeded') AND s.started_at IS NOT NULL ORDER BY t.slug",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+                let slots: Vec<(String, bool)> = sqlx::query_as(
+                    "SELECT t.slug, c.finished_at IS NOT NULL FROM account_creations c JOIN tenants t ON t.id = c.tenant_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+                panic!(
+                    "tenant {slug} did not reach {states:?} within {within:?}: {t:#}\nhistory:\n{}\nunfinished steps: {all:#?}\nslots: {slots:?}",
+                    h.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

@@ -1,0 +1,3 @@
+//! Tools for developing and testing vend (`vend dev ...`); not used by `vend serve`.
+
+pub mod aws_proxy;

@@ -1,0 +1,298 @@
+//! The silo workflow through the fault-injecting proxy in front of moto: throttles, 5xx, lost
+//! responses, AWS's quotas and an asynchronous, capped CreateAccount. Whatever AWS says, every tenant
+//! ends with exactly one of everything, the CreateAccount cap is never exceeded, and the number of calls
+//! per tenant stays bounded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use vend::devtools::aws_proxy::{Proxy, ProxyConfig, ProxyStats};
+
+use crate::support::moto::{self, BASE_DOMAIN};
+use crate::support::{TestApp, signup_body, spawn_silo_with};
+
+const WITHIN: Duration = Duration::from_secs(180);
+
+/// AWS calls per tenant that the whole silo workflow may take under 30 % throttles and 5 % 5xx, SDK
+/// retries included. Without faults it takes about 24; each fault costs one more call, so about 35
+/// is expected (measured: 33) — this bound leaves room for bad luck but not for a retry storm.
+const CALLS_PER_TENANT_BOUND: f64 = 60.0;
+
+struct Chaos {
+    _moto: moto::Moto,
+    moto_sdk: SdkConfig,
+    proxy: Arc<Proxy>,
+    proxy_url: String,
+    app: TestApp,
+}
+
+async fn chaos(delay: Duration) -> Chaos {
+    let moto = moto::start().await;
+    let moto_sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&moto_sdk).await;
+    let mut config = ProxyConfig::new(&moto.url);
+    config.create_account_delay = delay;
+    let proxy = Proxy::new(config);
+    let addr = proxy.spawn().await.unwrap();
+    let sdk = moto::sdk(&format!("http://{addr}")).await;
+    let toml =
+        crate::support::fast_silo_toml().replace("maximum_attempts = 10", "maximum_attempts = 25");
+    let (app, _rt) = spawn_silo_with(sdk, None, |_| {}, &toml).await;
+    Chaos {
+        _moto: moto,
+        moto_sdk,
+        proxy,
+        proxy_url: format!("http://{addr}"),
+        app,
+    }
+}
+
+async fn tagged_accounts(sdk: &SdkConfig) -> Vec<(String, String)> {
+    let org = aws_sdk_organizations::Client::new(sdk);
+    let mut out = Vec::new();
+    for a in org.list_accounts().send().await.unwrap().accounts() {
+        let id = a.id().unwrap().to_owned();
+        for t in org
+            .list_tags_for_resource()
+            .resource_id(&id)
+            .send()
+            .await
+            .unwrap()
+            .tags()
+        {
+            if t.key() == "vend:tenant" {
+                out.push((t.value().to_owned(), id.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One account per tenant, and in it one stack per name, one domain, and one record per tenant.
+async fn assert_exactly_one_of_everything(sdk: &SdkConfig, slugs: &[String]) {
+    let accounts = tagged_accounts(sdk).await;
+    let tenants: Vec<&str> = accounts.iter().map(|(s, _)| s.as_str()).collect();
+    let mut expected: Vec<&str> = slugs.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(tenants, expected, "exactly one account per tenant");
+    let org = aws_sdk_organizations::Client::new(sdk);
+    assert_eq!(
+        org.list_accounts().send().await.unwrap().accounts().len(),
+        slugs.len() + 1,
+        "no untagged strays either"
+    );
+    for (slug, account) in &accounts {
+        let inside = moto::sdk_in(sdk, account).await;
+        let domains = aws_sdk_apigateway::Client::new(&inside)
+            .get_domain_names()
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(domains.items().len(), 1, "{slug}: domains");
+        let stacks = aws_sdk_cloudformation::Client::new(&inside)
+            .list_stacks()
+            .send()
+            .await
+            .unwrap();
+        let live: Vec<&str> = stacks
+            .stack_summaries()
+            .iter()
+            .filter(|s| {
+                s.stack_status()
+                    .is_some_and(|x| x.as_str() != "DELETE_COMPLETE")
+            })
+            .map(|s| s.stack_name().unwrap())
+            .collect();
+        assert_eq!(live.len(), 2, "{slug}: stacks {live:?}");
+        let apis = aws_sdk_apigateway::Client::new(&inside)
+            .get_rest_apis()
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(apis.items().len(), 1, "{slug}: APIs");
+    }
+    let r53 = aws_sdk_route53::Client::new(sdk);
+    let zone = r53
+        .list_hosted_zones_by_name()
+        .dns_name(BASE_DOMAIN)
+        .send()
+        .await
+        .unwrap()
+        .hosted_zones()[0]
+        .id()
+        .to_owned();
+    let records = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .send()
+        .await
+        .unwrap();
+    for slug in slugs {
+        let n = records
+            .resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == format!("{slug}.{BASE_DOMAIN}."))
+            .count();
+        assert_eq!(n, 1, "{slug}: records");
+    }
+}
+
+fn report(stats: &ProxyStats, tenants: usize) -> f64 {
+    let per_tenant = stats.total_calls() as f64 / tenants as f64;
+    eprintln!(
+        "calls {} ({per_tenant:.1}/tenant), throttles {}, max CreateAccount in flight {}, over cap {}",
+        stats.total_calls(),
+        stats.total_throttles(),
+        stats.create_account_max_in_flight,
+        stats.create_account_over_cap
+    );
+    per_tenant
+}
+
+#[tokio::test]
+async fn throttles_and_errors_on_every_api_still_vend_each_tenant_exactly_once() {
+    let c = chaos(Duration::from_millis(500)).await;
+    c.proxy.reset_stats();
+    c.proxy.set_faults(0.30, 0.05, 0.0);
+    let slugs: Vec<String> = (0..8).map(|i| format!("tenant-{i}")).collect();
+    for s in &slugs {
+        c.app.signup(&signup_body(s)).await;
+    }
+    let engine = c.app.start_engine(c.app.engine_config("w1"));
+    for s in &slugs {
+        let t = c.app.wait_for_state(s, &["active", "failed"], WITHIN).await;
+        assert_eq!(t["state"], "active", "{t:#}");
+    }
+    engine.stop().await;
+    let stats = c.proxy.stats();
+    let per_tenant = report(&stats, slugs.len());
+    assert!(
+        stats.total_throttles() > 0 && stats.operations.values().any(|o| o.injected_errors > 0),
+        "faults were injected"
+    );
+    assert_eq!(
+        stats.create_account_over_cap, 0,
+        "CreateAccount sent past the in-flight cap"
+    );
+    assert!(stats.create_account_max_in_flight <= 5);
+    assert!(
+        per_tenant <= CALLS_PER_TENANT_BOUND,
+        "{per_tenant:.1} AWS calls per tenant: a retry storm"
+    );
+    c.proxy.set_faults(0.0, 0.0, 0.0);
+    assert_exactly_one_of_everything(&c.moto_sdk, &slugs).await;
+}
+
+#[tokio::test]
+async fn lost_responses_anywhere_never_create_anything_twice() {
+    let c = chaos(Duration::from_millis(300)).await;
+    // One in six calls of every kind happens at AWS but its answer is lost: every step, at every call,
+    // has to find out what it already did.
+    c.proxy.set_faults(0.0, 0.0, 1.0 / 6.0);
+    let slugs: Vec<String> = (0..5).map(|i| format!("lost-{i}")).collect();
+    for s in &slugs {
+        c.app.signup(&signup_body(s)).await;
+    }
+    let engine = c.app.start_engine(c.app.engine_config("w1"));
+    for s in &slugs {
+        let t = c.app.wait_for_state(s, &["active", "failed"], WITHIN).await;
+        assert_eq!(t["state"], "active", "{t:#}");
+    }
+    engine.stop().await;
+    let stats = c.proxy.stats();
+    report(&stats, slugs.len());
+    assert!(stats.operations.contains_key("organizations.CreateAccount"));
+    assert!(
+        stats
+            .operations
+            .values()
+            .map(|o| o.lost_responses)
+            .sum::<u64>()
+            > 5,
+        "responses were lost"
+    );
+    c.proxy.set_faults(0.0, 0.0, 0.0);
+    assert_exactly_one_of_everything(&c.moto_sdk, &slugs).await;
+}
+
+#[tokio::test]
+async fn two_workers_keep_create_account_within_its_cap_and_use_all_of_it() {
+    let c = chaos(Duration::from_secs(1)).await;
+    let slugs: Vec<String> = (0..12).map(|i| format!("cap-{i}")).collect();
+    for s in &slugs {
+        c.app.signup(&signup_body(s)).await;
+    }
+    let a = c.app.start_engine(c.app.engine_config("w1"));
+    let b = c.app.start_engine(c.app.engine_config("w2"));
+    for s in &slugs {
+        let t = c.app.wait_for_state(s, &["active", "failed"], WITHIN).await;
+        assert_eq!(t["state"], "active", "{t:#}");
+    }
+    a.stop().await;
+    b.stop().await;
+    let stats = c.proxy.stats();
+    report(&stats, slugs.len());
+    assert_eq!(stats.create_account_over_cap, 0);
+    assert_eq!(
+        stats.create_account_max_in_flight, 5,
+        "the five slots were not all used"
+    );
+    assert_eq!(
+        stats.create_account_started, 12,
+        "one CreateAccount per tenant"
+    );
+    let h: i64 = sqlx::query_scalar("SELECT count(*) FROM history WHERE kind = 'step.queued'")
+        .fetch_one(&c.app.pool)
+        .await
+        .unwrap();
+    assert!(h > 0, "tenants queued for a slot");
+    assert_exactly_one_of_everything(&c.moto_sdk, &slugs).await;
+}
+
+#[tokio::test]
+async fn an_account_created_between_index_syncs_is_refused_by_aws_and_adopted() {
+    let c = chaos(Duration::from_millis(200)).await;
+    // The index was synced at start; someone creates the tenant's account afterwards, through AWS
+    // (the proxy), which from then on refuses its e-mail as AWS does.
+    let org = aws_sdk_organizations::Client::new(&moto::sdk(&c.proxy_url).await);
+    let pre = org
+        .create_account()
+        .email(format!("aws+late@{BASE_DOMAIN}"))
+        .account_name("by hand")
+        .send()
+        .await
+        .unwrap();
+    let pre_id = loop {
+        let s = org
+            .describe_create_account_status()
+            .create_account_request_id(pre.create_account_status().unwrap().id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if let Some(id) = s.create_account_status().unwrap().account_id() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    c.app.signup(&signup_body("late")).await;
+    let engine = c.app.start_engine(c.app.engine_config("w1"));
+    let t = c
+        .app
+        .wait_for_state("late", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    assert_eq!(t["account_id"], pre_id.as_str());
+    assert_eq!(t["resources"]["account_adopted"], "EMAIL_ALREADY_EXISTS");
+    assert_eq!(c.proxy.stats().duplicate_emails_refused, 1);
+    let n = aws_sdk_organizations::Client::new(&c.moto_sdk)
+        .list_accounts()
+        .send()
+        .await
+        .unwrap()
+        .accounts()
+        .len();
+    assert_eq!(n, 2, "the management account and the adopted one");
+}
