@@ -222,12 +222,18 @@ pub async fn serve(
             .await
             .with_context(|| format!("cannot listen on {} (VEND_LISTEN)", config.listen))?;
         info!(listen = %listener.local_addr()?, "HTTP API listening");
-        let app = http::router(state);
+        let app = http::router_with(state, config.request_limits);
         let stop = shutdown.clone();
+        let limits = config.http_limits;
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            if let Err(e) = http::server::serve(
+                listener,
+                app,
+                limits,
+                stop,
+                std::time::Duration::from_secs(10),
+            )
+            .await
             {
                 tracing::error!(error = %e, "HTTP server failed");
             }

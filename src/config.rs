@@ -215,6 +215,8 @@ pub struct Config {
     pub webhook_timeout: Duration,
     pub worker_id: Option<String>,
     pub aws: Option<AwsSettings>,
+    pub http_limits: crate::http::server::Limits,
+    pub request_limits: crate::http::RequestLimits,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +338,19 @@ impl Config {
             webhook_timeout: duration(env, "VEND_WEBHOOK_TIMEOUT", Duration::from_secs(15))?,
             worker_id: env.get("VEND_WORKER_ID"),
             aws,
+            http_limits: crate::http::server::Limits {
+                max_connections: number(env, "VEND_HTTP_MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
+                header_read_timeout: duration(
+                    env,
+                    "VEND_HTTP_HEADER_TIMEOUT",
+                    Duration::from_secs(10),
+                )?,
+                max_header_bytes: 64 * 1024,
+            },
+            request_limits: crate::http::RequestLimits {
+                max_in_flight: number(env, "VEND_HTTP_MAX_IN_FLIGHT", 256, 1, 100_000)?,
+                timeout: duration(env, "VEND_HTTP_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+            },
         })
     }
 }

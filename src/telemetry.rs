@@ -14,11 +14,37 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// The AWS SDK's own logging below `warn` carries request details (access key ids, signing material),
+/// so it is capped whatever `RUST_LOG` asks for.
+const AWS_SDK_TARGETS: &[&str] = &[
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sigv4",
+    "aws_runtime",
+    "aws_config",
+    "aws_credential_types",
+];
+
+/// The log filter: `RUST_LOG` (default `info`), minus anything it says about the AWS SDK's targets,
+/// which stay at `warn`.
+pub fn filter(rust_log: Option<&str>) -> EnvFilter {
+    let user: Vec<&str> = rust_log
+        .unwrap_or("info,sqlx=warn")
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.starts_with("aws_"))
+        .collect();
+    let mut filter = EnvFilter::try_new(user.join(",")).unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in AWS_SDK_TARGETS {
+        filter = filter.add_directive(format!("{target}=warn").parse().expect("a valid directive"));
+    }
+    filter
+}
+
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` for JSON lines.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,sqlx=warn,aws_config=warn,aws_smithy_runtime=warn")
-    });
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
@@ -166,5 +192,29 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sdk_stays_at_warn_whatever_rust_log_says() {
+        for rust_log in [
+            "trace",
+            "debug,aws_smithy_runtime=trace",
+            "aws_sigv4=trace,vend=debug",
+        ] {
+            let f = filter(Some(rust_log)).to_string();
+            assert!(
+                f.contains("aws_smithy_runtime=warn") && f.contains("aws_sigv4=warn"),
+                "{f}"
+            );
+            assert!(
+                !f.contains("=trace,aws") && !f.contains("aws_sigv4=trace"),
+                "{f}"
+            );
+        }
     }
 }

@@ -60,6 +60,10 @@ struct Bucket {
     last_decrease: Option<Instant>,
 }
 
+/// Without throttles, a reduced rate climbs back to the full budget over this long, so a bucket that is
+/// rarely used (one per tenant account) does not stay collapsed for want of successes.
+const RECOVERY: Duration = Duration::from_secs(20);
+
 impl Bucket {
     fn new(b: Budget, now: Instant) -> Self {
         Self {
@@ -75,18 +79,28 @@ impl Bucket {
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.rate < self.max_rate {
+            self.rate =
+                (self.rate + self.max_rate * dt / RECOVERY.as_secs_f64()).min(self.max_rate);
+        }
         self.refilled = now;
+    }
+
+    /// How long until a token is free (zero if one is).
+    fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
     }
 
     /// Takes a token, going into debt if none is left; returns how long the caller must wait for it.
     fn reserve(&mut self, now: Instant) -> Duration {
-        self.refill(now);
+        let wait = self.wait(now);
         self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
+        wait
     }
 }
 
@@ -127,20 +141,32 @@ impl Limiter {
         (key, budget)
     }
 
-    /// Waits until the budget allows one more call.
-    pub async fn acquire(&self, operation: &str, account: Option<&str>) {
+    /// Waits until the budget allows one more call, if that is at most `max_wait` away. A longer
+    /// wait is not taken (and no token reserved): `Err` says how long, so the caller can give the
+    /// wait to a durable timer instead of holding a worker.
+    pub async fn acquire(
+        &self,
+        operation: &str,
+        account: Option<&str>,
+        max_wait: Duration,
+    ) -> Result<(), Duration> {
         let wait = {
             let (key, budget) = self.resolve(operation, account);
             let now = Instant::now();
             let mut buckets = self.buckets.lock().expect("limiter lock");
-            buckets
+            let bucket = buckets
                 .entry(key)
-                .or_insert_with(|| Bucket::new(budget, now))
-                .reserve(now)
+                .or_insert_with(|| Bucket::new(budget, now));
+            let wait = bucket.wait(now);
+            if wait > max_wait {
+                return Err(wait);
+            }
+            bucket.reserve(now)
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        Ok(())
     }
 
     /// AWS throttled a call: halve the rate (multiplicative decrease).
@@ -258,7 +284,9 @@ mod tests {
         let l = limiter();
         let start = tokio::time::Instant::now();
         for _ in 0..12 {
-            l.acquire("svc.Op", None).await;
+            l.acquire("svc.Op", None, Duration::from_secs(5))
+                .await
+                .unwrap();
         }
         // 2 at once, then 10 more at 10/s.
         let took = start.elapsed();
@@ -266,6 +294,40 @@ mod tests {
             took >= Duration::from_millis(990) && took <= Duration::from_millis(1100),
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_longer_than_allowed_is_refused_with_its_length() {
+        let l = limiter();
+        // acct: 1/s, burst 1, per account.
+        l.acquire("acct.Op", Some("a"), Duration::ZERO)
+            .await
+            .unwrap();
+        let e = l
+            .acquire("acct.Op", Some("a"), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(
+            e > Duration::from_millis(900) && e <= Duration::from_secs(1),
+            "{e:?}"
+        );
+        // Another account has its own bucket.
+        l.acquire("acct.Op", Some("b"), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_rate_recovers_with_time_alone() {
+        let l = limiter();
+        l.acquire_now("svc.Op");
+        l.throttled("svc.Op", None);
+        assert_eq!(l.current_rate("svc.Op", None), 5.0);
+        tokio::time::advance(RECOVERY).await;
+        l.acquire("svc.Op", None, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(l.current_rate("svc.Op", None), 10.0);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub use limiter::Limiter;
 
 /// SDK attempts per call (the first included).
 pub const SDK_MAX_ATTEMPTS: u32 = 2;
+/// The longest an AWS call waits in process for its rate budget; longer waits become durable timers.
+pub const MAX_BUDGET_WAIT: Duration = Duration::from_secs(2);
+
 /// Upper bound of one AWS call including the SDK's retry; shorter than a lease, so a worker that lost
 /// its lease cannot still be inside a call long after another worker took over.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(40);
@@ -113,7 +116,25 @@ impl Aws {
         E: Into<AwsError>,
     {
         let account = self.account.as_deref();
-        self.limiter.acquire(operation, account).await;
+        if let Err(wait) = self
+            .limiter
+            .acquire(operation, account, MAX_BUDGET_WAIT)
+            .await
+        {
+            // Over budget for longer than a worker should sit idle: give the wait to the engine's
+            // durable timer (a throttle spends no attempt).
+            let mut e = AwsError::new(
+                ErrorClass::Throttled,
+                "RateBudget",
+                format!(
+                    "{operation}: vend's rate budget allows the next call in {} ms",
+                    wait.as_millis()
+                ),
+            );
+            e.retry_after = Some(wait);
+            e.operation = operation;
+            return Err(e);
+        }
         self.metrics
             .aws_calls
             .get_or_create(&AwsLabels {

@@ -68,7 +68,7 @@ pub async fn release(pool: &PgPool, tenant_id: Uuid) -> Result<(), sqlx::Error> 
                WHERE (run_id, position) IN (
                    SELECT run_id, position FROM steps
                    WHERE wait_reason = 'slot' AND state = 'waiting'
-                   ORDER BY due_at LIMIT 1
+                   ORDER BY started_at LIMIT 1
                    FOR UPDATE SKIP LOCKED)"#
         )
         .execute(&mut *tx)

@@ -153,6 +153,86 @@ pub async fn claim(
         .collect()
 }
 
+/// Claims the step at `position` of `run_id` for `owner` if it is pending: the worker that finished the
+/// previous step goes straight on with the next, in the transaction that committed the previous one.
+pub async fn claim_next(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    position: i32,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Claim>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        WITH claimed AS (
+            UPDATE steps s SET
+                state = 'running',
+                lease_owner = $3,
+                lease_token = nextval('lease_tokens'),
+                due_at = now() + make_interval(secs => $4),
+                attempts = s.attempts + 1,
+                wait_reason = NULL,
+                started_at = coalesce(s.started_at, now()),
+                updated_at = now()
+            WHERE s.run_id = $1 AND s.position = $2 AND s.state = 'pending'
+            RETURNING s.run_id, s.position, s.name, s.attempts, s.throttles, s.lease_token, s.started_at
+        ),
+        hist AS (
+            INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message)
+            SELECT r.tenant_id, 'step.started', c.name, c.attempts, c.lease_token, $3,
+                   'attempt ' || c.attempts || ' started'
+            FROM claimed c JOIN runs r ON r.id = c.run_id
+        )
+        SELECT c.run_id AS "run_id!", c.position AS "position!", c.name AS "step!",
+               c.attempts AS "attempts!", c.throttles AS "throttles!", c.lease_token AS "lease_token!",
+               c.started_at AS "started_at!",
+               t.id AS "tenant_id!", t.slug AS "slug!", t.name AS "name!", t.owner_email AS "owner_email!",
+               t.tier AS "tier!", r.workflow AS "workflow!", t.resources AS "resources!",
+               now() AS "claimed_at!"
+        FROM claimed c JOIN runs r ON r.id = c.run_id JOIN tenants t ON t.id = r.tenant_id
+        "#,
+        run_id,
+        position,
+        owner,
+        lease.as_secs_f64(),
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(Claim {
+            tier: decode("tenants.tier", &r.tier, |s| Tier::parse(s).ok())?,
+            run_id: r.run_id,
+            position: r.position,
+            step: r.step,
+            attempts: r.attempts,
+            throttles: r.throttles,
+            lease_token: r.lease_token,
+            started_at: r.started_at,
+            was_due: r.claimed_at,
+            took_over_from: None,
+            tenant_id: r.tenant_id,
+            slug: r.slug,
+            name: r.name,
+            owner_email: r.owner_email,
+            workflow: r.workflow,
+            resources: r.resources,
+            claimed_at: r.claimed_at,
+        })
+    })
+    .transpose()
+}
+
+/// When the next step becomes due (a timer or lease expiring), if any: an idle worker sleeps until
+/// then instead of a fixed poll interval.
+pub async fn next_due(db: impl PgExecutor<'_>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT min(due_at) AS next FROM steps
+           WHERE due_at IS NOT NULL AND state IN ('pending', 'waiting', 'running')"#
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Extends a lease; `false` if the lease was lost (another worker holds the step now).
 pub async fn heartbeat(
     db: impl PgExecutor<'_>,

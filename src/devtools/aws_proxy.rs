@@ -134,6 +134,8 @@ struct Bucket {
 }
 
 struct Inner {
+    /// Access key ids and session tokens callers used (tests check that none reaches a log).
+    credentials: std::collections::BTreeSet<String>,
     throttle_rate: f64,
     error_rate: f64,
     lost_response_rate: f64,
@@ -398,6 +400,7 @@ impl Proxy {
         Arc::new(Self {
             config,
             inner: Mutex::new(Inner {
+                credentials: Default::default(),
                 throttle_rate,
                 error_rate,
                 lost_response_rate,
@@ -420,6 +423,17 @@ impl Proxy {
         inner.throttle_rate = throttle_rate;
         inner.error_rate = error_rate;
         inner.lost_response_rate = lost_response_rate;
+    }
+
+    /// Every access key id and session token a caller has used.
+    pub fn seen_credentials(&self) -> Vec<String> {
+        self.inner
+            .lock()
+            .expect("proxy lock")
+            .credentials
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Forgets the counters (not the state of CreateAccount requests).
@@ -526,6 +540,15 @@ async fn handle(
     let verdict = {
         let mut inner = p.inner.lock().expect("proxy lock");
         let inner = &mut *inner;
+        if !caller_key.is_empty() {
+            inner.credentials.insert(caller_key.clone());
+        }
+        if let Some(t) = headers
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok())
+        {
+            inner.credentials.insert(t.to_owned());
+        }
         let quota_ok = Proxy::take_token(inner, &p.config.quotas, &service, &op, &caller_key);
         let (t, e, l) = (
             inner.throttle_rate.clamp(0.0, 1.0),

@@ -244,6 +244,41 @@ fn json_error_message(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_or_fail_with_a_message(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Err(e) = Signup::parse(&body) {
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn whatever_is_accepted_is_valid(
+            slug in "[a-zA-Z0-9_. -]{0,45}",
+            name in "\\PC{0,210}",
+            email in "[a-z0-9@.+ -]{0,40}",
+            tier in "free|pro|enterprise|gold|",
+        ) {
+            let body = serde_json::json!({"slug": slug, "name": name, "owner_email": email, "tier": tier});
+            match Signup::parse(body.to_string().as_bytes()) {
+                Ok(s) => {
+                    prop_assert!(s.slug.as_str().len() >= 3 && s.slug.as_str().len() <= 40);
+                    prop_assert!(s.slug.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                    prop_assert!(s.slug.as_str().as_bytes()[0].is_ascii_lowercase() && !s.slug.as_str().ends_with('-'));
+                    prop_assert!(!name.trim().is_empty() && name.chars().count() <= 200);
+                    prop_assert!(s.owner_email.as_str().contains('@'));
+                }
+                Err(e) => prop_assert!(["slug", "name", "owner_email", "tier"].contains(&e.field), "{}", e),
+            }
+        }
+
+        #[test]
+        fn every_well_formed_slug_is_accepted(slug in "[a-z][a-z0-9-]{1,38}[a-z0-9]") {
+            prop_assert!(Slug::parse(&slug).is_ok());
+        }
+    }
 
     #[test]
     fn slug_accepts_dns_labels() {

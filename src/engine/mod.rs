@@ -64,6 +64,9 @@ pub fn default_worker_id() -> String {
 }
 
 pub struct Engine {
+    /// Set once shutdown starts: finished steps then leave their successor due for other workers
+    /// instead of going straight on with it.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) pool: PgPool,
     pub(crate) workflows: Arc<Workflows>,
     pub(crate) registry: Registry,
@@ -80,6 +83,7 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            stopping: std::sync::atomic::AtomicBool::new(false),
             pool,
             workflows,
             registry,
@@ -156,13 +160,33 @@ impl Engine {
                 // There may be more due work: claim again as soon as a slot frees.
                 continue;
             }
-            debug!(claimed, "no more due steps; waiting");
+            // Sleep until the earliest timer fires, a notification arrives, or the poll interval
+            // passes, whichever comes first: durable waits end on time without anyone polling fast.
+            let nap = match db::steps::next_due(&self.pool).await {
+                // A step already due but not claimable is locked by another worker's claim: look
+                // again shortly rather than spin.
+                Ok(Some(at)) => (at - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .clamp(
+                        Duration::from_millis(10),
+                        self.config.poll_interval.max(Duration::from_millis(10)),
+                    ),
+                _ => self.config.poll_interval,
+            };
+            debug!(
+                claimed,
+                nap_ms = nap.as_millis() as u64,
+                "no more due steps; waiting"
+            );
             tokio::select! {
                 () = wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = tokio::time::sleep(nap) => {}
                 () = shutdown.cancelled() => break,
             }
         }
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         info!(in_flight = tasks.len(), "workers stopping");
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.config.shutdown_grace, drain)

@@ -31,7 +31,22 @@ pub enum Finished {
 }
 
 impl Engine {
+    /// Runs a claimed step and, while it succeeds and the process is not stopping, the steps of the
+    /// same tenant after it (each claimed in the transaction that committed its predecessor).
     pub(crate) async fn run_claim(self: Arc<Self>, claim: Claim) -> Finished {
+        let mut claim = claim;
+        loop {
+            match self.run_one(claim).await {
+                (finished, Some(next)) => {
+                    debug_assert!(matches!(finished, Finished::Committed(Decision::Succeed)));
+                    claim = next;
+                }
+                (finished, None) => return finished,
+            }
+        }
+    }
+
+    async fn run_one(&self, claim: Claim) -> (Finished, Option<Claim>) {
         let span = info_span!(
             "step",
             tenant.slug = %claim.slug,
@@ -69,7 +84,7 @@ impl Engine {
             let started = Instant::now();
             let (outcome, patch, resources) = match self.execute(&claim, def).await {
                 Ok(done) => done,
-                Err(finished) => return finished,
+                Err(finished) => return (finished, None),
             };
             self.metrics
                 .step_duration
@@ -156,6 +171,7 @@ impl Engine {
     }
 
     /// Writes the decision, retrying database errors for as long as the lease would still be ours.
+    /// Returns the tenant's next step when this worker claimed it in the same transaction.
     async fn commit(
         &self,
         claim: &Claim,
@@ -163,7 +179,7 @@ impl Engine {
         decision: &Decision,
         patch: Map<String, Value>,
         resources: &Map<String, Value>,
-    ) -> Finished {
+    ) -> (Finished, Option<Claim>) {
         let deadline = Instant::now() + self.config.lease;
         let mut delay = Duration::from_millis(100);
         loop {
@@ -171,17 +187,17 @@ impl Engine {
                 .try_commit(claim, workflow, decision, &patch, resources)
                 .await
             {
-                Ok(true) => {
+                Ok(Some(next)) => {
                     self.record_metrics(claim, decision);
                     log_decision(decision);
-                    return Finished::Committed(decision.clone());
+                    return (Finished::Committed(decision.clone()), next);
                 }
-                Ok(false) => {
+                Ok(None) => {
                     self.metrics.lease_lost.inc();
                     warn!(
                         "lease lost before the outcome was written; another worker owns the step"
                     );
-                    return Finished::LeaseLost;
+                    return (Finished::LeaseLost, None);
                 }
                 Err(e) if Instant::now() + delay < deadline => {
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not write the step outcome");
@@ -190,7 +206,7 @@ impl Engine {
                 }
                 Err(e) => {
                     warn!(error = %e, "giving up writing the step outcome; the step will run again when its lease expires");
-                    return Finished::NotCommitted;
+                    return (Finished::NotCommitted, None);
                 }
             }
         }
@@ -229,7 +245,8 @@ impl Engine {
         self.metrics.step(&claim.step, outcome);
     }
 
-    /// One transaction; `Ok(false)` if the lease was lost (nothing written).
+    /// One transaction; `Ok(None)` if the lease was lost (nothing written), else the next step if this
+    /// worker claimed it.
     async fn try_commit(
         &self,
         claim: &Claim,
@@ -237,12 +254,13 @@ impl Engine {
         decision: &Decision,
         patch: &Map<String, Value>,
         resources: &Map<String, Value>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<Option<Claim>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let lease = claim.lease();
         if !db::steps::fence(&mut tx, lease).await? {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut next_claim = None;
         if !patch.is_empty() {
             db::tenants::merge_resources(&mut tx, claim.tenant_id, &Value::Object(patch.clone()))
                 .await?;
@@ -295,8 +313,22 @@ impl Engine {
                     )
                     .await?;
                 } else {
-                    db::steps::make_due(&mut tx, claim.run_id, next).await?;
-                    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+                    // Go straight on with the tenant's next step: no claim, no wake-up, no wait. A
+                    // stopping process leaves it due for the others instead.
+                    if !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        next_claim = db::steps::claim_next(
+                            &mut tx,
+                            claim.run_id,
+                            next,
+                            worker,
+                            self.config.lease,
+                        )
+                        .await?;
+                    }
+                    if next_claim.is_none() {
+                        db::steps::make_due(&mut tx, claim.run_id, next).await?;
+                        db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+                    }
                 }
                 notify_outbox = true;
             }
@@ -381,7 +413,7 @@ impl Engine {
             db::notify(&mut tx, db::OUTBOX_CHANNEL).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(next_claim))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod ops;
+pub mod server;
 pub mod signup;
 pub mod views;
 
@@ -37,6 +38,24 @@ pub struct AppState {
     pub signup_secret: Secret,
     pub ops_tokens: OpsTokens,
     pub metrics: Arc<Metrics>,
+}
+
+/// Per-request bounds (connection-level ones are in [`server::Limits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Requests handled at once; more are refused with 503 at once instead of queueing.
+    pub max_in_flight: usize,
+    /// A request (body included) must be answered within this time, else 408.
+    pub timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -126,6 +145,10 @@ pub fn protected_paths() -> Vec<(String, Vec<String>)> {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with(state, RequestLimits::default())
+}
+
+pub fn router_with(state: AppState, limits: RequestLimits) -> Router {
     let doc = Arc::new(openapi());
     let (ops, _) = ops_routes()
         .route(
@@ -145,9 +168,31 @@ pub fn router(state: AppState) -> Router {
         .merge(ops)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(signup::MAX_BODY))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.timeout,
+        ))
+        // A flood is refused at the door (503) rather than queued without bound. One semaphore for
+        // every route: Router::layer wraps each route on its own.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "overloaded",
+                            "too many requests in flight; retry shortly",
+                        )
+                    },
+                ))
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_in_flight,
+                )),
+        )
+        // Outside the timeout and the shedding, so their answers get the JSON error shape too.
+        .layer(middleware::from_fn(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
         }))

@@ -41,8 +41,10 @@ pub(crate) enum Requested {
     NoSlot,
 }
 
-/// The longest a queued tenant waits before looking for a slot by itself (a release wakes it sooner).
-pub(crate) const SLOT_FALLBACK: Duration = Duration::from_secs(10);
+/// The longest a queued tenant waits before looking for a slot by itself. A release wakes the
+/// longest-waiting tenant at once, so this only bounds the delay after a lost wake-up; long, so that
+/// hundreds of queued tenants do not poll.
+pub(crate) const SLOT_FALLBACK: Duration = Duration::from_secs(60);
 /// A slot older than this no longer counts (see `db::slots::acquire`).
 const SLOT_STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
 

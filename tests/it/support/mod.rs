@@ -3,6 +3,7 @@
 pub mod localstack;
 pub mod moto;
 pub mod postgres;
+pub mod serve;
 pub mod steps;
 
 use std::collections::BTreeSet;
@@ -124,6 +125,17 @@ pub fn silo_settings() -> vend::config::AwsSettings {
 }
 
 async fn spawn_app_on(pool: PgPool, registry: Registry, toml: &str) -> TestApp {
+    spawn_app_with_limits(pool, registry, toml, Default::default(), Default::default()).await
+}
+
+/// The app served as `vend serve` serves it, with the given connection and request limits.
+pub async fn spawn_app_with_limits(
+    pool: PgPool,
+    registry: Registry,
+    toml: &str,
+    limits: vend::http::server::Limits,
+    request_limits: vend::http::RequestLimits,
+) -> TestApp {
     let workflows = workflows(toml, &registry);
     let metrics = Metrics::new();
     let state = AppState {
@@ -137,12 +149,13 @@ async fn spawn_app_on(pool: PgPool, registry: Registry, toml: &str) -> TestApp {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .unwrap();
-    });
+    tokio::spawn(http::server::serve(
+        listener,
+        http::router_with(state, request_limits),
+        limits,
+        stop,
+        Duration::from_secs(1),
+    ));
     TestApp {
         pool,
         base: format!("http://{addr}"),

@@ -121,3 +121,94 @@ pub async fn prepare_management(sdk: &SdkConfig) {
         .await
         .unwrap();
 }
+
+pub async fn tagged_accounts(sdk: &SdkConfig) -> Vec<(String, String)> {
+    let org = aws_sdk_organizations::Client::new(sdk);
+    let mut out = Vec::new();
+    for a in org.list_accounts().send().await.unwrap().accounts() {
+        let id = a.id().unwrap().to_owned();
+        for t in org
+            .list_tags_for_resource()
+            .resource_id(&id)
+            .send()
+            .await
+            .unwrap()
+            .tags()
+        {
+            if t.key() == "vend:tenant" {
+                out.push((t.value().to_owned(), id.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One account per tenant, and in it one stack per name, one domain, and one record per tenant.
+pub async fn assert_exactly_one_of_everything(sdk: &SdkConfig, slugs: &[String]) {
+    let accounts = tagged_accounts(sdk).await;
+    let tenants: Vec<&str> = accounts.iter().map(|(s, _)| s.as_str()).collect();
+    let mut expected: Vec<&str> = slugs.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(tenants, expected, "exactly one account per tenant");
+    let org = aws_sdk_organizations::Client::new(sdk);
+    assert_eq!(
+        org.list_accounts().send().await.unwrap().accounts().len(),
+        slugs.len() + 1,
+        "no untagged strays either"
+    );
+    for (slug, account) in &accounts {
+        let inside = sdk_in(sdk, account).await;
+        let domains = aws_sdk_apigateway::Client::new(&inside)
+            .get_domain_names()
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(domains.items().len(), 1, "{slug}: domains");
+        let stacks = aws_sdk_cloudformation::Client::new(&inside)
+            .list_stacks()
+            .send()
+            .await
+            .unwrap();
+        let live: Vec<&str> = stacks
+            .stack_summaries()
+            .iter()
+            .filter(|s| {
+                s.stack_status()
+                    .is_some_and(|x| x.as_str() != "DELETE_COMPLETE")
+            })
+            .map(|s| s.stack_name().unwrap())
+            .collect();
+        assert_eq!(live.len(), 2, "{slug}: stacks {live:?}");
+        let apis = aws_sdk_apigateway::Client::new(&inside)
+            .get_rest_apis()
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(apis.items().len(), 1, "{slug}: APIs");
+    }
+    let r53 = aws_sdk_route53::Client::new(sdk);
+    let zone = r53
+        .list_hosted_zones_by_name()
+        .dns_name(BASE_DOMAIN)
+        .send()
+        .await
+        .unwrap()
+        .hosted_zones()[0]
+        .id()
+        .to_owned();
+    let records = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .send()
+        .await
+        .unwrap();
+    for slug in slugs {
+        let n = records
+            .resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == format!("{slug}.{BASE_DOMAIN}."))
+            .count();
+        assert_eq!(n, 1, "{slug}: records");
+    }
+}

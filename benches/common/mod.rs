@@ -1,0 +1,212 @@
+//! Shared by the benchmarks: a throwaway Postgres, moto, and `vend serve` processes, all on loopback.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL cluster under `dir` (via scripts/pg), stopped on drop.
+pub struct Pg {
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl Pg {
+    pub fn start(dir: &Path) -> Pg {
+        let out = Command::new(repo().join("scripts/pg"))
+            .args(["start", dir.to_str().unwrap()])
+            .output()
+            .expect("scripts/pg");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Pg {
+            url,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A URL for a new database `name`.
+    pub fn database(&self, name: &str) -> String {
+        let out = Command::new("psql")
+            .args([&self.url, "-q", "-c", &format!("CREATE DATABASE {name}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("{}/{name}", self.url.trim_end_matches("/postgres"))
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/pg"))
+            .args(["stop", self.dir.to_str().unwrap()])
+            .status();
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Peak resident set size (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+pub async fn moto() -> (Proc, String) {
+    let status = Command::new(repo().join("scripts/python-env"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let port = free_port();
+    let child = Command::new(repo().join(".venv/bin/moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{url}/moto-api/")).await;
+    (Proc(child), url)
+}
+
+pub async fn wait_http(url: &str) {
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+pub async fn sdk(url: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "bench",
+        ))
+        .load()
+        .await
+}
+
+pub const BASE_DOMAIN: &str = "tenants.example.test";
+pub const SIGNUP_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const OPS_TOKEN: &str = "bench-ops-token-0123456789";
+
+/// An organization and the base domain's zone, as vend expects them.
+pub async fn prepare_management(sdk: &aws_config::SdkConfig) {
+    aws_sdk_organizations::Client::new(sdk)
+        .create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    aws_sdk_route53::Client::new(sdk)
+        .create_hosted_zone()
+        .name(BASE_DOMAIN)
+        .caller_reference("bench")
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Starts `vend serve` with the given environment on a free port; returns the process and its URL.
+pub fn vend_serve(env: &[(&str, String)], log: &Path) -> (Proc, String) {
+    vend_serve_with(&[], env, log)
+}
+
+/// As [`vend_serve`], with extra flags (e.g. `--no-workers`).
+pub fn vend_serve_with(flags: &[&str], env: &[(&str, String)], log: &Path) -> (Proc, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vend"));
+    cmd.arg("serve")
+        .args(flags)
+        .current_dir(repo())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("VEND_LISTEN", &listen)
+        .env("VEND_SIGNUP_SECRET", SIGNUP_SECRET)
+        .env("VEND_OPS_TOKEN", OPS_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (Proc(cmd.spawn().unwrap()), format!("http://{listen}"))
+}
+
+/// Sends a signed signup.
+pub async fn signup(http: &reqwest::Client, base: &str, slug: &str) -> reqwest::StatusCode {
+    let body = serde_json::json!({"slug": slug, "name": format!("{slug} Corp"),
+        "owner_email": format!("ops@{slug}.example"), "tier": "enterprise"})
+    .to_string();
+    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let ts = chrono::Utc::now().timestamp();
+    let sig = vend::standard_webhooks::Secret::parse(SIGNUP_SECRET)
+        .unwrap()
+        .sign(&id, ts, body.as_bytes());
+    http.post(format!("{base}/v1/signup"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,0 +1,258 @@
+//! Engine throughput and latency, side by side with graphile_worker on the same Postgres in the same run.
+//!
+//!   cargo bench --bench engine -- --tenants 20000 --steps 3 --concurrency 32 --samples 1000
+//!
+//! vend: N tenants signed up through the real HTTP router (the production transaction), then the real
+//! engine drains them: real claims, leases, fenced commits, history and outbox rows; only the step
+//! bodies do nothing. Reports steps/s, the delay from a step becoming due (its predecessor committed) to
+//! its start under that load, and add→start latency of single signups on an idle engine.
+//! Peer: benches/peer (graphile_worker) queues N jobs, drains them with the same concurrency, and
+//! samples add→start latency the same way. Pass --no-peer to skip it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use common::*;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+use vend::domain::{StepOutcome, Workflow, Workflows};
+use vend::engine::{Engine, EngineConfig, Registry, Step, StepContext};
+
+struct Noop {
+    sampled: mpsc::UnboundedSender<Instant>,
+}
+
+#[async_trait]
+impl Step for Noop {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        // A sample is timed to the start of its first step.
+        if ctx.tenant.slug.starts_with("sample-") && ctx.step == "s0" {
+            let _ = self.sampled.send(Instant::now());
+        }
+        StepOutcome::Succeeded
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn signup_request(slug: &str) -> axum::http::Request<Body> {
+    let body = serde_json::json!({"slug": slug, "name": slug, "owner_email": format!("ops@{slug}.example"), "tier": "pro"}).to_string();
+    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let ts = chrono::Utc::now().timestamp();
+    let sig = vend::standard_webhooks::Secret::parse(SIGNUP_SECRET)
+        .unwrap()
+        .sign(&id, ts, body.as_bytes());
+    axum::http::Request::post("/v1/signup")
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = arg("--tenants", 20_000);
+    let steps: usize = arg("--steps", 3);
+    let concurrency: usize = arg("--concurrency", 32);
+    let samples: usize = arg("--samples", 1_000);
+    let peer = !std::env::args().any(|a| a == "--no-peer");
+
+    let tmp = tempfile::Builder::new()
+        .prefix("vend-bench-engine-")
+        .tempdir()
+        .unwrap();
+    let pg = Pg::start(&tmp.path().join("pg"));
+    let url = pg.database("vend_engine");
+    let pool = vend::db::connect(&url, concurrency as u32 + 8)
+        .await
+        .unwrap();
+    vend::db::migrate(&pool).await.unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let registry = Registry::new().with("noop", Noop { sampled: tx });
+    let mut toml = String::from("name = \"bench\"\ntiers = [\"free\", \"pro\", \"enterprise\"]\n");
+    for i in 0..steps {
+        toml.push_str(&format!("[[steps]]\nname = \"s{i}\"\nkind = \"noop\"\n"));
+    }
+    let workflows =
+        Arc::new(Workflows::new(vec![Workflow::parse(&toml, &registry.kinds()).unwrap()]).unwrap());
+    let metrics = vend::telemetry::Metrics::new();
+    let router = vend::http::router(vend::http::AppState {
+        pool: pool.clone(),
+        workflows: workflows.clone(),
+        signup_secret: vend::standard_webhooks::Secret::parse(SIGNUP_SECRET).unwrap(),
+        ops_tokens: vend::config::OpsTokens::new(vec![OPS_TOKEN.into()]),
+        metrics: metrics.clone(),
+    });
+
+    eprintln!(
+        "enqueueing {n} tenants ({} steps) through the signup path",
+        n * steps
+    );
+    let enqueue = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(n.div_ceil(8)) {
+        let router = router.clone();
+        let chunk = chunk.to_vec();
+        set.spawn(async move {
+            for i in chunk {
+                let r = router
+                    .clone()
+                    .oneshot(signup_request(&format!("t{i:06}")))
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let enqueue = enqueue.elapsed();
+
+    let engine = Engine::new(
+        pool.clone(),
+        workflows,
+        registry,
+        EngineConfig {
+            worker_id: "bench".into(),
+            concurrency,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(5),
+        },
+        metrics,
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(engine.run(token.clone()));
+    loop {
+        let active: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE state = 'active'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if active as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain = started.elapsed();
+    let total_steps = (n * steps) as f64;
+
+    // Due → start under load: a later step is due when its predecessor commits.
+    let mut due: Vec<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM h.at - prev.finished_at) * 1000)::float8
+         FROM history h
+         JOIN runs r ON r.tenant_id = h.tenant_id
+         JOIN steps cur ON cur.run_id = r.id AND cur.name = h.step
+         JOIN steps prev ON prev.run_id = r.id AND prev.position = cur.position - 1
+         WHERE h.kind = 'step.started'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    due.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    // Add → start on the idle engine, one signup at a time.
+    while rx.try_recv().is_ok() {}
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let req = signup_request(&format!("sample-{i:05}"));
+        let before = Instant::now();
+        let r = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(r.status(), 202);
+        let at = rx.recv().await.unwrap();
+        lat.push(at.duration_since(before).as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    token.cancel();
+    running.await.unwrap();
+
+    println!(
+        "== vend engine ({} tenants x {steps} no-op steps, concurrency {concurrency}) ==",
+        n
+    );
+    println!(
+        "enqueue (signup path)        {:.1} s ({:.0} signups/s)",
+        enqueue.as_secs_f64(),
+        n as f64 / enqueue.as_secs_f64()
+    );
+    println!("drain                        {:.1} s", drain.as_secs_f64());
+    println!(
+        "steps/s                      {:.0}",
+        total_steps / drain.as_secs_f64()
+    );
+    println!(
+        "due->start under load (ms)   p50 {:.2}  p99 {:.2}  max {:.2}",
+        pct(&due, 0.5),
+        pct(&due, 0.99),
+        pct(&due, 1.0)
+    );
+    println!(
+        "add->start idle (ms)         p50 {:.2}  p99 {:.2}  max {:.2}",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+
+    if peer {
+        let peer_url = pg.database("peer");
+        let manifest = repo().join("benches/peer/Cargo.toml");
+        eprintln!("building and running the peer (graphile_worker)");
+        let out = tokio::process::Command::new("cargo")
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--manifest-path",
+                manifest.to_str().unwrap(),
+                "--",
+            ])
+            .args([
+                peer_url.as_str(),
+                &(n * steps).to_string(),
+                &concurrency.to_string(),
+                &samples.to_string(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            Some(v) => {
+                println!(
+                    "== peer: graphile_worker ({} no-op jobs, concurrency {concurrency}) ==",
+                    n * steps
+                );
+                println!(
+                    "drain                        {:.1} s",
+                    v["drain_s"].as_f64().unwrap_or(f64::NAN)
+                );
+                println!(
+                    "jobs/s                       {:.0}",
+                    v["jobs_per_s"].as_f64().unwrap_or(f64::NAN)
+                );
+                println!(
+                    "add->start idle (ms)         p50 {:.2}  p99 {:.2}  max {:.2}",
+                    v["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
+                    v["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+                    v["latency_ms"]["max"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            None => println!("peer failed: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Intake latency: the signup webhook under wrk at fixed rates, every request distinct and signed.
+//!
+//!   cargo bench --bench intake -- --rates 200,1000 --duration 30
+//!
+//! Runs `vend serve --no-workers --no-dispatcher` (the API tier alone) on a throwaway Postgres, pre-signs
+//! rate × duration × 1.2 distinct signups, and drives them with wrk (Debian package `wrk`) through
+//! benches/wrk/signup.lua, which paces the connections to the rate. Prints p50/p99/max and errors.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+
+fn main() {
+    let rates: String = arg("--rates", "200,1000".to_owned());
+    let duration: u64 = arg("--duration", 30);
+    let connections: u32 = arg("--connections", 50);
+    let threads: u32 = 2;
+    assert!(
+        std::process::Command::new("wrk")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "wrk is not installed (apt-get install wrk)"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("vend-bench-intake-")
+        .tempdir()
+        .unwrap();
+    let pg = Pg::start(&tmp.path().join("pg"));
+    let db = pg.database("vend");
+    // The API tier alone: no workers, no dispatcher, so no AWS configuration either.
+    let env = vec![("DATABASE_URL", db.clone())];
+    let (_vend, url) = vend_serve_with(
+        &["--no-workers", "--no-dispatcher"],
+        &env,
+        &tmp.path().join("vend.log"),
+    );
+    rt.block_on(wait_http(&format!("{url}/readyz")));
+    let secret = vend::standard_webhooks::Secret::parse(SIGNUP_SECRET).unwrap();
+    for (round, rate) in rates
+        .split(',')
+        .map(|r| r.trim().parse::<u64>().unwrap())
+        .enumerate()
+    {
+        let count = (rate * duration) as usize * 6 / 5 + 100;
+        let file = tmp.path().join(format!("requests-{rate}.tsv"));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        let ts = chrono::Utc::now().timestamp();
+        for i in 0..count {
+            let slug = format!("r{round}-{i:07}");
+            let body = format!(
+                r#"{{"slug":"{slug}","name":"{slug} Corp","owner_email":"ops@{slug}.example","tier":"enterprise"}}"#
+            );
+            let id = format!("msg_{round}_{i}");
+            writeln!(
+                f,
+                "{id}\t{ts}\t{}\t{body}",
+                secret.sign(&id, ts, body.as_bytes())
+            )
+            .unwrap();
+        }
+        f.flush().unwrap();
+        drop(f);
+        let out = std::process::Command::new("wrk")
+            .args([
+                &format!("-t{threads}"),
+                &format!("-c{connections}"),
+                &format!("-d{duration}s"),
+                "--latency",
+                "-s",
+                repo().join("benches/wrk/signup.lua").to_str().unwrap(),
+                &url,
+                "--",
+                file.to_str().unwrap(),
+                &rate.to_string(),
+                &threads.to_string(),
+                &connections.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        match json {
+            Some(v) => {
+                let achieved =
+                    v["requests"].as_f64().unwrap_or(0.0) / v["duration_s"].as_f64().unwrap_or(1.0);
+                println!(
+                    "rate {rate:>5}/s  achieved {achieved:>7.1}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  errors {} (non-2xx {}, socket {})",
+                    v["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                    v["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                    v["max_ms"].as_f64().unwrap_or(f64::NAN),
+                    v["non_2xx"].as_u64().unwrap_or(0) + v["socket_errors"].as_u64().unwrap_or(0),
+                    v["non_2xx"],
+                    v["socket_errors"],
+                );
+            }
+            None => println!(
+                "rate {rate}: wrk failed: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(pg);
+}

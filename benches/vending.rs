@@ -1,0 +1,199 @@
+//! The vending benchmark: N tenants through real `vend serve` processes, against moto behind the
+//! fault-injecting proxy with AWS's quotas and an asynchronous CreateAccount that takes D and allows 5 in
+//! flight. The lower bound on the makespan is ceil(N/5)·D; vend should stay close to it.
+//!
+//!   cargo bench --bench vending -- --tenants 500 --delay 10 --replicas 1
+//!
+//! Prints makespan, bound, ratio, CreateAccount slot utilization, AWS calls per tenant, throttles and
+//! the peak RSS of each vend process. Not a test: it asserts nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use vend::devtools::aws_proxy::{Proxy, ProxyConfig};
+
+#[tokio::main]
+async fn main() {
+    let n: usize = arg("--tenants", 500);
+    let delay = Duration::from_secs_f64(arg("--delay", 10.0));
+    let replicas: usize = arg("--replicas", 1);
+    let throttle_rate: f64 = arg("--throttle-rate", 0.0);
+    let error_rate: f64 = arg("--error-rate", 0.0);
+    let cap = 5usize;
+
+    let tmp = tempfile::Builder::new()
+        .prefix("vend-bench-")
+        .tempdir()
+        .unwrap();
+    let pg = Pg::start(&tmp.path().join("pg"));
+    let db = pg.database("vend");
+    let (_moto, moto_url) = moto().await;
+    prepare_management(&sdk(&moto_url).await).await;
+    let mut config = ProxyConfig::new(&moto_url);
+    config.create_account_delay = delay;
+    config.create_account_cap = cap;
+    config.throttle_rate = throttle_rate;
+    config.error_rate = error_rate;
+    let proxy = Proxy::new(config);
+    let proxy_addr = proxy.spawn().await.unwrap();
+
+    // The shipped workflow, polling CreateAccount at a tenth of its duration (as an operator would set
+    // it for AWS's few minutes) and stacks every second.
+    let wf_dir = tmp.path().join("workflows");
+    std::fs::create_dir_all(&wf_dir).unwrap();
+    let await_poll = (delay / 10).max(Duration::from_millis(200));
+    let silo = std::fs::read_to_string(repo().join("workflows/silo.toml"))
+        .unwrap()
+        .replace("poll_interval = \"10s\"", "poll_interval = \"1s\"")
+        .replace(
+            "name = \"await_account\"\n# AWS creates an account in a few minutes; past an hour something is wrong and ops must look.\npoll_interval = \"1s\"",
+            &format!("name = \"await_account\"\npoll_interval = \"{}ms\"", await_poll.as_millis()),
+        );
+    assert!(
+        silo.contains(&format!("{}ms", await_poll.as_millis())),
+        "await_account poll not set"
+    );
+    std::fs::write(wf_dir.join("silo.toml"), silo).unwrap();
+
+    let env = vec![
+        ("DATABASE_URL", db.clone()),
+        ("VEND_BASE_DOMAIN", BASE_DOMAIN.to_owned()),
+        (
+            "VEND_CERTIFICATE_ARN",
+            "arn:aws:acm:us-east-1:123456789012:certificate/bench".to_owned(),
+        ),
+        ("VEND_WORKFLOWS_DIR", wf_dir.display().to_string()),
+        ("VEND_POLL_INTERVAL", "500ms".to_owned()),
+        ("AWS_ENDPOINT_URL", format!("http://{proxy_addr}")),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+    ];
+    let mut procs = Vec::new();
+    for i in 0..replicas {
+        let mut env = env.clone();
+        env.push(("VEND_WORKER_ID", format!("replica-{i}")));
+        let (p, url) = vend_serve(&env, &tmp.path().join(format!("vend-{i}.log")));
+        wait_http(&format!("{url}/readyz")).await;
+        procs.push((p, url));
+    }
+    proxy.reset_stats();
+    eprintln!(
+        "vending {n} tenants, CreateAccount {delay:?} with {cap} in flight, {replicas} replica(s)"
+    );
+
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let urls: Vec<String> = procs.iter().map(|(_, u)| u.clone()).collect();
+    // Signups go in 32 at a time, as a frontend's webhook sender would; a burst of hundreds at once
+    // would be shed with 503 by the API's in-flight limit.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut sends = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let http = http.clone();
+        let urls = urls.clone();
+        let accepted = accepted.clone();
+        sends.spawn(async move {
+            for i in (w..n).step_by(32) {
+                if signup(&http, &urls[i % urls.len()], &format!("bench-{i:05}"))
+                    .await
+                    .as_u16()
+                    == 202
+                {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while sends.join_next().await.is_some() {}
+    let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(accepted, n, "every signup accepted");
+
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let bound = delay * n.div_ceil(cap) as u32;
+    let mut last_report = Instant::now();
+    let (active, failed) = loop {
+        let (active, failed): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'active'), count(*) FILTER (WHERE state = 'failed') FROM tenants",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if (active + failed) as usize >= n
+            || started.elapsed() > bound * 3 + Duration::from_secs(120)
+        {
+            break (active, failed);
+        }
+        if last_report.elapsed() > Duration::from_secs(30) {
+            eprintln!(
+                "  {:>5.0}s: {active} active, {failed} failed",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let finished: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(updated_at) FROM tenants WHERE state = 'active'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let makespan = (finished - started_at).to_std().unwrap_or_default();
+    let stats = proxy.stats();
+    let creations: (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8, count(*)::float8 FROM account_creations",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let utilization = creations.1 * delay.as_secs_f64() / (cap as f64 * creations.0.max(0.001));
+
+    println!("tenants                       {n} ({active} active, {failed} failed)");
+    println!("replicas                      {replicas}");
+    println!(
+        "CreateAccount delay D         {:.1} s, {cap} in flight",
+        delay.as_secs_f64()
+    );
+    println!(
+        "makespan                      {:.1} s",
+        makespan.as_secs_f64()
+    );
+    println!("lower bound ceil(N/5)*D       {:.1} s", bound.as_secs_f64());
+    println!(
+        "ratio                         {:.3}",
+        makespan.as_secs_f64() / bound.as_secs_f64()
+    );
+    println!(
+        "CreateAccount slot use        {:.1} % (during the creation phase)",
+        utilization * 100.0
+    );
+    println!(
+        "CreateAccount max in flight   {} (over cap: {})",
+        stats.create_account_max_in_flight, stats.create_account_over_cap
+    );
+    println!(
+        "AWS calls                     {} ({:.1} per tenant)",
+        stats.total_calls(),
+        stats.total_calls() as f64 / n as f64
+    );
+    println!("throttles received            {}", stats.total_throttles());
+    for (i, (p, _)) in procs.iter().enumerate() {
+        println!(
+            "peak RSS of vend replica {i}     {:.1} MiB",
+            p.peak_rss_kib().unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    let mut top: Vec<_> = stats.operations.iter().collect();
+    top.sort_by_key(|(_, o)| std::cmp::Reverse(o.calls));
+    println!("busiest operations:");
+    for (op, o) in top.iter().take(8) {
+        println!(
+            "  {op:<45} {:>7} calls {:>6} throttled",
+            o.calls,
+            o.quota_throttles + o.injected_throttles
+        );
+    }
+}
