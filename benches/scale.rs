@@ -13,7 +13,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vend::devtools::aws_proxy::{Proxy, ProxyConfig};
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -31,12 +30,8 @@ async fn main() {
         .unwrap();
     let pg = Pg::start(&tmp.path().join("pg"));
     let db = pg.database("vend");
-    let (_moto, moto_url) = moto().await;
-    prepare_management(&sdk(&moto_url).await).await;
-    let mut config = ProxyConfig::new(&moto_url);
-    config.create_account_delay = Duration::from_secs(3600);
-    let proxy = Proxy::new(config);
-    let proxy_addr = proxy.spawn().await.unwrap();
+    let (_moto, _proxy, aws_url) =
+        aws_behind_proxy(|c| c.create_account_delay = Duration::from_secs(3600)).await;
     let env = vec![
         ("DATABASE_URL", db.clone()),
         ("VEND_BASE_DOMAIN", BASE_DOMAIN.to_owned()),
@@ -44,7 +39,7 @@ async fn main() {
             "VEND_CERTIFICATE_ARN",
             "arn:aws:acm:us-east-1:123456789012:certificate/bench".to_owned(),
         ),
-        ("AWS_ENDPOINT_URL", format!("http://{proxy_addr}")),
+        ("AWS_ENDPOINT_URL", aws_url.clone()),
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),

@@ -12,7 +12,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vend::devtools::aws_proxy::{Proxy, ProxyConfig};
 
 #[tokio::main]
 async fn main() {
@@ -29,15 +28,13 @@ async fn main() {
         .unwrap();
     let pg = Pg::start(&tmp.path().join("pg"));
     let db = pg.database("vend");
-    let (_moto, moto_url) = moto().await;
-    prepare_management(&sdk(&moto_url).await).await;
-    let mut config = ProxyConfig::new(&moto_url);
-    config.create_account_delay = delay;
-    config.create_account_cap = cap;
-    config.throttle_rate = throttle_rate;
-    config.error_rate = error_rate;
-    let proxy = Proxy::new(config);
-    let proxy_addr = proxy.spawn().await.unwrap();
+    let (_moto, proxy, aws_url) = aws_behind_proxy(|c| {
+        c.create_account_delay = delay;
+        c.create_account_cap = cap;
+        c.throttle_rate = throttle_rate;
+        c.error_rate = error_rate;
+    })
+    .await;
 
     // The shipped workflow, polling CreateAccount at a tenth of its duration (as an operator would set
     // it for AWS's few minutes) and stacks every second.
@@ -66,7 +63,7 @@ async fn main() {
         ),
         ("VEND_WORKFLOWS_DIR", wf_dir.display().to_string()),
         ("VEND_POLL_INTERVAL", "500ms".to_owned()),
-        ("AWS_ENDPOINT_URL", format!("http://{proxy_addr}")),
+        ("AWS_ENDPOINT_URL", aws_url.clone()),
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),

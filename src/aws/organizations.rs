@@ -104,6 +104,29 @@ impl SdkOrganizations {
         let client = Client::new(&aws.sdk);
         Self { aws, client }
     }
+
+    /// Pages through the organization's accounts until `visit` answers `true` (or the last page).
+    async fn scan_accounts(&self, mut visit: impl FnMut(Account) -> bool) -> Result<(), AwsError> {
+        let mut token = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListAccounts",
+                    self.client.list_accounts().set_next_token(token).send(),
+                )
+                .await?;
+            for a in out.accounts() {
+                if visit(account(a)) {
+                    return Ok(());
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(());
+            }
+        }
+    }
 }
 
 fn tags(tags: &[(String, String)]) -> Result<Vec<Tag>, AwsError> {
@@ -424,47 +447,26 @@ impl Organizations for SdkOrganizations {
 
     async fn list_accounts(&self) -> Result<Vec<Account>, AwsError> {
         let mut all = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .aws
-                .call(
-                    "organizations.ListAccounts",
-                    self.client.list_accounts().set_next_token(token).send(),
-                )
-                .await?;
-            all.extend(out.accounts().iter().map(account));
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(all);
-            }
-        }
+        self.scan_accounts(|a| {
+            all.push(a);
+            false
+        })
+        .await?;
+        Ok(all)
     }
 
     async fn find_account_by_email(&self, email: &str) -> Result<Option<Account>, AwsError> {
-        let mut token = None;
-        loop {
-            let out = self
-                .aws
-                .call(
-                    "organizations.ListAccounts",
-                    self.client.list_accounts().set_next_token(token).send(),
-                )
-                .await?;
-            if let Some(a) = out
-                .accounts()
-                .iter()
-                .find(|a| a.email().is_some_and(|e| e.eq_ignore_ascii_case(email)))
-            {
-                return Ok(Some(account(a)));
+        let mut found = None;
+        self.scan_accounts(|a| {
+            let hit = a.email.eq_ignore_ascii_case(email);
+            if hit {
+                found = Some(a);
             }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(None);
-            }
-        }
+            hit
+        })
+        .await?;
+        Ok(found)
     }
-
     async fn find_create_request(
         &self,
         account_name: &str,

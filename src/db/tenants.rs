@@ -212,27 +212,46 @@ pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Tenant>, 
 }
 
 /// A page of tenants, newest first. `before` is the id of the last tenant of the previous page.
+/// Two statements rather than one with `$1 IS NULL OR ...`: a prepared statement gets a generic plan,
+/// and only the filtered form can walk the `(state, id)` index.
 pub async fn list(
     db: impl PgExecutor<'_>,
     state: Option<TenantState>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Tenant>, sqlx::Error> {
-    let recs = sqlx::query_as!(
-        TenantRecord,
-        r#"SELECT id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
-                  created_at, updated_at
-           FROM tenants
-           WHERE ($1::text IS NULL OR state = $1)
-             AND ($2::uuid IS NULL OR id < $2)
-           ORDER BY id DESC
-           LIMIT $3"#,
-        state.map(TenantState::as_str),
-        before,
-        limit,
-    )
-    .fetch_all(db)
-    .await?;
+    // UUIDv7 ids never reach the all-ones uuid: it stands for "from the newest".
+    let before = before.unwrap_or(Uuid::max());
+    let recs =
+        match state {
+            Some(state) => sqlx::query_as!(
+                TenantRecord,
+                r#"SELECT id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
+                          created_at, updated_at
+                   FROM tenants
+                   WHERE state = $1 AND id < $2
+                   ORDER BY id DESC
+                   LIMIT $3"#,
+                state.as_str(),
+                before,
+                limit,
+            )
+            .fetch_all(db)
+            .await?,
+            None => sqlx::query_as!(
+                TenantRecord,
+                r#"SELECT id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
+                          created_at, updated_at
+                   FROM tenants
+                   WHERE id < $1
+                   ORDER BY id DESC
+                   LIMIT $2"#,
+                before,
+                limit,
+            )
+            .fetch_all(db)
+            .await?,
+        };
     recs.into_iter().map(Tenant::try_from).collect()
 }
 

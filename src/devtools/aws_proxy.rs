@@ -662,7 +662,8 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-/// Organizations, with the asynchronous, capped, e-mail-unique `CreateAccount` of real AWS.
+/// Organizations, with the asynchronous, capped, e-mail-unique `CreateAccount` of real AWS: some calls
+/// are answered before reaching the emulator, the rest are forwarded and their answers rewritten.
 async fn organizations(
     p: &Proxy,
     op: &str,
@@ -672,165 +673,140 @@ async fn organizations(
     body: Bytes,
 ) -> Response {
     let delay = p.config.create_account_delay;
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(answer) = answer_locally(p, op, &req) {
+        return answer;
+    }
+    let (status, h, b) = match forward_raw(p, method, uri, headers, body).await {
+        Ok(x) => x,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response(),
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&b) else {
+        return rebuild(status, &h, b);
+    };
+    let mut inner = p.inner.lock().expect("proxy lock");
+    let now = Instant::now();
+    let in_progress_id = |inner: &Inner, id: Option<&str>| {
+        id.and_then(|id| inner.creations.get(id))
+            .is_some_and(|c| now.duration_since(c.started) < delay)
+    };
     match op {
         "CreateAccount" => {
-            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let email = req["Email"].as_str().unwrap_or("").to_ascii_lowercase();
-            let name = req["AccountName"].as_str().unwrap_or("").to_owned();
-            {
-                let mut inner = p.inner.lock().expect("proxy lock");
-                let now = Instant::now();
-                let flying = in_flight(&inner.creations, now, delay);
-                if flying >= p.config.create_account_cap {
-                    inner.stats.create_account_over_cap += 1;
-                    return aws_error(
-                        Protocol::Json,
-                        "organizations",
-                        400,
-                        "TooManyRequestsException",
-                        "AWS Organizations can't complete your request because another request is already in progress.",
-                        None,
-                    );
-                }
-                if inner.emails.contains_key(&email) {
-                    // AWS accepts the request and fails it asynchronously.
-                    inner.stats.duplicate_emails_refused += 1;
-                    let id = format!("car-{}", uuid::Uuid::new_v4().simple());
-                    inner.creations.insert(
-                        id.clone(),
-                        Creation {
-                            started: now,
-                            failed: Some("EMAIL_ALREADY_EXISTS".into()),
-                            account_name: name.clone(),
-                            account_id: None,
-                        },
-                    );
-                    return json_response(
-                        StatusCode::OK,
-                        &json!({"CreateAccountStatus": {
-                        "Id": id, "AccountName": name, "State": "IN_PROGRESS", "RequestedTimestamp": epoch_now()}}),
-                    );
-                }
-            }
-            let (status, h, b) = match forward_raw(p, method, uri, headers, body).await {
-                Ok(x) => x,
-                Err(e) => {
-                    return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response();
-                }
-            };
-            let Ok(mut v) = serde_json::from_slice::<Value>(&b) else {
+            let Some(id) = v["CreateAccountStatus"]["Id"].as_str().map(str::to_owned) else {
                 return rebuild(status, &h, b);
             };
-            if let Some(id) = v["CreateAccountStatus"]["Id"].as_str().map(str::to_owned) {
-                let mut inner = p.inner.lock().expect("proxy lock");
-                let now = Instant::now();
-                inner.creations.insert(
-                    id,
-                    Creation {
-                        started: now,
-                        failed: None,
-                        account_name: name,
-                        account_id: v["CreateAccountStatus"]["AccountId"]
-                            .as_str()
-                            .map(str::to_owned),
-                    },
-                );
-                inner.emails.insert(email, String::new());
-                inner.stats.create_account_started += 1;
-                let flying = in_flight(&inner.creations, now, delay);
-                inner.stats.create_account_max_in_flight =
-                    inner.stats.create_account_max_in_flight.max(flying);
-                if !delay.is_zero() {
-                    in_progress(&mut v["CreateAccountStatus"]);
-                }
+            inner.creations.insert(
+                id,
+                Creation {
+                    started: now,
+                    failed: None,
+                    account_name: req["AccountName"].as_str().unwrap_or("").to_owned(),
+                    account_id: v["CreateAccountStatus"]["AccountId"]
+                        .as_str()
+                        .map(str::to_owned),
+                },
+            );
+            let email = req["Email"].as_str().unwrap_or("").to_ascii_lowercase();
+            inner.emails.insert(email, String::new());
+            inner.stats.create_account_started += 1;
+            let flying = in_flight(&inner.creations, now, delay);
+            inner.stats.create_account_max_in_flight =
+                inner.stats.create_account_max_in_flight.max(flying);
+            if !delay.is_zero() {
+                in_progress(&mut v["CreateAccountStatus"]);
             }
-            json_response(status, &v)
         }
         "DescribeCreateAccountStatus" => {
-            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let id = req["CreateAccountRequestId"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned();
-            let known = p
-                .inner
-                .lock()
-                .expect("proxy lock")
-                .creations
-                .get(&id)
-                .cloned();
-            if let Some(c) = &known
-                && let Some(reason) = &c.failed
-            {
-                return json_response(
-                    StatusCode::OK,
-                    &json!({"CreateAccountStatus": {
-                    "Id": id, "AccountName": c.account_name, "State": "FAILED", "FailureReason": reason,
-                    "RequestedTimestamp": epoch_now(), "CompletedTimestamp": epoch_now()}}),
-                );
-            }
-            let (status, h, b) = match forward_raw(p, method, uri, headers, body).await {
-                Ok(x) => x,
-                Err(e) => {
-                    return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response();
-                }
-            };
-            match (known, serde_json::from_slice::<Value>(&b)) {
-                (Some(c), Ok(mut v)) if Instant::now().duration_since(c.started) < delay => {
-                    in_progress(&mut v["CreateAccountStatus"]);
-                    json_response(status, &v)
-                }
-                _ => rebuild(status, &h, b),
+            if in_progress_id(&inner, req["CreateAccountRequestId"].as_str()) {
+                in_progress(&mut v["CreateAccountStatus"]);
             }
         }
         "ListCreateAccountStatus" => {
-            let (status, h, b) = match forward_raw(p, method, uri, headers, body).await {
-                Ok(x) => x,
-                Err(e) => {
-                    return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response();
-                }
-            };
-            let Ok(mut v) = serde_json::from_slice::<Value>(&b) else {
-                return rebuild(status, &h, b);
-            };
-            let inner = p.inner.lock().expect("proxy lock");
-            let now = Instant::now();
-            if let Some(list) = v["CreateAccountStatuses"].as_array_mut() {
-                for s in list.iter_mut() {
-                    if let Some(c) = s["Id"].as_str().and_then(|id| inner.creations.get(id))
-                        && now.duration_since(c.started) < delay
-                    {
-                        in_progress(s);
-                    }
+            for s in v["CreateAccountStatuses"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                if in_progress_id(&inner, s["Id"].as_str()) {
+                    in_progress(s);
                 }
             }
-            json_response(status, &v)
         }
         "ListAccounts" => {
             // An account appears in the organization only once its creation succeeded.
-            let (status, h, b) = match forward_raw(p, method, uri, headers, body).await {
-                Ok(x) => x,
-                Err(e) => {
-                    return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response();
-                }
-            };
-            let Ok(mut v) = serde_json::from_slice::<Value>(&b) else {
-                return rebuild(status, &h, b);
-            };
-            let inner = p.inner.lock().expect("proxy lock");
-            let now = Instant::now();
-            let hidden: Vec<&str> = inner
+            let hidden: Vec<String> = inner
                 .creations
                 .values()
                 .filter(|c| now.duration_since(c.started) < delay)
-                .filter_map(|c| c.account_id.as_deref())
+                .filter_map(|c| c.account_id.clone())
                 .collect();
             if let Some(list) = v["Accounts"].as_array_mut() {
-                list.retain(|a| !a["Id"].as_str().is_some_and(|id| hidden.contains(&id)));
+                list.retain(|a| {
+                    !a["Id"]
+                        .as_str()
+                        .is_some_and(|id| hidden.iter().any(|h| h == id))
+                });
             }
-            json_response(status, &v)
         }
-        _ => forward(p, method, uri, headers, body).await,
+        _ => return rebuild(status, &h, b),
+    }
+    json_response(status, &v)
+}
+
+/// What AWS answers without the emulator: a sixth CreateAccount in progress, a root e-mail already
+/// taken (accepted, then failed asynchronously), and the status of such a failed request.
+fn answer_locally(p: &Proxy, op: &str, req: &Value) -> Option<Response> {
+    let mut inner = p.inner.lock().expect("proxy lock");
+    let now = Instant::now();
+    match op {
+        "CreateAccount" => {
+            if in_flight(&inner.creations, now, p.config.create_account_delay)
+                >= p.config.create_account_cap
+            {
+                inner.stats.create_account_over_cap += 1;
+                return Some(aws_error(
+                    Protocol::Json,
+                    "organizations",
+                    400,
+                    "TooManyRequestsException",
+                    "AWS Organizations can't complete your request because another request is already in progress.",
+                    None,
+                ));
+            }
+            let email = req["Email"].as_str().unwrap_or("").to_ascii_lowercase();
+            if !inner.emails.contains_key(&email) {
+                return None;
+            }
+            inner.stats.duplicate_emails_refused += 1;
+            let name = req["AccountName"].as_str().unwrap_or("").to_owned();
+            let id = format!("car-{}", uuid::Uuid::new_v4().simple());
+            inner.creations.insert(
+                id.clone(),
+                Creation {
+                    started: now,
+                    failed: Some("EMAIL_ALREADY_EXISTS".into()),
+                    account_name: name.clone(),
+                    account_id: None,
+                },
+            );
+            Some(json_response(
+                StatusCode::OK,
+                &json!({"CreateAccountStatus": {
+                "Id": id, "AccountName": name, "State": "IN_PROGRESS", "RequestedTimestamp": epoch_now()}}),
+            ))
+        }
+        "DescribeCreateAccountStatus" => {
+            let id = req["CreateAccountRequestId"].as_str().unwrap_or("");
+            let c = inner.creations.get(id)?;
+            let reason = c.failed.as_ref()?;
+            Some(json_response(
+                StatusCode::OK,
+                &json!({"CreateAccountStatus": {
+                "Id": id, "AccountName": c.account_name, "State": "FAILED", "FailureReason": reason,
+                "RequestedTimestamp": epoch_now(), "CompletedTimestamp": epoch_now()}}),
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -67,6 +67,9 @@ pub struct Engine {
     /// Set once shutdown starts: finished steps then leave their successor due for other workers
     /// instead of going straight on with it.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// When this process last woke the outbox dispatchers (ms since `epoch`).
+    pub(crate) last_outbox_notify: std::sync::atomic::AtomicU64,
+    pub(crate) epoch: std::time::Instant,
     pub(crate) pool: PgPool,
     pub(crate) workflows: Arc<Workflows>,
     pub(crate) registry: Registry,
@@ -84,6 +87,8 @@ impl Engine {
     ) -> Arc<Self> {
         Arc::new(Self {
             stopping: std::sync::atomic::AtomicBool::new(false),
+            last_outbox_notify: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             pool,
             workflows,
             registry,

@@ -255,6 +255,15 @@ impl Engine {
         patch: &Map<String, Value>,
         resources: &Map<String, Value>,
     ) -> Result<Option<Option<Claim>>, sqlx::Error> {
+        let has_next = workflow.is_some_and(|w| (claim.position as usize + 1) < w.steps.len());
+        if matches!(decision, Decision::Succeed) && workflow.is_some() {
+            if !has_next {
+                return self.succeed_last(claim, patch, resources).await;
+            }
+            if !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return self.succeed_and_go_on(claim, patch, resources).await;
+            }
+        }
         let mut tx = self.pool.begin().await?;
         let lease = claim.lease();
         if !db::steps::fence(&mut tx, lease).await? {
@@ -414,6 +423,120 @@ impl Engine {
         }
         tx.commit().await?;
         Ok(Some(next_claim))
+    }
+}
+
+impl Engine {
+    /// The hot path: a step succeeded and the tenant has a next step. One statement records the
+    /// success (history, outbox) and claims the next step for this worker.
+    async fn succeed_and_go_on(
+        &self,
+        claim: &Claim,
+        patch: &Map<String, Value>,
+        resources: &Map<String, Value>,
+    ) -> Result<Option<Option<Claim>>, sqlx::Error> {
+        let payload = event_payload(
+            claim,
+            resources,
+            TenantState::Provisioning,
+            "succeeded",
+            None,
+        );
+        let done = db::steps::succeed_and_claim_next(
+            &self.pool,
+            claim.lease(),
+            claim.tenant_id,
+            &claim.step,
+            claim.attempts,
+            &self.config.worker_id,
+            &Value::Object(patch.clone()),
+            uuid::Uuid::now_v7(),
+            &payload,
+            self.config.lease,
+        )
+        .await?;
+        let Some(done) = done else {
+            return Ok(None);
+        };
+        if done.deliveries > 0 {
+            self.wake_dispatcher().await;
+        }
+        let next = match done.next {
+            Some(n) => Some(Claim {
+                run_id: claim.run_id,
+                position: n.position,
+                step: n.name,
+                attempts: n.attempts,
+                throttles: n.throttles,
+                lease_token: n.lease_token,
+                started_at: n.started_at,
+                was_due: n.claimed_at,
+                took_over_from: None,
+                tenant_id: claim.tenant_id,
+                slug: claim.slug.clone(),
+                name: claim.name.clone(),
+                owner_email: claim.owner_email.clone(),
+                tier: claim.tier,
+                workflow: claim.workflow.clone(),
+                resources: Value::Object(resources.clone()),
+                claimed_at: n.claimed_at,
+            }),
+            None => {
+                // Not pending (an operator rewound the tenant meanwhile): leave it to whoever is due.
+                let mut conn = self.pool.acquire().await?;
+                db::notify(&mut conn, db::STEPS_CHANNEL).await?;
+                None
+            }
+        };
+        Ok(Some(next))
+    }
+
+    /// The last step succeeded: the tenant is active. One statement.
+    async fn succeed_last(
+        &self,
+        claim: &Claim,
+        patch: &Map<String, Value>,
+        resources: &Map<String, Value>,
+    ) -> Result<Option<Option<Claim>>, sqlx::Error> {
+        let payload = event_payload(claim, resources, TenantState::Active, "succeeded", None);
+        let done = db::steps::succeed_last(
+            &self.pool,
+            claim.lease(),
+            claim.tenant_id,
+            &claim.step,
+            claim.attempts,
+            &self.config.worker_id,
+            &Value::Object(patch.clone()),
+            (uuid::Uuid::now_v7(), uuid::Uuid::now_v7()),
+            &payload,
+        )
+        .await?;
+        match done {
+            None => Ok(None),
+            Some(deliveries) => {
+                if deliveries > 0 {
+                    self.wake_dispatcher().await;
+                }
+                Ok(Some(None))
+            }
+        }
+    }
+
+    /// Wakes the outbox dispatchers, at most every 50 ms per process: each NOTIFY serializes commits
+    /// in Postgres, and the dispatcher takes every due delivery when it wakes.
+    async fn wake_dispatcher(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self
+            .last_outbox_notify
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) < 50 {
+            return;
+        }
+        self.last_outbox_notify
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut conn) = self.pool.acquire().await {
+            let _ = db::notify(&mut conn, db::OUTBOX_CHANNEL).await;
+        }
     }
 }
 

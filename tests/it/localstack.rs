@@ -17,6 +17,38 @@ use crate::support::{localstack, signup_body, spawn_silo_with, workflow_toml};
 const TENANT_ACCOUNT: &str = "111111111111";
 const WITHIN: Duration = Duration::from_secs(60);
 
+/// Organizations on moto (LocalStack's community edition has none), everything else on LocalStack with
+/// the base domain's zone: the SDK configuration for LocalStack and the Organizations adapter for moto.
+async fn split_world() -> (
+    moto::Moto,
+    localstack::LocalStack,
+    SdkConfig,
+    Arc<dyn vend::aws::organizations::Organizations>,
+) {
+    let m = moto::start().await;
+    let moto_sdk = moto::sdk(&m.url).await;
+    aws_sdk_organizations::Client::new(&moto_sdk)
+        .create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .unwrap();
+    let ls = localstack::start().await;
+    let sdk = moto::sdk(&ls.url).await;
+    aws_sdk_route53::Client::new(&sdk)
+        .create_hosted_zone()
+        .name(BASE_DOMAIN)
+        .caller_reference("vend-test")
+        .send()
+        .await
+        .unwrap();
+    let orgs = Arc::new(SdkOrganizations::new(vend::aws::Aws::new(
+        moto_sdk,
+        vend::telemetry::Metrics::new(),
+    )));
+    (m, ls, sdk, orgs)
+}
+
 /// A REST API with a `prod` stage in the tenant account, standing in for the tenant stack's.
 async fn make_api(inside: &SdkConfig) -> String {
     let apigw = aws_sdk_apigateway::Client::new(inside);
@@ -67,27 +99,7 @@ async fn make_api(inside: &SdkConfig) -> String {
 
 #[tokio::test]
 async fn baseline_domain_and_assumed_roles_work_against_localstack() {
-    let moto = moto::start().await;
-    let moto_sdk = moto::sdk(&moto.url).await;
-    aws_sdk_organizations::Client::new(&moto_sdk)
-        .create_organization()
-        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
-        .send()
-        .await
-        .unwrap();
-    let ls = localstack::start().await;
-    let sdk = moto::sdk(&ls.url).await;
-    aws_sdk_route53::Client::new(&sdk)
-        .create_hosted_zone()
-        .name(BASE_DOMAIN)
-        .caller_reference("vend-test")
-        .send()
-        .await
-        .unwrap();
-    let orgs = Arc::new(SdkOrganizations::new(vend::aws::Aws::new(
-        moto_sdk,
-        vend::telemetry::Metrics::new(),
-    )));
+    let (_moto, _ls, sdk, orgs) = split_world().await;
     let toml = workflow_toml(
         &[
             ("bootstrap_baseline", "bootstrap_baseline"),
@@ -262,27 +274,7 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
 
 #[tokio::test]
 async fn progress_events_reach_the_central_bus_on_localstack() {
-    let moto = moto::start().await;
-    let moto_sdk = moto::sdk(&moto.url).await;
-    aws_sdk_organizations::Client::new(&moto_sdk)
-        .create_organization()
-        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
-        .send()
-        .await
-        .unwrap();
-    let ls = localstack::start().await;
-    let sdk = moto::sdk(&ls.url).await;
-    aws_sdk_route53::Client::new(&sdk)
-        .create_hosted_zone()
-        .name(BASE_DOMAIN)
-        .caller_reference("vend-test")
-        .send()
-        .await
-        .unwrap();
-    let orgs = Arc::new(SdkOrganizations::new(vend::aws::Aws::new(
-        moto_sdk,
-        vend::telemetry::Metrics::new(),
-    )));
+    let (_moto, _ls, sdk, orgs) = split_world().await;
     let toml = workflow_toml(&[("bootstrap_baseline", "bootstrap_baseline")], "");
     let (app, rt) = spawn_silo_with(
         sdk.clone(),
@@ -394,23 +386,7 @@ async fn progress_events_reach_the_central_bus_on_localstack() {
 
 #[tokio::test]
 async fn a_failed_stack_is_a_clear_step_failure_and_a_retry_starts_it_afresh() {
-    let moto = moto::start().await;
-    let moto_sdk = moto::sdk(&moto.url).await;
-    aws_sdk_organizations::Client::new(&moto_sdk)
-        .create_organization()
-        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
-        .send()
-        .await
-        .unwrap();
-    let ls = localstack::start().await;
-    let sdk = moto::sdk(&ls.url).await;
-    aws_sdk_route53::Client::new(&sdk)
-        .create_hosted_zone()
-        .name(BASE_DOMAIN)
-        .caller_reference("t")
-        .send()
-        .await
-        .unwrap();
+    let (_moto, _ls, sdk, orgs) = split_world().await;
     // A baseline whose extra role attaches a policy that does not exist: CloudFormation rolls back.
     let templates = tempfile::tempdir().unwrap();
     let root = crate::support::postgres::repo_root().join("templates");
@@ -425,10 +401,6 @@ async fn a_failed_stack_is_a_clear_step_failure_and_a_retry_starts_it_afresh() {
     )
     .unwrap();
     let dir = templates.path().to_owned();
-    let orgs = Arc::new(SdkOrganizations::new(vend::aws::Aws::new(
-        moto_sdk,
-        vend::telemetry::Metrics::new(),
-    )));
     let toml = workflow_toml(&[("bootstrap_baseline", "bootstrap_baseline")], "");
     let (app, _rt) = spawn_silo_with(
         sdk.clone(),
