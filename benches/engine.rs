@@ -7,7 +7,8 @@
 //! bodies do nothing. Reports steps/s, the delay from a step becoming due (its predecessor committed) to
 //! its start under that load, and add→start latency of single signups on an idle engine.
 //! Peer: benches/peer (graphile_worker) queues N jobs, drains them with the same concurrency, and
-//! samples add→start latency the same way. Pass --no-peer to skip it.
+//! samples add→start latency the same way. Pass --no-peer to skip it, --statements to print where
+//! Postgres spent its time during vend's drain (pg_stat_statements).
 
 mod common;
 
@@ -24,6 +25,10 @@ use vend::engine::{Engine, EngineConfig, Registry, Step, StepContext};
 
 struct Noop {
     sampled: mpsc::UnboundedSender<Instant>,
+    /// Name of the workflow's last step and how many times it ran: the drain is nearly over when
+    /// every tenant has run it, and only then does the bench ask the database.
+    last: String,
+    lasts: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[async_trait]
@@ -32,6 +37,10 @@ impl Step for Noop {
         // A sample is timed to the start of its first step.
         if ctx.tenant.slug.starts_with("sample-") && ctx.step == "s0" {
             let _ = self.sampled.send(Instant::now());
+        }
+        if ctx.step == self.last {
+            self.lasts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         StepOutcome::Succeeded
     }
@@ -67,12 +76,21 @@ async fn main() {
     let concurrency: usize = arg("--concurrency", 32);
     let samples: usize = arg("--samples", 1_000);
     let peer = !std::env::args().any(|a| a == "--no-peer");
+    let statements = std::env::args().any(|a| a == "--statements");
 
     let tmp = tempfile::Builder::new()
         .prefix("vend-bench-engine-")
         .tempdir()
         .unwrap();
-    let pg = Pg::start(&tmp.path().join("pg"));
+    let pg = if statements {
+        Pg::start_with(
+            &tmp.path().join("pg"),
+            "-c shared_preload_libraries=pg_stat_statements,auto_explain \
+             -c auto_explain.log_min_duration=20ms -c auto_explain.log_analyze=on",
+        )
+    } else {
+        Pg::start(&tmp.path().join("pg"))
+    };
     let url = pg.database("vend_engine");
     let pool = vend::db::connect(&url, concurrency as u32 + 8)
         .await
@@ -80,7 +98,15 @@ async fn main() {
     vend::db::migrate(&pool).await.unwrap();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let registry = Registry::new().with("noop", Noop { sampled: tx });
+    let lasts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let registry = Registry::new().with(
+        "noop",
+        Noop {
+            sampled: tx,
+            last: format!("s{}", steps - 1),
+            lasts: lasts.clone(),
+        },
+    );
     let mut toml = String::from("name = \"bench\"\ntiers = [\"free\", \"pro\", \"enterprise\"]\n");
     for i in 0..steps {
         toml.push_str(&format!("[[steps]]\nname = \"s{i}\"\nkind = \"noop\"\n"));
@@ -129,24 +155,58 @@ async fn main() {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
         },
         metrics,
     );
+    if statements {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     let token = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(engine.run(token.clone()));
     loop {
-        let active: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE state = 'active'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if active as usize >= n {
+        // Polling the database during the drain would compete with the engine for it.
+        if lasts.load(std::sync::atomic::Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tenants WHERE state IN ('pending', 'provisioning')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain = started.elapsed();
     let total_steps = (n * steps) as f64;
+    if statements {
+        let top: Vec<(f64, i64, i64, String)> = sqlx::query_as(
+            "SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        println!("== Postgres time during the drain (pg_stat_statements) ==");
+        let log = std::env::temp_dir().join("vend-bench-engine-server.log");
+        let _ = std::fs::copy(tmp.path().join("pg/server.log"), &log);
+        println!("(plans of statements over 20 ms: {})", log.display());
+        for (ms, calls, rows, query) in top {
+            println!("{ms:>9.0} ms {calls:>7} calls {rows:>8} rows  {query}");
+        }
+    }
 
     // Due → start under load: a later step is due when its predecessor commits.
     let mut due: Vec<f64> = sqlx::query_scalar(

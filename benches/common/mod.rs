@@ -25,8 +25,14 @@ pub struct Pg {
 
 impl Pg {
     pub fn start(dir: &Path) -> Pg {
+        Self::start_with(dir, "")
+    }
+
+    /// Starts the cluster with extra server options (`-c name=value ...`).
+    pub fn start_with(dir: &Path, options: &str) -> Pg {
         let out = Command::new(repo().join("scripts/pg"))
             .args(["start", dir.to_str().unwrap()])
+            .env("PG_OPTS", options)
             .output()
             .expect("scripts/pg");
         assert!(

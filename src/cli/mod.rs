@@ -175,3 +175,43 @@ async fn wait_for_signal() {
 pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn subcommands_parse_as_documented() {
+        for args in [
+            vec!["vend", "serve", "--no-workers"],
+            vec!["vend", "migrate"],
+            vec!["vend", "tenants", "list", "--state", "failed", "--json"],
+            vec![
+                "vend",
+                "tenants",
+                "requeue",
+                "acme",
+                "--from",
+                "deploy_stack",
+            ],
+            vec!["vend", "tenants", "watch", "acme", "--interval", "2s"],
+            vec![
+                "vend",
+                "dev",
+                "aws-proxy",
+                "--upstream",
+                "http://127.0.0.1:5000",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["vend", "tenants", "requeue", "acme"]).is_err());
+    }
+}

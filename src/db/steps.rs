@@ -67,9 +67,11 @@ pub async fn claim(
     let rows = sqlx::query!(
         r#"
         WITH due AS (
+            -- Only runnable steps have a due_at (a CHECK constraint), so this is an ordered walk of
+            -- steps_due that stops at the limit.
             SELECT run_id, position, due_at, state, wait_reason, lease_owner
             FROM steps
-            WHERE due_at <= now() AND state IN ('pending', 'waiting', 'running')
+            WHERE due_at <= now()
             ORDER BY due_at
             LIMIT $2
             FOR UPDATE SKIP LOCKED
@@ -93,15 +95,21 @@ pub async fn claim(
                       s.started_at, due.due_at AS was_due, due.state AS was_state,
                       due.wait_reason AS was_reason, due.lease_owner AS was_owner
         ),
+        -- Per-row lookups by primary key, written so the planner cannot turn them into joins: it
+        -- underestimates a claimed batch and would hash the whole runs or tenants table for it.
+        ctx AS (
+            SELECT c.*, (SELECT r.tenant_id FROM runs r WHERE r.id = c.run_id) AS tenant_id,
+                   (SELECT r.workflow FROM runs r WHERE r.id = c.run_id) AS workflow
+            FROM claimed c
+        ),
         started AS (
             UPDATE tenants t SET state = 'provisioning', updated_at = now()
-            FROM claimed c JOIN runs r ON r.id = c.run_id
-            WHERE t.id = r.tenant_id AND t.state = 'pending'
+            WHERE t.id = ANY(ARRAY(SELECT tenant_id FROM ctx)) AND t.state = 'pending'
             RETURNING t.id
         ),
         hist AS (
             INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message)
-            SELECT r.tenant_id, 'step.started', c.name, c.attempts, c.lease_token, $1,
+            SELECT c.tenant_id, 'step.started', c.name, c.attempts, c.lease_token, $1,
                    CASE
                      WHEN c.was_state = 'running'
                        THEN 'attempt ' || c.attempts || ' started: the lease of ' || coalesce(c.was_owner, '?')
@@ -111,16 +119,18 @@ pub async fn claim(
                      WHEN c.was_reason = 'slot' THEN 'attempt ' || c.attempts || ' resumed for a free slot'
                      ELSE 'attempt ' || c.attempts || ' started'
                    END
-            FROM claimed c JOIN runs r ON r.id = c.run_id
+            FROM ctx c
         )
         SELECT c.run_id AS "run_id!", c.position AS "position!", c.name AS "step!",
                c.attempts AS "attempts!", c.throttles AS "throttles!", c.lease_token AS "lease_token!",
                c.started_at AS "started_at!", c.was_due AS "was_due!",
                CASE WHEN c.was_state = 'running' THEN c.was_owner END AS took_over_from,
                t.id AS "tenant_id!", t.slug AS "slug!", t.name AS "name!", t.owner_email AS "owner_email!",
-               t.tier AS "tier!", r.workflow AS "workflow!", t.resources AS "resources!",
+               t.tier AS "tier!", c.workflow AS "workflow!", t.resources AS "resources!",
                now() AS "claimed_at!"
-        FROM claimed c JOIN runs r ON r.id = c.run_id JOIN tenants t ON t.id = r.tenant_id
+        FROM ctx c
+        -- OFFSET 0 keeps this a per-row primary-key lookup too (see ctx).
+        CROSS JOIN LATERAL (SELECT * FROM tenants WHERE id = c.tenant_id OFFSET 0) t
         "#,
         owner,
         limit,
@@ -165,182 +175,144 @@ pub struct NextStep {
     pub claimed_at: DateTime<Utc>,
 }
 
-/// What [`succeed_and_claim_next`] wrote.
+/// One successful step in a [`succeed_many`] batch.
 #[derive(Debug, Clone)]
-pub struct Succeeded {
-    /// Outbox deliveries created (the caller wakes the dispatcher if any).
-    pub deliveries: i64,
-    /// The tenant's next step, now this worker's, if it was pending.
-    pub next: Option<NextStep>,
+pub struct Success {
+    pub lease: Lease,
+    pub tenant_id: Uuid,
+    pub step: String,
+    pub attempt: i32,
+    /// Merged into the tenant's resources.
+    pub patch: Value,
+    pub event_id: Uuid,
+    pub payload: Value,
+    /// The last step of the workflow: the run succeeds, the tenant becomes active, and `active_event`
+    /// is written too. Otherwise the tenant's next step is claimed for the batch's owner.
+    pub last: bool,
+    pub active_event: Uuid,
 }
 
-/// A successful step and the claim of the tenant's next one, in one statement (one round trip, where
-/// the general path takes eight): the hot path of the engine. `None` if the lease was lost (nothing
-/// written).
-#[allow(clippy::too_many_arguments)]
-pub async fn succeed_and_claim_next(
+/// What [`succeed_many`] wrote for one [`Success`], in input order.
+#[derive(Debug, Clone)]
+pub enum SuccessResult {
+    /// The lease was lost: nothing was written for this step.
+    LeaseLost,
+    /// Written; the tenant's next step, now the owner's, if it was pending.
+    Written(Option<NextStep>),
+}
+
+/// Group commit of successful steps: every step's success, history, events and deliveries, the next
+/// step's claim or the tenant's activation, for many tenants in one statement. Each step is fenced on
+/// its own (a lost lease writes nothing for that step and does not hold back the others). Returns the
+/// per-step results in input order and the number of outbox deliveries created.
+pub async fn succeed_many(
     db: impl PgExecutor<'_>,
-    lease: Lease,
-    tenant_id: Uuid,
-    step: &str,
-    attempt: i32,
     owner: &str,
-    patch: &Value,
-    event_id: Uuid,
-    event_payload: &Value,
     next_lease: Duration,
-) -> Result<Option<Succeeded>, sqlx::Error> {
-    let row = sqlx::query!(
-        r#"
-        WITH fenced AS (
-            UPDATE steps SET state = 'succeeded', wait_reason = NULL, due_at = NULL,
-                   last_error = NULL, last_error_code = NULL, finished_at = now(),
-                   lease_owner = NULL, updated_at = now()
-            WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = 'running'
-            RETURNING run_id
-        ),
-        resources AS (
-            UPDATE tenants SET resources = resources || $5, updated_at = now()
-            WHERE id = $4 AND $5 <> '{}'::jsonb AND EXISTS (SELECT 1 FROM fenced)
-        ),
-        event AS (
-            INSERT INTO events (id, tenant_id, type, payload)
-            SELECT $9, $4, 'tenant.step.succeeded', $10 FROM fenced
-            RETURNING id
-        ),
-        deliveries AS (
-            INSERT INTO deliveries (event_id, endpoint_id, state, due_at)
-            SELECT event.id, ep.id, 'pending', now() FROM event, endpoints ep WHERE ep.disabled_at IS NULL
-            RETURNING 1
-        ),
-        next AS (
-            UPDATE steps s SET state = 'running', lease_owner = $8, lease_token = nextval('lease_tokens'),
-                   due_at = now() + make_interval(secs => $11), attempts = s.attempts + 1,
-                   wait_reason = NULL, started_at = coalesce(s.started_at, now()), updated_at = now()
-            WHERE s.run_id = $1 AND s.position = $2 + 1 AND s.state = 'pending'
-              AND EXISTS (SELECT 1 FROM fenced)
-            RETURNING s.position, s.name, s.attempts, s.throttles, s.lease_token, s.started_at
-        ),
-        -- One INSERT, rows in order: data-modifying CTEs run in no guaranteed order, and the history
-        -- must read "succeeded" before the next step's "started".
-        history AS (
-            INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message)
-            SELECT $4, h.kind, h.step, h.attempt, h.token, $8, h.message
-            FROM (
-                SELECT 1 AS ord, 'step.succeeded' AS kind, $6::text AS step, $7::int AS attempt,
-                       $3::bigint AS token, 'step succeeded' AS message
-                FROM fenced
-                UNION ALL
-                SELECT 2, 'step.started', next.name, next.attempts, next.lease_token,
-                       'attempt ' || next.attempts || ' started'
-                FROM next
-            ) h
-            ORDER BY h.ord
-        )
-        SELECT (SELECT count(*) FROM fenced) AS "fenced!",
-               (SELECT count(*) FROM deliveries) AS "deliveries!",
-               next.position AS "position?", next.name AS "name?", next.attempts AS "attempts?",
-               next.throttles AS "throttles?", next.lease_token AS "lease_token?",
-               next.started_at AS "started_at?", now() AS "now!"
-        FROM (SELECT 1) one LEFT JOIN next ON true
-        "#,
-        lease.run_id,
-        lease.position,
-        lease.token,
-        tenant_id,
-        patch,
-        step,
-        attempt,
-        owner,
-        event_id,
-        event_payload,
-        next_lease.as_secs_f64(),
-    )
-    .fetch_one(db)
-    .await?;
-    if row.fenced == 0 {
-        return Ok(None);
+    batch: &[Success],
+) -> Result<(Vec<SuccessResult>, i64), sqlx::Error> {
+    let n = batch.len();
+    let (mut runs, mut positions, mut tokens, mut tenants) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut steps, mut attempts, mut patches, mut events) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut payloads, mut lasts, mut active_events) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for s in batch {
+        runs.push(s.lease.run_id);
+        positions.push(s.lease.position);
+        tokens.push(s.lease.token);
+        tenants.push(s.tenant_id);
+        steps.push(s.step.clone());
+        attempts.push(s.attempt);
+        patches.push(s.patch.clone());
+        events.push(s.event_id);
+        payloads.push(s.payload.clone());
+        lasts.push(s.last);
+        active_events.push(s.active_event);
     }
-    let next = match (
-        row.position,
-        row.name,
-        row.attempts,
-        row.throttles,
-        row.lease_token,
-        row.started_at,
-    ) {
-        (
-            Some(position),
-            Some(name),
-            Some(attempts),
-            Some(throttles),
-            Some(lease_token),
-            Some(started_at),
-        ) => Some(NextStep {
-            position,
-            name,
-            attempts,
-            throttles,
-            lease_token,
-            started_at,
-            claimed_at: row.now,
-        }),
-        _ => None,
-    };
-    Ok(Some(Succeeded {
-        deliveries: row.deliveries,
-        next,
-    }))
-}
-
-/// The last step of a workflow succeeded: the step, the run and the tenant (now active), the history
-/// and both events, in one statement. `None` if the lease was lost (nothing written); otherwise the
-/// number of outbox deliveries created.
-#[allow(clippy::too_many_arguments)]
-pub async fn succeed_last(
-    db: impl PgExecutor<'_>,
-    lease: Lease,
-    tenant_id: Uuid,
-    step: &str,
-    attempt: i32,
-    owner: &str,
-    patch: &Value,
-    (step_event, active_event): (Uuid, Uuid),
-    payload: &Value,
-) -> Result<Option<i64>, sqlx::Error> {
-    let row = sqlx::query!(
+    let rows = sqlx::query!(
         r#"
-        WITH fenced AS (
-            UPDATE steps SET state = 'succeeded', wait_reason = NULL, due_at = NULL,
+        WITH input AS (
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::uuid[], $5::text[], $6::int[],
+                                 $7::jsonb[], $8::uuid[], $9::jsonb[], $10::bool[], $11::uuid[])
+                WITH ORDINALITY AS i(run_id, position, token, tenant_id, step, attempt, patch, event_id,
+                                     payload, last, active_event, ord)
+        ),
+        fenced AS (
+            UPDATE steps s SET state = 'succeeded', wait_reason = NULL, due_at = NULL,
                    last_error = NULL, last_error_code = NULL, finished_at = now(),
                    lease_owner = NULL, updated_at = now()
-            WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = 'running'
-            RETURNING run_id
+            FROM input i
+            WHERE s.run_id = i.run_id AND s.position = i.position AND s.lease_token = i.token
+              AND s.state = 'running'
+            RETURNING i.ord, i.run_id, i.position, i.token, i.tenant_id, i.step, i.attempt, i.patch,
+                      i.event_id, i.payload, i.last, i.active_event
         ),
         tenant AS (
-            UPDATE tenants SET resources = resources || $5, state = 'active', updated_at = now()
-            WHERE id = $4 AND EXISTS (SELECT 1 FROM fenced)
+            UPDATE tenants t SET resources = t.resources || f.patch,
+                   state = CASE WHEN f.last THEN 'active' ELSE t.state END, updated_at = now()
+            FROM fenced f
+            WHERE t.id = f.tenant_id AND (f.last OR f.patch <> '{}'::jsonb)
         ),
         run AS (
-            UPDATE runs SET state = 'succeeded', updated_at = now()
-            WHERE id = $1 AND EXISTS (SELECT 1 FROM fenced)
+            UPDATE runs r SET state = 'succeeded', updated_at = now()
+            FROM fenced f
+            WHERE r.id = f.run_id AND f.last
         ),
+        next AS (
+            UPDATE steps s SET state = 'running', lease_owner = $12, lease_token = nextval('lease_tokens'),
+                   due_at = now() + make_interval(secs => $13), attempts = s.attempts + 1,
+                   wait_reason = NULL, started_at = coalesce(s.started_at, now()), updated_at = now()
+            FROM fenced f
+            WHERE NOT f.last AND s.run_id = f.run_id AND s.position = f.position + 1
+              AND s.state = 'pending'
+            RETURNING f.ord, f.tenant_id, s.position, s.name, s.attempts, s.throttles, s.lease_token,
+                      s.started_at
+        ),
+        -- One INSERT per table, rows in order: data-modifying CTEs run in no guaranteed order, and a
+        -- tenant's history must read "succeeded" before its next step's "started".
         history AS (
             INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message)
-            SELECT $4, h.kind, h.step, h.attempt, h.token, h.actor, h.message
+            SELECT h.tenant_id, h.kind, h.step, h.attempt, h.token, h.actor, h.message
             FROM (
-                SELECT 1 AS ord, 'step.succeeded' AS kind, $6::text AS step, $7::int AS attempt,
-                       $3::bigint AS token, $8::text AS actor, 'step succeeded' AS message
-                FROM fenced
+                SELECT f.ord, 1 AS sub, f.tenant_id, 'step.succeeded' AS kind, f.step, f.attempt,
+                       f.token, $12::text AS actor, 'step succeeded' AS message
+                FROM fenced f
                 UNION ALL
-                SELECT 2, 'tenant.state', NULL, NULL, NULL, NULL, 'provisioning → active' FROM fenced
+                SELECT f.ord, 2, f.tenant_id, 'tenant.state', NULL, NULL, NULL, NULL,
+                       'provisioning → active'
+                FROM fenced f WHERE f.last
+                UNION ALL
+                SELECT n.ord, 2, n.tenant_id, 'step.started', n.name, n.attempts, n.lease_token, $12,
+                       'attempt ' || n.attempts || ' started'
+                FROM next n
             ) h
-            ORDER BY h.ord
+            ORDER BY h.ord, h.sub
         ),
         events AS (
             INSERT INTO events (id, tenant_id, type, payload)
-            SELECT e.id, $4, e.type, $11
-            FROM fenced, (VALUES ($9::uuid, 'tenant.step.succeeded'), ($10::uuid, 'tenant.active')) AS e(id, type)
+            SELECT e.id, e.tenant_id, e.type, e.payload
+            FROM (
+                SELECT f.ord, 1 AS sub, f.event_id AS id, f.tenant_id, 'tenant.step.succeeded' AS type,
+                       f.payload
+                FROM fenced f
+                UNION ALL
+                SELECT f.ord, 2, f.active_event, f.tenant_id, 'tenant.active', f.payload
+                FROM fenced f WHERE f.last
+            ) e
+            ORDER BY e.ord, e.sub
             RETURNING id
         ),
         deliveries AS (
@@ -348,23 +320,67 @@ pub async fn succeed_last(
             SELECT events.id, ep.id, 'pending', now() FROM events, endpoints ep WHERE ep.disabled_at IS NULL
             RETURNING 1
         )
-        SELECT (SELECT count(*) FROM fenced) AS "fenced!", (SELECT count(*) FROM deliveries) AS "deliveries!"
+        SELECT i.ord AS "ord!", (f.ord IS NOT NULL) AS "fenced!",
+               n.position AS "position?", n.name AS "name?", n.attempts AS "attempts?",
+               n.throttles AS "throttles?", n.lease_token AS "lease_token?",
+               n.started_at AS "started_at?", now() AS "now!",
+               (SELECT count(*) FROM deliveries) AS "deliveries!"
+        FROM input i LEFT JOIN fenced f ON f.ord = i.ord LEFT JOIN next n ON n.ord = i.ord
+        ORDER BY i.ord
         "#,
-        lease.run_id,
-        lease.position,
-        lease.token,
-        tenant_id,
-        patch,
-        step,
-        attempt,
+        &runs,
+        &positions,
+        &tokens,
+        &tenants,
+        &steps,
+        &attempts,
+        &patches,
+        &events,
+        &payloads,
+        &lasts,
+        &active_events,
         owner,
-        step_event,
-        active_event,
-        payload,
+        next_lease.as_secs_f64(),
     )
-    .fetch_one(db)
+    .fetch_all(db)
     .await?;
-    Ok((row.fenced > 0).then_some(row.deliveries))
+    let deliveries = rows.first().map_or(0, |r| r.deliveries);
+    let results = rows
+        .into_iter()
+        .map(|row| {
+            if !row.fenced {
+                return SuccessResult::LeaseLost;
+            }
+            let next = match (
+                row.position,
+                row.name,
+                row.attempts,
+                row.throttles,
+                row.lease_token,
+                row.started_at,
+            ) {
+                (
+                    Some(position),
+                    Some(name),
+                    Some(attempts),
+                    Some(throttles),
+                    Some(lease_token),
+                    Some(started_at),
+                ) => Some(NextStep {
+                    position,
+                    name,
+                    attempts,
+                    throttles,
+                    lease_token,
+                    started_at,
+                    claimed_at: row.now,
+                }),
+                _ => None,
+            };
+            SuccessResult::Written(next)
+        })
+        .collect();
+    Ok((results, deliveries))
 }
 
 /// Claims the step at `position` of `run_id` for `owner` if it is pending: the worker that finished the
@@ -439,12 +455,9 @@ pub async fn claim_next(
 /// When the next step becomes due (a timer or lease expiring), if any: an idle worker sleeps until
 /// then instead of a fixed poll interval.
 pub async fn next_due(db: impl PgExecutor<'_>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT min(due_at) AS next FROM steps
-           WHERE due_at IS NOT NULL AND state IN ('pending', 'waiting', 'running')"#
-    )
-    .fetch_one(db)
-    .await
+    sqlx::query_scalar!(r#"SELECT min(due_at) AS next FROM steps WHERE due_at IS NOT NULL"#)
+        .fetch_one(db)
+        .await
 }
 
 /// Extends a lease; `false` if the lease was lost (another worker holds the step now).

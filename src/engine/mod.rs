@@ -2,6 +2,7 @@
 //! Workers coordinate only through Postgres (row locks, leases, fencing tokens), so any number of
 //! `vend serve` processes can share one database.
 
+mod commit;
 pub mod dispatcher;
 mod runner;
 pub mod step;
@@ -35,6 +36,10 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// How long in-flight attempts may finish after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// The most successful steps written by one group-commit statement.
+    pub commit_batch: usize,
+    /// Group-commit statements in flight at once: while one runs, the next batch gathers.
+    pub commit_flushes: usize,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +50,8 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            commit_batch: 500,
+            commit_flushes: 2,
         }
     }
 }
@@ -75,6 +82,7 @@ pub struct Engine {
     pub(crate) registry: Registry,
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) commits: commit::GroupCommit,
 }
 
 impl Engine {
@@ -92,6 +100,7 @@ impl Engine {
             pool,
             workflows,
             registry,
+            commits: commit::GroupCommit::new(config.commit_batch, config.commit_flushes),
             config,
             metrics,
         })

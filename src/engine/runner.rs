@@ -258,10 +258,10 @@ impl Engine {
         let has_next = workflow.is_some_and(|w| (claim.position as usize + 1) < w.steps.len());
         if matches!(decision, Decision::Succeed) && workflow.is_some() {
             if !has_next {
-                return self.succeed_last(claim, patch, resources).await;
+                return self.succeed_grouped(claim, true, patch, resources).await;
             }
             if !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                return self.succeed_and_go_on(claim, patch, resources).await;
+                return self.succeed_grouped(claim, false, patch, resources).await;
             }
         }
         let mut tx = self.pool.begin().await?;
@@ -427,41 +427,49 @@ impl Engine {
 }
 
 impl Engine {
-    /// The hot path: a step succeeded and the tenant has a next step. One statement records the
-    /// success (history, outbox) and claims the next step for this worker.
-    async fn succeed_and_go_on(
+    /// The hot path: a step succeeded. Its success, history and events, and the claim of the tenant's
+    /// next step for this worker (or, after the last step, the tenant's activation), go through the
+    /// group commit: one statement for every step that finished meanwhile.
+    async fn succeed_grouped(
         &self,
         claim: &Claim,
+        last: bool,
         patch: &Map<String, Value>,
         resources: &Map<String, Value>,
     ) -> Result<Option<Option<Claim>>, sqlx::Error> {
-        let payload = event_payload(
-            claim,
-            resources,
-            TenantState::Provisioning,
-            "succeeded",
-            None,
-        );
-        let done = db::steps::succeed_and_claim_next(
-            &self.pool,
-            claim.lease(),
-            claim.tenant_id,
-            &claim.step,
-            claim.attempts,
-            &self.config.worker_id,
-            &Value::Object(patch.clone()),
-            uuid::Uuid::now_v7(),
-            &payload,
-            self.config.lease,
-        )
-        .await?;
-        let Some(done) = done else {
-            return Ok(None);
+        let tenant_state = if last {
+            TenantState::Active
+        } else {
+            TenantState::Provisioning
         };
-        if done.deliveries > 0 {
+        let success = db::steps::Success {
+            lease: claim.lease(),
+            tenant_id: claim.tenant_id,
+            step: claim.step.clone(),
+            attempt: claim.attempts,
+            patch: Value::Object(patch.clone()),
+            event_id: uuid::Uuid::now_v7(),
+            payload: event_payload(claim, resources, tenant_state, "succeeded", None),
+            last,
+            active_event: uuid::Uuid::now_v7(),
+        };
+        let (result, deliveries) = self
+            .commits
+            .submit(
+                &self.pool,
+                &self.config.worker_id,
+                self.config.lease,
+                success,
+            )
+            .await?;
+        let next = match result {
+            db::steps::SuccessResult::LeaseLost => return Ok(None),
+            db::steps::SuccessResult::Written(next) => next,
+        };
+        if deliveries > 0 {
             self.wake_dispatcher().await;
         }
-        let next = match done.next {
+        let next = match next {
             Some(n) => Some(Claim {
                 run_id: claim.run_id,
                 position: n.position,
@@ -481,6 +489,7 @@ impl Engine {
                 resources: Value::Object(resources.clone()),
                 claimed_at: n.claimed_at,
             }),
+            None if last => None,
             None => {
                 // Not pending (an operator rewound the tenant meanwhile): leave it to whoever is due.
                 let mut conn = self.pool.acquire().await?;
@@ -489,37 +498,6 @@ impl Engine {
             }
         };
         Ok(Some(next))
-    }
-
-    /// The last step succeeded: the tenant is active. One statement.
-    async fn succeed_last(
-        &self,
-        claim: &Claim,
-        patch: &Map<String, Value>,
-        resources: &Map<String, Value>,
-    ) -> Result<Option<Option<Claim>>, sqlx::Error> {
-        let payload = event_payload(claim, resources, TenantState::Active, "succeeded", None);
-        let done = db::steps::succeed_last(
-            &self.pool,
-            claim.lease(),
-            claim.tenant_id,
-            &claim.step,
-            claim.attempts,
-            &self.config.worker_id,
-            &Value::Object(patch.clone()),
-            (uuid::Uuid::now_v7(), uuid::Uuid::now_v7()),
-            &payload,
-        )
-        .await?;
-        match done {
-            None => Ok(None),
-            Some(deliveries) => {
-                if deliveries > 0 {
-                    self.wake_dispatcher().await;
-                }
-                Ok(Some(None))
-            }
-        }
     }
 
     /// Wakes the outbox dispatchers, at most every 50 ms per process: each NOTIFY serializes commits

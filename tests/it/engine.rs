@@ -9,7 +9,7 @@ use serde_json::Value;
 use vend::domain::StepError;
 use vend::engine::{Finished, Registry};
 
-use crate::support::steps::{Calls, FailTimes, Hang, Probe, Succeed, WaitTimes};
+use crate::support::steps::{Calls, FailTimes, Gate, Hang, Probe, Succeed, WaitTimes};
 use crate::support::{signup_body, spawn_app, workflow_toml};
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -318,6 +318,104 @@ async fn a_worker_that_lost_its_lease_cannot_commit() {
     assert_eq!(t["steps"][1]["state"], "pending");
     assert!(!kinds(&app.history("acme").await).contains(&"step.succeeded".to_string()));
     assert_eq!(app.count("events").await, 1, "only tenant.created");
+}
+
+#[tokio::test]
+async fn steps_finishing_together_share_a_commit_and_each_is_fenced_on_its_own() {
+    const N: usize = 12;
+    let gate = Gate::new(N);
+    let registry = Registry::new()
+        .with("gate", gate.clone())
+        .with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("a", "gate"), ("b", "ok")], "")).await;
+    for i in 0..N {
+        app.signup(&signup_body(&format!("tenant-{i}"))).await;
+    }
+    let mut config = app.engine_config("w1");
+    config.commit_flushes = 1;
+    let engine = app.start_engine(config);
+    gate.entered.wait().await;
+    // While every step is in flight, another worker takes over tenant-0's (as after an expired
+    // lease); its outcome now shares a batch with eleven others whose leases are sound.
+    sqlx::query(
+        "UPDATE steps SET lease_owner = 'thief', lease_token = nextval('lease_tokens'),
+                          due_at = now() + interval '1 hour'
+         WHERE state = 'running' AND run_id = (SELECT r.id FROM runs r JOIN tenants t ON t.id = r.tenant_id
+                                               WHERE t.slug = 'tenant-0')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    gate.release.wait().await;
+    for i in 1..N {
+        app.wait_for_state(&format!("tenant-{i}"), &["active"], WITHIN)
+            .await;
+    }
+    engine.stop().await;
+
+    // Outcomes that finished together were written together: fewer transactions than steps.
+    let (rows, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM history WHERE kind = 'step.succeeded' AND step = 'a'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, N as i64 - 1);
+    assert!(
+        transactions <= 3,
+        "{rows} successes in {transactions} commits"
+    );
+
+    for i in 1..N {
+        let slug = format!("tenant-{i}");
+        let k = kinds(&app.history(&slug).await);
+        let steps: Vec<&str> = k
+            .iter()
+            .map(String::as_str)
+            .filter(|k| k.starts_with("step.") || *k == "tenant.state")
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "step.started",
+                "step.succeeded",
+                "step.started",
+                "step.succeeded",
+                "tenant.state"
+            ],
+            "{slug}: {k:?}"
+        );
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT e.type FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = $1 ORDER BY e.id",
+        )
+        .bind(&slug)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            events,
+            [
+                "tenant.created",
+                "tenant.step.succeeded",
+                "tenant.step.succeeded",
+                "tenant.active"
+            ],
+            "{slug}"
+        );
+    }
+    // The fenced-out step wrote nothing, and its neighbours in the batch were not held back by it.
+    let victim = app.tenant("tenant-0").await;
+    assert_eq!(victim["state"], "provisioning");
+    assert_eq!(victim["steps"][0]["state"], "running");
+    assert_eq!(victim["steps"][1]["state"], "pending");
+    assert!(!kinds(&app.history("tenant-0").await).contains(&"step.succeeded".to_string()));
+    let victim_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = 'tenant-0'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(victim_events, 1, "only tenant.created");
 }
 
 #[tokio::test]

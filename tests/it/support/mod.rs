@@ -183,6 +183,7 @@ impl TestApp {
             lease: Duration::from_secs(5),
             poll_interval: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
         }
     }
 

@@ -134,3 +134,34 @@ impl Step for Probe {
         StepOutcome::Succeeded
     }
 }
+
+/// Holds every tenant's first call until the test has seen them all enter (`entered`) and lets them go
+/// together (`release`): their outcomes reach the engine at the same moment. Both barriers count the
+/// tenants plus the test.
+#[derive(Clone)]
+pub struct Gate {
+    pub calls: Calls,
+    pub entered: Arc<tokio::sync::Barrier>,
+    pub release: Arc<tokio::sync::Barrier>,
+}
+
+impl Gate {
+    pub fn new(tenants: usize) -> Self {
+        Self {
+            calls: Calls::default(),
+            entered: Arc::new(tokio::sync::Barrier::new(tenants + 1)),
+            release: Arc::new(tokio::sync::Barrier::new(tenants + 1)),
+        }
+    }
+}
+
+#[async_trait]
+impl Step for Gate {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        if self.calls.hit(&ctx.tenant.slug) == 0 {
+            self.entered.wait().await;
+            self.release.wait().await;
+        }
+        StepOutcome::Succeeded
+    }
+}
