@@ -1,12 +1,17 @@
 //! Engine throughput and latency, side by side with graphile_worker on the same Postgres in the same run.
 //!
-//!   cargo bench --bench engine -- --tenants 20000 --steps 3 --concurrency 32 --samples 1000
+//!   cargo bench --bench engine -- --tenants 20000 --steps 3 --concurrency 500 --peer-concurrency 32
+//!
+//! --concurrency is how many steps vend runs at once (the steps finishing together share commits);
+//! --peer-concurrency is graphile_worker's worker count (its performance test runs tens, with a local
+//! queue of 500 jobs). --commit-batch and --commit-flushes tune vend's group commit.
 //!
 //! vend: N tenants signed up through the real HTTP router (the production transaction), then the real
 //! engine drains them: real claims, leases, fenced commits, history and outbox rows; only the step
-//! bodies do nothing. Reports steps/s, the delay from a step becoming due (its predecessor committed) to
-//! its start under that load, and add→start latency of single signups on an idle engine.
-//! Peer: benches/peer (graphile_worker) queues N jobs, drains them with the same concurrency, and
+//! bodies do nothing. Reports steps/s, the time from a step starting to its successor starting under
+//! that load (the step's commit, the successor's claim and the hand-off), and add→start latency of
+//! single signups on an idle engine.
+//! Peer: benches/peer (graphile_worker) queues N×steps jobs, drains them, and
 //! samples add→start latency the same way. Pass --no-peer to skip it, --statements to print where
 //! Postgres spent its time during vend's drain (pg_stat_statements).
 
@@ -29,14 +34,26 @@ struct Noop {
     /// every tenant has run it, and only then does the bench ask the database.
     last: String,
     lasts: Arc<std::sync::atomic::AtomicUsize>,
+    /// When each step body of the drained tenants started: (tenant number, step number, instant).
+    starts: Arc<std::sync::Mutex<Vec<(u32, u8, Instant)>>>,
 }
 
 #[async_trait]
 impl Step for Noop {
     async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        let now = Instant::now();
+        if let (Some(t), Some(step)) = (
+            ctx.tenant
+                .slug
+                .strip_prefix('t')
+                .and_then(|t| t.parse().ok()),
+            ctx.step.strip_prefix('s').and_then(|s| s.parse().ok()),
+        ) {
+            self.starts.lock().unwrap().push((t, step, now));
+        }
         // A sample is timed to the start of its first step.
         if ctx.tenant.slug.starts_with("sample-") && ctx.step == "s0" {
-            let _ = self.sampled.send(Instant::now());
+            let _ = self.sampled.send(now);
         }
         if ctx.step == self.last {
             self.lasts
@@ -44,6 +61,28 @@ impl Step for Noop {
         }
         StepOutcome::Succeeded
     }
+}
+
+/// Where Postgres spent its time (pg_stat_statements), then resets the counts.
+async fn print_statements(pool: &sqlx::PgPool, phase: &str, tmp: &tempfile::TempDir) {
+    let top: Vec<(f64, i64, i64, String)> = sqlx::query_as(
+        "SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+         FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    println!("== Postgres time during {phase} (pg_stat_statements) ==");
+    for (ms, calls, rows, query) in top {
+        println!("{ms:>9.0} ms {calls:>7} calls {rows:>8} rows  {query}");
+    }
+    let log = std::env::temp_dir().join("vend-bench-engine-server.log");
+    let _ = std::fs::copy(tmp.path().join("pg/server.log"), &log);
+    println!("(plans of statements over 20 ms: {})", log.display());
+    sqlx::query("SELECT pg_stat_statements_reset()")
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -73,7 +112,11 @@ fn signup_request(slug: &str) -> axum::http::Request<Body> {
 async fn main() {
     let n: usize = arg("--tenants", 20_000);
     let steps: usize = arg("--steps", 3);
-    let concurrency: usize = arg("--concurrency", 32);
+    let concurrency: usize = arg("--concurrency", 500);
+    let peer_concurrency: usize = arg("--peer-concurrency", 32);
+    let defaults = EngineConfig::default();
+    let commit_batch: usize = arg("--commit-batch", defaults.commit_batch);
+    let commit_flushes: usize = arg("--commit-flushes", defaults.commit_flushes);
     let samples: usize = arg("--samples", 1_000);
     let peer = !std::env::args().any(|a| a == "--no-peer");
     let statements = std::env::args().any(|a| a == "--statements");
@@ -92,19 +135,21 @@ async fn main() {
         Pg::start(&tmp.path().join("pg"))
     };
     let url = pg.database("vend_engine");
-    let pool = vend::db::connect(&url, concurrency as u32 + 8)
+    let pool = vend::db::connect(&url, (concurrency as u32 + 8).min(100))
         .await
         .unwrap();
     vend::db::migrate(&pool).await.unwrap();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let lasts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let starts = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n * steps)));
     let registry = Registry::new().with(
         "noop",
         Noop {
             sampled: tx,
             last: format!("s{}", steps - 1),
             lasts: lasts.clone(),
+            starts: starts.clone(),
         },
     );
     let mut toml = String::from("name = \"bench\"\ntiers = [\"free\", \"pro\", \"enterprise\"]\n");
@@ -155,7 +200,8 @@ async fn main() {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
-            ..EngineConfig::default()
+            commit_batch,
+            commit_flushes,
         },
         metrics,
     );
@@ -192,34 +238,20 @@ async fn main() {
     let drain = started.elapsed();
     let total_steps = (n * steps) as f64;
     if statements {
-        let top: Vec<(f64, i64, i64, String)> = sqlx::query_as(
-            "SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
-             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        println!("== Postgres time during the drain (pg_stat_statements) ==");
-        let log = std::env::temp_dir().join("vend-bench-engine-server.log");
-        let _ = std::fs::copy(tmp.path().join("pg/server.log"), &log);
-        println!("(plans of statements over 20 ms: {})", log.display());
-        for (ms, calls, rows, query) in top {
-            println!("{ms:>9.0} ms {calls:>7} calls {rows:>8} rows  {query}");
-        }
+        print_statements(&pool, "the drain", &tmp).await;
     }
 
-    // Due → start under load: a later step is due when its predecessor commits.
-    let mut due: Vec<f64> = sqlx::query_scalar(
-        "SELECT (extract(epoch FROM h.at - prev.finished_at) * 1000)::float8
-         FROM history h
-         JOIN runs r ON r.tenant_id = h.tenant_id
-         JOIN steps cur ON cur.run_id = r.id AND cur.name = h.step
-         JOIN steps prev ON prev.run_id = r.id AND prev.position = cur.position - 1
-         WHERE h.kind = 'step.started'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    // Step → next step under load: from a step's body starting to its successor's starting, which
+    // takes the step's commit (with the successor's claim) and the hand-off. No-op bodies take no time.
+    let mut due: Vec<f64> = {
+        let mut starts = starts.lock().unwrap();
+        starts.sort_unstable_by_key(|&(t, s, _)| (t, s));
+        starts
+            .windows(2)
+            .filter(|w| w[0].0 == w[1].0 && w[0].1 + 1 == w[1].1)
+            .map(|w| w[1].2.duration_since(w[0].2).as_secs_f64() * 1000.0)
+            .collect()
+    };
     due.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     // Add → start on the idle engine, one signup at a time.
@@ -234,11 +266,14 @@ async fn main() {
         lat.push(at.duration_since(before).as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if statements {
+        print_statements(&pool, "the idle samples", &tmp).await;
+    }
     token.cancel();
     running.await.unwrap();
 
     println!(
-        "== vend engine ({} tenants x {steps} no-op steps, concurrency {concurrency}) ==",
+        "== vend engine ({} tenants x {steps} no-op steps, concurrency {concurrency}, group commit {commit_batch} x {commit_flushes}) ==",
         n
     );
     println!(
@@ -252,7 +287,7 @@ async fn main() {
         total_steps / drain.as_secs_f64()
     );
     println!(
-        "due->start under load (ms)   p50 {:.2}  p99 {:.2}  max {:.2}",
+        "step->next step, load (ms)   p50 {:.2}  p99 {:.2}  max {:.2}",
         pct(&due, 0.5),
         pct(&due, 0.99),
         pct(&due, 1.0)
@@ -280,7 +315,7 @@ async fn main() {
             .args([
                 peer_url.as_str(),
                 &(n * steps).to_string(),
-                &concurrency.to_string(),
+                &peer_concurrency.to_string(),
                 &samples.to_string(),
             ])
             .output()
@@ -294,7 +329,7 @@ async fn main() {
         {
             Some(v) => {
                 println!(
-                    "== peer: graphile_worker ({} no-op jobs, concurrency {concurrency}) ==",
+                    "== peer: graphile_worker ({} no-op jobs, concurrency {peer_concurrency}) ==",
                     n * steps
                 );
                 println!(

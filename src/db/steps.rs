@@ -69,7 +69,7 @@ pub async fn claim(
         WITH due AS (
             -- Only runnable steps have a due_at (a CHECK constraint), so this is an ordered walk of
             -- steps_due that stops at the limit.
-            SELECT run_id, position, due_at, state, wait_reason, lease_owner
+            SELECT ctid, run_id, position, due_at, state, wait_reason, lease_owner
             FROM steps
             WHERE due_at <= now()
             ORDER BY due_at
@@ -90,7 +90,10 @@ pub async fn claim(
                 started_at = coalesce(s.started_at, now()),
                 updated_at = now()
             FROM due
-            WHERE s.run_id = due.run_id AND s.position = due.position
+            -- The rows just locked, fetched by their address: as a join on the key, the planner
+            -- would hash the whole steps table for a batch it takes to be as large as the limit.
+            WHERE s.ctid = ANY(ARRAY(SELECT ctid FROM due))
+              AND s.run_id = due.run_id AND s.position = due.position
             RETURNING s.run_id, s.position, s.name, s.attempts, s.throttles, s.lease_token,
                       s.started_at, due.due_at AS was_due, due.state AS was_state,
                       due.wait_reason AS was_reason, due.lease_owner AS was_owner
