@@ -215,6 +215,7 @@ async fn main() {
             .await
             .unwrap();
     }
+    eprintln!("draining");
     let token = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(engine.run(token.clone()));
