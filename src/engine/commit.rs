@@ -8,37 +8,45 @@
 //!
 //! Nothing is lost if a leader dies mid-flush (its task is aborted): its waiters' replies drop, they
 //! see an error and retry, and the fence makes the retry safe whether or not the statement committed.
+//!
+//! The coordination is generic over the flush (the engine's is `db::steps::succeed_many`), so it is
+//! tested here without a database.
 
+use std::future::Future;
 use std::mem;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, oneshot};
 
-use crate::db;
-use crate::db::steps::{Success, SuccessResult};
+type Reply<R, E> = oneshot::Sender<Result<R, Arc<E>>>;
 
-type Reply = oneshot::Sender<Result<(SuccessResult, i64), Arc<sqlx::Error>>>;
-
-pub(crate) struct GroupCommit {
-    queue: Mutex<Vec<(Success, Reply)>>,
+pub(crate) struct GroupCommit<T, R, E> {
+    queue: Mutex<Vec<(T, Reply<R, E>)>>,
     flushes: Semaphore,
     flushed: Notify,
     max_batch: usize,
 }
 
+/// Why a submitted item got no result of its own.
+#[derive(Debug)]
+pub(crate) enum CommitError<E> {
+    /// The flush carrying the item failed; every item in it gets the same error.
+    Failed(Arc<E>),
+    /// The task leading the flush was dropped mid-way: the items may or may not have been written.
+    Abandoned,
+}
+
 /// Ends a flush however it ends (also when the leader's task is aborted): frees the flush slot, then
-/// wakes the waiters if there may be work for a new leader, so queued steps always find one. A leader
-/// that found nothing to flush wakes nobody unless steps were queued meanwhile: waking on every empty
+/// wakes the waiters if there may be work for a new leader, so queued items always find one. A leader
+/// that found nothing to flush wakes nobody unless items were queued meanwhile: waking on every empty
 /// turn would let idle waiters hand the slot back and forth while a flush is in flight.
-struct FlushEnd<'a, 'p> {
-    commit: &'a GroupCommit,
-    permit: Option<tokio::sync::SemaphorePermit<'p>>,
+struct FlushEnd<'a, T, R, E> {
+    commit: &'a GroupCommit<T, R, E>,
+    permit: Option<SemaphorePermit<'a>>,
     flushed_any: bool,
 }
 
-impl Drop for FlushEnd<'_, '_> {
+impl<T, R, E> Drop for FlushEnd<'_, T, R, E> {
     fn drop(&mut self) {
         self.permit.take();
         if self.flushed_any || !self.commit.lock().is_empty() {
@@ -47,7 +55,7 @@ impl Drop for FlushEnd<'_, '_> {
     }
 }
 
-impl GroupCommit {
+impl<T, R, E> GroupCommit<T, R, E> {
     pub(crate) fn new(max_batch: usize, parallel_flushes: usize) -> Self {
         Self {
             queue: Mutex::new(Vec::new()),
@@ -57,17 +65,15 @@ impl GroupCommit {
         }
     }
 
-    /// Writes `success` with whatever else is queued. Returns this step's result and the number of
-    /// outbox deliveries created by the statement that wrote it.
-    pub(crate) async fn submit(
-        &self,
-        pool: &PgPool,
-        owner: &str,
-        next_lease: Duration,
-        success: Success,
-    ) -> Result<(SuccessResult, i64), sqlx::Error> {
+    /// Queues `item`, leads flushes while a slot is free and items wait, and returns this item's result.
+    /// `flush` gets a batch in queue order and must return one result per item, in the same order.
+    pub(crate) async fn submit<F, Fut>(&self, item: T, flush: F) -> Result<R, CommitError<E>>
+    where
+        F: Fn(Vec<T>) -> Fut,
+        Fut: Future<Output = Result<Vec<R>, E>>,
+    {
         let (tx, mut rx) = oneshot::channel();
-        self.lock().push((success, tx));
+        self.lock().push((item, tx));
         loop {
             // Registered before looking for a flush slot, so a flush ending in between is not missed.
             let flushed = self.flushed.notified();
@@ -82,27 +88,44 @@ impl GroupCommit {
                 let batch = self.take();
                 if !batch.is_empty() {
                     end.flushed_any = true;
-                    flush(pool, owner, next_lease, batch).await;
+                    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    match flush(items).await {
+                        Ok(results) => {
+                            debug_assert_eq!(results.len(), replies.len());
+                            for (reply, result) in replies.into_iter().zip(results) {
+                                let _ = reply.send(Ok(result));
+                            }
+                        }
+                        Err(e) => {
+                            let e = Arc::new(e);
+                            for reply in replies {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
                 }
                 drop(end);
             }
             match rx.try_recv() {
-                Ok(r) => return r.map_err(unwrap_shared),
-                Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
+                Ok(r) => return r.map_err(CommitError::Failed),
+                Err(oneshot::error::TryRecvError::Closed) => return Err(CommitError::Abandoned),
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             tokio::select! {
-                r = &mut rx => return r.map_err(|_| abandoned())?.map_err(unwrap_shared),
+                r = &mut rx => return match r {
+                    Ok(r) => r.map_err(CommitError::Failed),
+                    Err(_) => Err(CommitError::Abandoned),
+                },
                 () = flushed => {}
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Success, Reply)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<(T, Reply<R, E>)>> {
         self.queue.lock().expect("group commit queue poisoned")
     }
 
-    fn take(&self) -> Vec<(Success, Reply)> {
+    fn take(&self) -> Vec<(T, Reply<R, E>)> {
         let mut queue = self.lock();
         if queue.len() <= self.max_batch {
             mem::take(&mut *queue)
@@ -113,28 +136,199 @@ impl GroupCommit {
     }
 }
 
-async fn flush(pool: &PgPool, owner: &str, next_lease: Duration, batch: Vec<(Success, Reply)>) {
-    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    match db::steps::succeed_many(pool, owner, next_lease, &items).await {
-        Ok((results, deliveries)) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(Ok((result, deliveries)));
+impl CommitError<sqlx::Error> {
+    /// For the engine's commit loop, which logs and retries any database error.
+    pub(crate) fn into_sqlx(self) -> sqlx::Error {
+        match self {
+            Self::Failed(e) => {
+                Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string()))
             }
-        }
-        Err(e) => {
-            let e = Arc::new(e);
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+            Self::Abandoned => {
+                sqlx::Error::Protocol("the group commit carrying this step was abandoned".into())
             }
         }
     }
 }
 
-/// Every waiter of a failed flush gets the error; the engine's commit loop only logs and retries it.
-fn unwrap_shared(e: Arc<sqlx::Error>) -> sqlx::Error {
-    Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string()))
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
-fn abandoned() -> sqlx::Error {
-    sqlx::Error::Protocol("the group commit carrying this step was abandoned".into())
+    use super::*;
+
+    type Commit = GroupCommit<u32, u32, String>;
+
+    /// A flush that records its batches and answers each item with item * 10, after `gate` opens.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        batches: Arc<Mutex<Vec<Vec<u32>>>>,
+        gate: Arc<Notify>,
+        started: Arc<Notify>,
+        gated: Arc<AtomicUsize>,
+    }
+
+    impl Recorder {
+        /// The next `n` flushes wait for `gate`.
+        fn hold(&self, n: usize) {
+            self.gated.store(n, Ordering::SeqCst);
+        }
+
+        async fn flush(&self, items: Vec<u32>) -> Result<Vec<u32>, String> {
+            self.batches.lock().unwrap().push(items.clone());
+            if self
+                .gated
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                self.started.notify_one();
+                self.gate.notified().await;
+            }
+            if items.contains(&666) {
+                return Err("the database said no".into());
+            }
+            Ok(items.iter().map(|i| i * 10).collect())
+        }
+
+        fn batches(&self) -> Vec<Vec<u32>> {
+            self.batches.lock().unwrap().clone()
+        }
+    }
+
+    fn spawn(
+        commit: &Arc<Commit>,
+        rec: &Recorder,
+        item: u32,
+    ) -> tokio::task::JoinHandle<Result<u32, CommitError<String>>> {
+        let (commit, rec) = (commit.clone(), rec.clone());
+        tokio::spawn(async move { commit.submit(item, |b| rec.flush(b)).await })
+    }
+
+    /// A task's result, or a failure (not a hung test) if coordination strands it.
+    async fn within<T>(h: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), h)
+            .await
+            .expect("an item was stranded")
+            .unwrap()
+    }
+
+    /// Lets spawned tasks run until they are all parked (the current-thread runtime runs them in turn).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_item_is_flushed_at_once_and_gets_its_own_result() {
+        let commit = Arc::new(Commit::new(500, 2));
+        let rec = Recorder::default();
+        assert_eq!(commit.submit(7, |b| rec.flush(b)).await.unwrap(), 70);
+        assert_eq!(rec.batches(), [vec![7]]);
+    }
+
+    #[tokio::test]
+    async fn items_arriving_during_a_flush_share_the_next_one_in_order() {
+        let commit = Arc::new(Commit::new(500, 1));
+        let rec = Recorder::default();
+        rec.hold(1);
+        let first = spawn(&commit, &rec, 1);
+        rec.started.notified().await;
+        let rest: Vec<_> = (2..=6).map(|i| spawn(&commit, &rec, i)).collect();
+        settle().await;
+        rec.gate.notify_one();
+        assert_eq!(within(first).await.unwrap(), 10);
+        for (i, h) in (2..=6).zip(rest) {
+            assert_eq!(
+                within(h).await.unwrap(),
+                i * 10,
+                "item {i} got another's result"
+            );
+        }
+        assert_eq!(rec.batches(), [vec![1], vec![2, 3, 4, 5, 6]]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_exceeds_the_limit() {
+        let commit = Arc::new(Commit::new(2, 1));
+        let rec = Recorder::default();
+        rec.hold(1);
+        let first = spawn(&commit, &rec, 1);
+        rec.started.notified().await;
+        let rest: Vec<_> = (2..=6).map(|i| spawn(&commit, &rec, i)).collect();
+        settle().await;
+        rec.gate.notify_one();
+        within(first).await.unwrap();
+        for h in rest {
+            within(h).await.unwrap();
+        }
+        assert_eq!(rec.batches(), [vec![1], vec![2, 3], vec![4, 5], vec![6]]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_every_item_in_it_and_the_next_flush_works() {
+        let commit = Arc::new(Commit::new(500, 1));
+        let rec = Recorder::default();
+        rec.hold(1);
+        let first = spawn(&commit, &rec, 1);
+        rec.started.notified().await;
+        let bad = spawn(&commit, &rec, 666);
+        let neighbour = spawn(&commit, &rec, 2);
+        settle().await;
+        rec.gate.notify_one();
+        assert_eq!(within(first).await.unwrap(), 10);
+        for h in [bad, neighbour] {
+            match within(h).await {
+                Err(CommitError::Failed(e)) => assert_eq!(*e, "the database said no"),
+                other => panic!("expected the flush's error, got {other:?}"),
+            }
+        }
+        assert_eq!(commit.submit(3, |b| rec.flush(b)).await.unwrap(), 30);
+    }
+
+    #[tokio::test]
+    async fn a_leader_dying_mid_flush_abandons_its_batch_and_strands_nobody() {
+        let commit = Arc::new(Commit::new(500, 1));
+        let rec = Recorder::default();
+        rec.hold(1);
+        // The leader's flush hangs; its batch is [1]. Items 2 and 3 queue behind it.
+        let leader = spawn(&commit, &rec, 1);
+        rec.started.notified().await;
+        let queued: Vec<_> = (2..=3).map(|i| spawn(&commit, &rec, i)).collect();
+        settle().await;
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        // The queued items find a new leader among themselves, without anyone submitting again.
+        for (i, h) in (2..=3).zip(queued) {
+            let r = tokio::time::timeout(Duration::from_secs(5), h)
+                .await
+                .expect("a queued item was stranded when its leader died");
+            assert_eq!(r.unwrap().unwrap(), i * 10);
+        }
+        assert_eq!(rec.batches(), [vec![1], vec![2, 3]]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_whose_leader_dies_mid_flush_is_told_it_was_abandoned() {
+        let commit = Arc::new(Commit::new(500, 1));
+        let rec = Recorder::default();
+        // With the only flush slot taken, item 2 queues and waits for a leader.
+        let slot = commit.flushes.try_acquire().unwrap();
+        let waiter = spawn(&commit, &rec, 2);
+        settle().await;
+        drop(slot);
+        // Item 1 finds the slot free and leads a flush carrying both; the flush hangs and the leader
+        // is dropped mid-way (its task killed).
+        rec.hold(1);
+        let mut leader = Box::pin(commit.submit(1, |b| rec.flush(b)));
+        assert!(futures::poll!(leader.as_mut()).is_pending());
+        assert_eq!(rec.batches(), [vec![2, 1]]);
+        drop(leader);
+        // Whether the statement committed is unknown: the waiter must hear so (the engine retries
+        // and the fence sorts it out), not wait forever.
+        let r = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter of a dead leader waited forever");
+        assert!(matches!(r.unwrap(), Err(CommitError::Abandoned)));
+    }
 }

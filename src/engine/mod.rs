@@ -82,7 +82,8 @@ pub struct Engine {
     pub(crate) registry: Registry,
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) commits: commit::GroupCommit,
+    pub(crate) commits:
+        commit::GroupCommit<db::steps::Success, (db::steps::SuccessResult, i64), sqlx::Error>,
 }
 
 impl Engine {

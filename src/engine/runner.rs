@@ -17,8 +17,8 @@ use crate::domain::{
     WaitReason, Workflow, decide,
 };
 
-use super::Engine;
 use super::step::{StepContext, TenantInfo};
+use super::{Engine, commit};
 
 /// How one attempt ended from the engine's point of view.
 #[derive(Debug, Clone, PartialEq)]
@@ -453,15 +453,20 @@ impl Engine {
             last,
             active_event: uuid::Uuid::now_v7(),
         };
+        let (pool, owner, lease) = (
+            &self.pool,
+            self.config.worker_id.as_str(),
+            self.config.lease,
+        );
         let (result, deliveries) = self
             .commits
-            .submit(
-                &self.pool,
-                &self.config.worker_id,
-                self.config.lease,
-                success,
-            )
-            .await?;
+            .submit(success, |batch| async move {
+                let (results, deliveries) =
+                    db::steps::succeed_many(pool, owner, lease, &batch).await?;
+                Ok(results.into_iter().map(|r| (r, deliveries)).collect())
+            })
+            .await
+            .map_err(commit::CommitError::into_sqlx)?;
         let next = match result {
             db::steps::SuccessResult::LeaseLost => return Ok(None),
             db::steps::SuccessResult::Written(next) => next,
