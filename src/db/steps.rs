@@ -212,7 +212,7 @@ pub async fn succeed_many(
     db: impl PgExecutor<'_>,
     owner: &str,
     next_lease: Duration,
-    batch: &[Success],
+    batch: Vec<Success>,
 ) -> Result<(Vec<SuccessResult>, i64), sqlx::Error> {
     let n = batch.len();
     let (mut runs, mut positions, mut tokens, mut tenants) = (
@@ -237,11 +237,11 @@ pub async fn succeed_many(
         positions.push(s.lease.position);
         tokens.push(s.lease.token);
         tenants.push(s.tenant_id);
-        steps.push(s.step.clone());
+        steps.push(s.step);
         attempts.push(s.attempt);
-        patches.push(s.patch.clone());
+        patches.push(s.patch);
         events.push(s.event_id);
-        payloads.push(s.payload.clone());
+        payloads.push(s.payload);
         lasts.push(s.last);
         active_events.push(s.active_event);
     }

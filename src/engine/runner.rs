@@ -462,7 +462,7 @@ impl Engine {
             .commits
             .submit(success, |batch| async move {
                 let (results, deliveries) =
-                    db::steps::succeed_many(pool, owner, lease, &batch).await?;
+                    db::steps::succeed_many(pool, owner, lease, batch).await?;
                 Ok(results.into_iter().map(|r| (r, deliveries)).collect())
             })
             .await
