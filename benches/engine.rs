@@ -85,13 +85,6 @@ async fn print_statements(pool: &sqlx::PgPool, phase: &str, tmp: &tempfile::Temp
         .unwrap();
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn signup_request(slug: &str) -> axum::http::Request<Body> {
     let body = serde_json::json!({"slug": slug, "name": slug, "owner_email": format!("ops@{slug}.example"), "tier": "pro"}).to_string();
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());

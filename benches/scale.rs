@@ -14,10 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
     let in_flight: usize = arg("--in-flight", 10_000);

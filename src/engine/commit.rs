@@ -212,6 +212,24 @@ mod tests {
             .unwrap()
     }
 
+    /// Starts item 1's flush and holds it; queues `items` behind it, then lets the held flush end.
+    async fn behind_a_held_flush(
+        commit: &Arc<Commit>,
+        rec: &Recorder,
+        items: impl IntoIterator<Item = u32>,
+    ) -> (
+        tokio::task::JoinHandle<Result<u32, CommitError<String>>>,
+        Vec<tokio::task::JoinHandle<Result<u32, CommitError<String>>>>,
+    ) {
+        rec.hold(1);
+        let first = spawn(commit, rec, 1);
+        rec.started.notified().await;
+        let rest = items.into_iter().map(|i| spawn(commit, rec, i)).collect();
+        settle().await;
+        rec.gate.notify_one();
+        (first, rest)
+    }
+
     /// Lets spawned tasks run until they are all parked (the current-thread runtime runs them in turn).
     async fn settle() {
         for _ in 0..20 {
@@ -231,12 +249,7 @@ mod tests {
     async fn items_arriving_during_a_flush_share_the_next_one_in_order() {
         let commit = Arc::new(Commit::new(500, 1));
         let rec = Recorder::default();
-        rec.hold(1);
-        let first = spawn(&commit, &rec, 1);
-        rec.started.notified().await;
-        let rest: Vec<_> = (2..=6).map(|i| spawn(&commit, &rec, i)).collect();
-        settle().await;
-        rec.gate.notify_one();
+        let (first, rest) = behind_a_held_flush(&commit, &rec, 2..=6).await;
         assert_eq!(within(first).await.unwrap(), 10);
         for (i, h) in (2..=6).zip(rest) {
             assert_eq!(
@@ -252,12 +265,7 @@ mod tests {
     async fn a_batch_never_exceeds_the_limit() {
         let commit = Arc::new(Commit::new(2, 1));
         let rec = Recorder::default();
-        rec.hold(1);
-        let first = spawn(&commit, &rec, 1);
-        rec.started.notified().await;
-        let rest: Vec<_> = (2..=6).map(|i| spawn(&commit, &rec, i)).collect();
-        settle().await;
-        rec.gate.notify_one();
+        let (first, rest) = behind_a_held_flush(&commit, &rec, 2..=6).await;
         within(first).await.unwrap();
         for h in rest {
             within(h).await.unwrap();
@@ -269,15 +277,9 @@ mod tests {
     async fn a_failed_flush_fails_every_item_in_it_and_the_next_flush_works() {
         let commit = Arc::new(Commit::new(500, 1));
         let rec = Recorder::default();
-        rec.hold(1);
-        let first = spawn(&commit, &rec, 1);
-        rec.started.notified().await;
-        let bad = spawn(&commit, &rec, 666);
-        let neighbour = spawn(&commit, &rec, 2);
-        settle().await;
-        rec.gate.notify_one();
+        let (first, rest) = behind_a_held_flush(&commit, &rec, [666, 2]).await;
         assert_eq!(within(first).await.unwrap(), 10);
-        for h in [bad, neighbour] {
+        for h in rest {
             match within(h).await {
                 Err(CommitError::Failed(e)) => assert_eq!(*e, "the database said no"),
                 other => panic!("expected the flush's error, got {other:?}"),

@@ -255,13 +255,10 @@ impl Engine {
         patch: &Map<String, Value>,
         resources: &Map<String, Value>,
     ) -> Result<Option<Option<Claim>>, sqlx::Error> {
-        let has_next = workflow.is_some_and(|w| (claim.position as usize + 1) < w.steps.len());
-        if matches!(decision, Decision::Succeed) && workflow.is_some() {
-            if !has_next {
-                return self.succeed_grouped(claim, true, patch, resources).await;
-            }
-            if !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                return self.succeed_grouped(claim, false, patch, resources).await;
+        if let (Decision::Succeed, Some(w)) = (decision, workflow) {
+            let last = claim.position as usize + 1 >= w.steps.len();
+            if last || !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return self.succeed_grouped(claim, last, patch, resources).await;
             }
         }
         let mut tx = self.pool.begin().await?;
@@ -269,7 +266,6 @@ impl Engine {
         if !db::steps::fence(&mut tx, lease).await? {
             return Ok(None);
         }
-        let mut next_claim = None;
         if !patch.is_empty() {
             db::tenants::merge_resources(&mut tx, claim.tenant_id, &Value::Object(patch.clone()))
                 .await?;
@@ -286,14 +282,16 @@ impl Engine {
                     &entry("step.succeeded", "step succeeded", None),
                 )
                 .await?;
-                let next = claim.position + 1;
-                let is_last = workflow.is_none_or(|w| next as usize >= w.steps.len());
-                let tenant_state = if is_last {
-                    TenantState::Active
-                } else {
-                    TenantState::Provisioning
-                };
-                let payload = event_payload(claim, resources, tenant_state, "succeeded", None);
+                // Only a stopping process gets here with a success (a running one sends successes
+                // through the group commit, which also claims the next step): the tenant has a next
+                // step, and it is left due for the other workers.
+                let payload = event_payload(
+                    claim,
+                    resources,
+                    TenantState::Provisioning,
+                    "succeeded",
+                    None,
+                );
                 db::outbox::insert_event(
                     &mut tx,
                     claim.tenant_id,
@@ -301,44 +299,8 @@ impl Engine {
                     &payload,
                 )
                 .await?;
-                if is_last {
-                    db::tenants::set_run_state(&mut tx, claim.run_id, "succeeded").await?;
-                    db::tenants::set_state(&mut tx, claim.tenant_id, TenantState::Active).await?;
-                    db::history::append(
-                        &mut *tx,
-                        claim.tenant_id,
-                        &NewEntry {
-                            kind: "tenant.state",
-                            message: "provisioning → active",
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                    db::outbox::insert_event(
-                        &mut tx,
-                        claim.tenant_id,
-                        EventType::TenantActive,
-                        &payload,
-                    )
-                    .await?;
-                } else {
-                    // Go straight on with the tenant's next step: no claim, no wake-up, no wait. A
-                    // stopping process leaves it due for the others instead.
-                    if !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                        next_claim = db::steps::claim_next(
-                            &mut tx,
-                            claim.run_id,
-                            next,
-                            worker,
-                            self.config.lease,
-                        )
-                        .await?;
-                    }
-                    if next_claim.is_none() {
-                        db::steps::make_due(&mut tx, claim.run_id, next).await?;
-                        db::notify(&mut tx, db::STEPS_CHANNEL).await?;
-                    }
-                }
+                db::steps::make_due(&mut tx, claim.run_id, claim.position + 1).await?;
+                db::notify(&mut tx, db::STEPS_CHANNEL).await?;
                 notify_outbox = true;
             }
             Decision::Wait {
@@ -422,7 +384,7 @@ impl Engine {
             db::notify(&mut tx, db::OUTBOX_CHANNEL).await?;
         }
         tx.commit().await?;
-        Ok(Some(next_claim))
+        Ok(Some(None))
     }
 }
 
