@@ -132,6 +132,16 @@ async fn main() {
         .await
         .unwrap();
     vend::db::migrate(&pool).await.unwrap();
+    // What-if experiments on the schema (drop an index, change a fillfactor) without a migration:
+    // `--setup-sql 'DROP INDEX history_tenant'` runs after the migrations, before anything else.
+    let setup_sql: String = arg("--setup-sql", String::new());
+    if !setup_sql.is_empty() {
+        println!("setup SQL: {setup_sql}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(setup_sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let lasts = Arc::new(std::sync::atomic::AtomicUsize::new(0));

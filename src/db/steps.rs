@@ -253,6 +253,9 @@ pub async fn succeed_many(
                 WITH ORDINALITY AS i(run_id, position, token, tenant_id, step, attempt, patch, event_id,
                                      payload, last, active_event, ord)
         ),
+        -- Joined on the key, not on an address looked up first (`ctid`, as the claim does for rows it
+        -- has just locked): a row whose heartbeat commits while this waits for it is then followed to
+        -- its new version and fenced there, where an address would miss it and drop a sound success.
         fenced AS (
             UPDATE steps s SET state = 'succeeded', wait_reason = NULL, due_at = NULL,
                    last_error = NULL, last_error_code = NULL, finished_at = now(),

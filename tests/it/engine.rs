@@ -492,3 +492,86 @@ async fn a_notification_wakes_an_idle_worker_without_waiting_for_a_poll() {
         .await;
     engine.stop().await;
 }
+
+/// The group commit fences each step on its lease token *at the row's latest version*: a heartbeat
+/// that commits while the commit waits for the row (same lease, new row version) must not read as a
+/// lost lease, and a takeover that commits meanwhile (new token) must. Guards the statement's shape:
+/// updating rows by an address looked up before the wait (`ctid`) skips the row in both cases.
+#[tokio::test]
+async fn group_commit_keeps_a_step_whose_heartbeat_it_waited_for_but_not_a_taken_one() {
+    use vend::db::steps::{Success, SuccessResult, claim, heartbeat, succeed_many};
+    let registry = Registry::new().with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("a", "ok"), ("b", "ok")], "")).await;
+    app.signup(&signup_body("beats")).await;
+    app.signup(&signup_body("taken")).await;
+    let lease = Duration::from_secs(60);
+    let mut claims = claim(&app.pool, "w1", 10, lease).await.unwrap();
+    claims.sort_by(|a, b| a.slug.cmp(&b.slug));
+    assert_eq!(claims.len(), 2);
+
+    for (c, takeover) in [(&claims[0], false), (&claims[1], true)] {
+        let mut holder = app.pool.begin().await.unwrap();
+        if takeover {
+            sqlx::query(
+                "UPDATE steps SET lease_owner = 'w2', lease_token = nextval('lease_tokens')
+                 WHERE run_id = $1 AND position = $2",
+            )
+            .bind(c.run_id)
+            .bind(c.position)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        } else {
+            assert!(heartbeat(&mut *holder, c.lease(), lease).await.unwrap());
+        }
+        let success = Success {
+            lease: c.lease(),
+            tenant_id: c.tenant_id,
+            step: c.step.clone(),
+            attempt: c.attempts,
+            patch: serde_json::json!({}),
+            event_id: uuid::Uuid::now_v7(),
+            payload: serde_json::json!({}),
+            last: false,
+            active_event: uuid::Uuid::now_v7(),
+        };
+        let pool = app.pool.clone();
+        let commit =
+            tokio::spawn(async move { succeed_many(&pool, "w1", lease, vec![success]).await });
+        // The commit has taken its snapshot and waits for the row the holder has changed.
+        let waiting = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%WITH input AS%'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+        };
+        let deadline = std::time::Instant::now() + WITHIN;
+        while waiting().await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        holder.commit().await.unwrap();
+        let (results, _) = commit.await.unwrap().unwrap();
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM steps WHERE run_id = $1 AND position = $2")
+                .bind(c.run_id)
+                .bind(c.position)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        match (takeover, &results[..]) {
+            (false, [SuccessResult::Written(Some(next))]) => {
+                assert_eq!(state, "succeeded");
+                assert_eq!(next.name, "b");
+            }
+            (true, [SuccessResult::LeaseLost]) => assert_eq!(state, "running"),
+            (_, other) => panic!("takeover={takeover}: {other:?}"),
+        }
+    }
+}
