@@ -581,10 +581,21 @@ async fn handle(
         Verdict::Answer(r) => return r,
         Verdict::Forward { lose_response } => lose_response,
     };
-    let resp = if service == "organizations" {
-        organizations(&p, &op, &method, &uri, &headers, body).await
-    } else {
-        forward(&p, &method, &uri, &headers, body).await
+    // AWS finishes a request it has received whatever becomes of the caller's connection, and so does
+    // the emulator's bookkeeping: a caller killed mid-call has still started its CreateAccount.
+    let resp = {
+        let (p, service, op) = (p.clone(), service.clone(), op.clone());
+        tokio::spawn(async move {
+            if service == "organizations" {
+                organizations(&p, &op, &method, &uri, &headers, body).await
+            } else {
+                forward(&p, &method, &uri, &headers, body).await
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("proxy: {e}")).into_response()
+        })
     };
     if lose_response {
         let mut inner = p.inner.lock().expect("proxy lock");
