@@ -21,6 +21,17 @@ fn kinds(history: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The types of a tenant's outbox events, oldest first.
+async fn event_types(pool: &sqlx::PgPool, slug: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT e.type FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = $1 ORDER BY e.id",
+    )
+    .bind(slug)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_tenant_runs_every_step_and_becomes_active() {
     let calls = Calls::default();
@@ -49,12 +60,8 @@ async fn a_tenant_runs_every_step_and_becomes_active() {
     assert_eq!(k.iter().filter(|k| *k == "step.succeeded").count(), 3);
     assert_eq!(k.first().unwrap(), "signup.accepted");
     assert_eq!(k.last().unwrap(), "tenant.state");
-    let events: Vec<String> = sqlx::query_scalar("SELECT type FROM events ORDER BY id")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
     assert_eq!(
-        events,
+        event_types(&app.pool, "acme").await,
         [
             "tenant.created",
             "tenant.step.succeeded",
@@ -129,12 +136,8 @@ async fn a_step_that_keeps_failing_fails_the_tenant_with_a_clear_error() {
         "{a}"
     );
     assert_eq!(t["steps"][1]["state"], "pending");
-    let events: Vec<String> = sqlx::query_scalar("SELECT type FROM events ORDER BY id")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
     assert_eq!(
-        events,
+        event_types(&app.pool, "acme").await,
         ["tenant.created", "tenant.step.failed", "tenant.failed"]
     );
 }
@@ -385,15 +388,8 @@ async fn steps_finishing_together_share_a_commit_and_each_is_fenced_on_its_own()
             ],
             "{slug}: {k:?}"
         );
-        let events: Vec<String> = sqlx::query_scalar(
-            "SELECT e.type FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = $1 ORDER BY e.id",
-        )
-        .bind(&slug)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
         assert_eq!(
-            events,
+            event_types(&app.pool, &slug).await,
             [
                 "tenant.created",
                 "tenant.step.succeeded",
