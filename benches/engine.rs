@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::body::Body;
 use common::*;
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 use vend::domain::{StepOutcome, Workflow, Workflows};
@@ -221,6 +222,7 @@ async fn main() {
     eprintln!("draining");
     let token = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
+    let cpu_before = (pg.cpu_seconds(), own_cpu_seconds());
     let running = tokio::spawn(engine.run(token.clone()));
     loop {
         // Polling the database during the drain would compete with the engine for it.
@@ -241,6 +243,11 @@ async fn main() {
     }
     let drain = started.elapsed();
     let total_steps = (n * steps) as f64;
+    let cpu_per_step = |now: f64, before: f64| (now - before) / total_steps * 1e6;
+    let (pg_cpu, vend_cpu) = (
+        cpu_per_step(pg.cpu_seconds(), cpu_before.0),
+        cpu_per_step(own_cpu_seconds(), cpu_before.1),
+    );
     if statements {
         print_statements(&pool, "the drain", &tmp).await;
     }
@@ -290,6 +297,7 @@ async fn main() {
         "steps/s                      {:.0}",
         total_steps / drain.as_secs_f64()
     );
+    println!("CPU per step (us)            postgres {pg_cpu:.1}  vend {vend_cpu:.1}");
     println!(
         "step->next step, load (ms)   p50 {:.2}  p99 {:.2}  max {:.2}",
         pct(&due, 0.5),
@@ -307,30 +315,53 @@ async fn main() {
         let peer_url = pg.database("peer");
         let manifest = repo().join("benches/peer/Cargo.toml");
         eprintln!("building and running the peer (graphile_worker)");
-        let out = tokio::process::Command::new("cargo")
+        let build = tokio::process::Command::new("cargo")
             .args([
-                "run",
+                "build",
                 "--quiet",
                 "--release",
+                "--message-format=json",
                 "--manifest-path",
-                manifest.to_str().unwrap(),
-                "--",
             ])
+            .arg(&manifest)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .unwrap();
+        // The executable's path, from cargo's JSON messages (the target directory may be anywhere).
+        let binary = String::from_utf8_lossy(&build.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|m| m["executable"].as_str().map(str::to_owned))
+            .expect("the peer did not build");
+        let mut child = tokio::process::Command::new(binary)
             .args([
                 peer_url.as_str(),
                 &(n * steps).to_string(),
                 &peer_concurrency.to_string(),
                 &samples.to_string(),
             ])
-            .output()
-            .await
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        match stdout
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        {
+        let pid = child.id().unwrap().to_string();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut before, mut cpu, mut last) = ((0.0, 0.0), None, String::new());
+        while let Some(line) = lines.next_line().await.unwrap() {
+            match line.as_str() {
+                "draining" => before = (pg.cpu_seconds(), process_cpu_seconds(&pid)),
+                "drained" => {
+                    cpu = Some((
+                        cpu_per_step(pg.cpu_seconds(), before.0),
+                        cpu_per_step(process_cpu_seconds(&pid), before.1),
+                    ))
+                }
+                _ => last = line,
+            }
+        }
+        child.wait().await.unwrap();
+        match serde_json::from_str::<serde_json::Value>(&last).ok() {
             Some(v) => {
                 println!(
                     "== peer: graphile_worker ({} no-op jobs, concurrency {peer_concurrency}) ==",
@@ -344,6 +375,11 @@ async fn main() {
                     "jobs/s                       {:.0}",
                     v["jobs_per_s"].as_f64().unwrap_or(f64::NAN)
                 );
+                if let Some((pg_cpu, peer_cpu)) = cpu {
+                    println!(
+                        "CPU per job (us)             postgres {pg_cpu:.1}  graphile_worker {peer_cpu:.1}"
+                    );
+                }
                 println!(
                     "add->start idle (ms)         p50 {:.2}  p99 {:.2}  max {:.2}",
                     v["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
@@ -351,7 +387,7 @@ async fn main() {
                     v["latency_ms"]["max"].as_f64().unwrap_or(f64::NAN)
                 );
             }
-            None => println!("peer failed: {}", String::from_utf8_lossy(&out.stderr)),
+            None => println!("peer failed (its errors are above)"),
         }
     }
 }

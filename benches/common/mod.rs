@@ -25,6 +25,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `/proc` times are in clock ticks, 100 a second on Linux.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// The fields of a `/proc/PID/stat` line, numbered from 0 as in proc(5) minus one (the command name,
+/// which may hold spaces, is skipped over).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let (pid, rest) = stat.split_once(" (")?;
+    let (_, rest) = rest.rsplit_once(") ")?;
+    let mut f = vec![pid, ""];
+    f.extend(rest.split_whitespace());
+    Some(f)
+}
+
+/// CPU time this process has used so far, in seconds (every thread, live or gone).
+pub fn own_cpu_seconds() -> f64 {
+    process_cpu_seconds("self")
+}
+
+/// CPU time process `pid` has used so far, in seconds; 0 once it is gone.
+pub fn process_cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let f = stat_fields(&stat).unwrap();
+    let ticks: u64 = f[13..15].iter().map(|v| v.parse::<u64>().unwrap()).sum();
+    ticks as f64 / CLOCK_TICKS
+}
+
 /// A PostgreSQL cluster under `dir` (via scripts/pg), stopped on drop.
 pub struct Pg {
     pub url: String,
@@ -53,6 +81,37 @@ impl Pg {
             url,
             dir: dir.to_owned(),
         }
+    }
+
+    /// CPU time the cluster has used so far, in seconds: the postmaster, its live processes, and the
+    /// ones that exited (autovacuum workers come and go). A rate is noisy on a shared machine; the CPU
+    /// a piece of work costs is much less so.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = std::fs::read_to_string(self.dir.join("postmaster.pid")).expect("postmaster.pid");
+        let pid: u32 = pid.lines().next().unwrap().trim().parse().unwrap();
+        let mut ticks = 0;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some(f) = stat_fields(&stat) else {
+                continue;
+            };
+            let (me, parent) = (f[0].parse::<u32>().ok(), f[3].parse::<u32>().ok());
+            if me == Some(pid) {
+                // utime, stime, cutime, cstime
+                ticks += f[13..17]
+                    .iter()
+                    .map(|v| v.parse::<u64>().unwrap_or(0))
+                    .sum::<u64>();
+            } else if parent == Some(pid) {
+                ticks += f[13..15]
+                    .iter()
+                    .map(|v| v.parse::<u64>().unwrap_or(0))
+                    .sum::<u64>();
+            }
+        }
+        ticks as f64 / CLOCK_TICKS
     }
 
     /// A URL for a new database `name`.

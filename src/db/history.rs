@@ -14,6 +14,8 @@ pub struct NewEntry<'a> {
     pub actor: Option<&'a str>,
     pub message: &'a str,
     pub detail: Option<Value>,
+    /// For the row that ends an attempt: when the attempt started.
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 pub async fn append(
@@ -22,8 +24,9 @@ pub async fn append(
     e: &NewEntry<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message, detail)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        r#"INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message, detail,
+                                   started_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         tenant_id,
         e.kind,
         e.step,
@@ -32,6 +35,7 @@ pub async fn append(
         e.actor,
         e.message,
         e.detail,
+        e.started_at,
     )
     .execute(db)
     .await?;
@@ -49,6 +53,7 @@ pub struct Entry {
     pub actor: Option<String>,
     pub message: String,
     pub detail: Option<Value>,
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// The tenant's history, oldest first.
@@ -58,7 +63,7 @@ pub async fn for_tenant(
 ) -> Result<Vec<Entry>, sqlx::Error> {
     sqlx::query_as!(
         Entry,
-        r#"SELECT id, at, kind, step, attempt, lease_token, actor, message, detail
+        r#"SELECT id, at, kind, step, attempt, lease_token, actor, message, detail, started_at
            FROM history WHERE tenant_id = $1 ORDER BY id"#,
         tenant_id
     )

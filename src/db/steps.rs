@@ -57,7 +57,7 @@ impl Claim {
 }
 
 /// Claims up to `limit` due steps for `owner`, leasing each for `lease`. One statement: the claim, the
-/// `step.started` history rows and the tenants' move to `provisioning` commit together.
+/// tenants' move to `provisioning` and, for a takeover, the history row of the abandoned attempt.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     owner: &str,
@@ -69,7 +69,8 @@ pub async fn claim(
         WITH due AS (
             -- Only runnable steps have a due_at (a CHECK constraint), so this is an ordered walk of
             -- steps_due that stops at the limit.
-            SELECT ctid, run_id, position, due_at, state, wait_reason, lease_owner
+            SELECT ctid, run_id, position, due_at, state, wait_reason, lease_owner, lease_token,
+                   attempts, attempt_started_at
             FROM steps
             WHERE due_at <= now()
             ORDER BY due_at
@@ -88,6 +89,7 @@ pub async fn claim(
                                              THEN 0 ELSE 1 END,
                 wait_reason = NULL,
                 started_at = coalesce(s.started_at, now()),
+                attempt_started_at = now(),
                 updated_at = now()
             FROM due
             -- The rows just locked, fetched by their address: as a join on the key, the planner
@@ -96,7 +98,8 @@ pub async fn claim(
               AND s.run_id = due.run_id AND s.position = due.position
             RETURNING s.run_id, s.position, s.name, s.attempts, s.throttles, s.lease_token,
                       s.started_at, due.due_at AS was_due, due.state AS was_state,
-                      due.wait_reason AS was_reason, due.lease_owner AS was_owner
+                      due.lease_owner AS was_owner, due.lease_token AS was_token,
+                      due.attempts AS was_attempt, due.attempt_started_at AS was_started
         ),
         -- Per-row lookups by primary key, written so the planner cannot turn them into joins: it
         -- underestimates a claimed batch and would hash the whole runs or tenants table for it.
@@ -110,19 +113,18 @@ pub async fn claim(
             WHERE t.id = ANY(ARRAY(SELECT tenant_id FROM ctx)) AND t.state = 'pending'
             RETURNING t.id
         ),
-        hist AS (
-            INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message)
-            SELECT c.tenant_id, 'step.started', c.name, c.attempts, c.lease_token, $1,
-                   CASE
-                     WHEN c.was_state = 'running'
-                       THEN 'attempt ' || c.attempts || ' started: the lease of ' || coalesce(c.was_owner, '?')
-                            || ' expired'
-                     WHEN c.was_reason = 'poll' THEN 'attempt ' || c.attempts || ' polled'
-                     WHEN c.was_reason = 'throttle' THEN 'attempt ' || c.attempts || ' resumed after throttling'
-                     WHEN c.was_reason = 'slot' THEN 'attempt ' || c.attempts || ' resumed for a free slot'
-                     ELSE 'attempt ' || c.attempts || ' started'
-                   END
+        -- A claim starts an attempt and writes no history: the attempt's row is written when it ends.
+        -- Taking over an expired lease ends the previous owner's attempt, which wrote nothing.
+        abandoned AS (
+            -- At the claim's time, which is when the taker's attempt starts: the two do not overlap.
+            INSERT INTO history (tenant_id, at, kind, step, attempt, lease_token, actor, message,
+                                 started_at)
+            SELECT c.tenant_id, now(), 'step.abandoned', c.name, c.was_attempt, c.was_token, c.was_owner,
+                   'attempt ' || c.was_attempt || ' abandoned: the lease of '
+                   || coalesce(c.was_owner, '?') || ' expired; ' || $1 || ' took the step over',
+                   c.was_started
             FROM ctx c
+            WHERE c.was_state = 'running'
         )
         SELECT c.run_id AS "run_id!", c.position AS "position!", c.name AS "step!",
                c.attempts AS "attempts!", c.throttles AS "throttles!", c.lease_token AS "lease_token!",
@@ -264,7 +266,7 @@ pub async fn succeed_many(
             WHERE s.run_id = i.run_id AND s.position = i.position AND s.lease_token = i.token
               AND s.state = 'running'
             RETURNING i.ord, i.run_id, i.position, i.token, i.tenant_id, i.step, i.attempt, i.patch,
-                      i.event_id, i.payload, i.last, i.active_event
+                      i.event_id, i.payload, i.last, i.active_event, s.attempt_started_at
         ),
         tenant AS (
             UPDATE tenants t SET resources = t.resources || f.patch,
@@ -280,7 +282,8 @@ pub async fn succeed_many(
         next AS (
             UPDATE steps s SET state = 'running', lease_owner = $12, lease_token = nextval('lease_tokens'),
                    due_at = now() + make_interval(secs => $13), attempts = s.attempts + 1,
-                   wait_reason = NULL, started_at = coalesce(s.started_at, now()), updated_at = now()
+                   wait_reason = NULL, started_at = coalesce(s.started_at, now()),
+                   attempt_started_at = now(), updated_at = now()
             FROM fenced f
             WHERE NOT f.last AND s.run_id = f.run_id AND s.position = f.position + 1
               AND s.state = 'pending'
@@ -288,22 +291,22 @@ pub async fn succeed_many(
                       s.started_at
         ),
         -- One INSERT per table, rows in order: data-modifying CTEs run in no guaranteed order, and a
-        -- tenant's history must read "succeeded" before its next step's "started".
+        -- tenant's history must read "succeeded" before "active". The next step's attempt gets its
+        -- row when it ends; it starts at this statement's time, which is when these end.
         history AS (
-            INSERT INTO history (tenant_id, kind, step, attempt, lease_token, actor, message)
-            SELECT h.tenant_id, h.kind, h.step, h.attempt, h.token, h.actor, h.message
+            INSERT INTO history (tenant_id, at, kind, step, attempt, lease_token, actor, message,
+                                 started_at)
+            SELECT h.tenant_id, now(), h.kind, h.step, h.attempt, h.token, h.actor, h.message,
+                   h.started_at
             FROM (
                 SELECT f.ord, 1 AS sub, f.tenant_id, 'step.succeeded' AS kind, f.step, f.attempt,
-                       f.token, $12::text AS actor, 'step succeeded' AS message
+                       f.token, $12::text AS actor, 'step succeeded' AS message, f.attempt_started_at
+                       AS started_at
                 FROM fenced f
                 UNION ALL
                 SELECT f.ord, 2, f.tenant_id, 'tenant.state', NULL, NULL, NULL, NULL,
-                       'provisioning → active'
+                       'provisioning → active', NULL
                 FROM fenced f WHERE f.last
-                UNION ALL
-                SELECT n.ord, 2, n.tenant_id, 'step.started', n.name, n.attempts, n.lease_token, $12,
-                       'attempt ' || n.attempts || ' started'
-                FROM next n
             ) h
             ORDER BY h.ord, h.sub
         ),
@@ -538,6 +541,8 @@ pub struct Step {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
+    pub lease_token: Option<i64>,
+    pub attempt_started_at: Option<DateTime<Utc>>,
 }
 
 impl Step {
@@ -564,6 +569,8 @@ struct StepRecord {
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     lease_owner: Option<String>,
+    lease_token: Option<i64>,
+    attempt_started_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<StepRecord> for Step {
@@ -586,6 +593,8 @@ impl TryFrom<StepRecord> for Step {
             started_at: r.started_at,
             finished_at: r.finished_at,
             lease_owner: r.lease_owner,
+            lease_token: r.lease_token,
+            attempt_started_at: r.attempt_started_at,
         })
     }
 }
@@ -595,7 +604,8 @@ pub async fn for_run(db: impl PgExecutor<'_>, run_id: Uuid) -> Result<Vec<Step>,
     sqlx::query_as!(
         StepRecord,
         r#"SELECT position, name, state, wait_reason, due_at, attempts, throttles, polls,
-                  last_error, last_error_code, started_at, finished_at, lease_owner
+                  last_error, last_error_code, started_at, finished_at, lease_owner, lease_token,
+                  attempt_started_at
            FROM steps WHERE run_id = $1 ORDER BY position"#,
         run_id
     )
@@ -612,7 +622,8 @@ pub async fn lock_for_run(conn: &mut PgConnection, run_id: Uuid) -> Result<Vec<S
     sqlx::query_as!(
         StepRecord,
         r#"SELECT position, name, state, wait_reason, due_at, attempts, throttles, polls,
-                  last_error, last_error_code, started_at, finished_at, lease_owner
+                  last_error, last_error_code, started_at, finished_at, lease_owner, lease_token,
+                  attempt_started_at
            FROM steps WHERE run_id = $1 ORDER BY position FOR UPDATE"#,
         run_id
     )

@@ -6,6 +6,10 @@
 //! under load, steps finishing while a flush runs share the next one, so the statements, round trips
 //! and commits per step fall as the load rises.
 //!
+//! When a flush ends with items still queued, only the owner of the oldest one is woken to lead the
+//! next: waking every waiter (hundreds under load) on every flush cost more CPU than the statements
+//! they were waiting for. A queued item's owner is always still waiting, so the wake-up is never lost.
+//!
 //! Nothing is lost if a leader dies mid-flush (its task is aborted): its waiters' replies drop, they
 //! see an error and retry, and the fence makes the retry safe whether or not the statement committed.
 //!
@@ -20,10 +24,12 @@ use tokio::sync::{Notify, Semaphore, SemaphorePermit, oneshot};
 
 type Reply<R, E> = oneshot::Sender<Result<R, Arc<E>>>;
 
+/// A queued item, where its result goes, and how to wake its owner to lead a flush.
+type Queued<T, R, E> = (T, Reply<R, E>, Arc<Notify>);
+
 pub(crate) struct GroupCommit<T, R, E> {
-    queue: Mutex<Vec<(T, Reply<R, E>)>>,
+    queue: Mutex<Vec<Queued<T, R, E>>>,
     flushes: Semaphore,
-    flushed: Notify,
     max_batch: usize,
 }
 
@@ -37,21 +43,18 @@ pub(crate) enum CommitError<E> {
 }
 
 /// Ends a flush however it ends (also when the leader's task is aborted): frees the flush slot, then
-/// wakes the waiters if there may be work for a new leader, so queued items always find one. A leader
-/// that found nothing to flush wakes nobody unless items were queued meanwhile: waking on every empty
-/// turn would let idle waiters hand the slot back and forth while a flush is in flight.
+/// wakes the owner of the oldest queued item, if any, to lead the next flush. The slot is freed first:
+/// an item queued after the check found the slot taken, so it was queued before the slot was freed and
+/// the check sees it.
 struct FlushEnd<'a, T, R, E> {
     commit: &'a GroupCommit<T, R, E>,
     permit: Option<SemaphorePermit<'a>>,
-    flushed_any: bool,
 }
 
 impl<T, R, E> Drop for FlushEnd<'_, T, R, E> {
     fn drop(&mut self) {
         self.permit.take();
-        if self.flushed_any || !self.commit.lock().is_empty() {
-            self.commit.flushed.notify_waiters();
-        }
+        self.commit.wake_head(&self.commit.lock());
     }
 }
 
@@ -60,7 +63,6 @@ impl<T, R, E> GroupCommit<T, R, E> {
         Self {
             queue: Mutex::new(Vec::new()),
             flushes: Semaphore::new(parallel_flushes.max(1)),
-            flushed: Notify::new(),
             max_batch: max_batch.max(1),
         }
     }
@@ -73,22 +75,20 @@ impl<T, R, E> GroupCommit<T, R, E> {
         Fut: Future<Output = Result<Vec<R>, E>>,
     {
         let (tx, mut rx) = oneshot::channel();
-        self.lock().push((item, tx));
+        let wake = Arc::new(Notify::new());
+        self.lock().push((item, tx, wake.clone()));
         loop {
-            // Registered before looking for a flush slot, so a flush ending in between is not missed.
-            let flushed = self.flushed.notified();
-            tokio::pin!(flushed);
-            flushed.as_mut().enable();
             if let Ok(permit) = self.flushes.try_acquire() {
-                let mut end = FlushEnd {
+                let end = FlushEnd {
                     commit: self,
                     permit: Some(permit),
-                    flushed_any: false,
                 };
                 let batch = self.take();
                 if !batch.is_empty() {
-                    end.flushed_any = true;
-                    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let (items, replies): (Vec<_>, Vec<_>) = batch
+                        .into_iter()
+                        .map(|(item, reply, _)| (item, reply))
+                        .unzip();
                     match flush(items).await {
                         Ok(results) => {
                             debug_assert_eq!(results.len(), replies.len());
@@ -111,27 +111,38 @@ impl<T, R, E> GroupCommit<T, R, E> {
                 Err(oneshot::error::TryRecvError::Closed) => return Err(CommitError::Abandoned),
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
+            // A wake-up sent while this task was busy is kept (notify_one stores it), so none is lost.
             tokio::select! {
                 r = &mut rx => return match r {
                     Ok(r) => r.map_err(CommitError::Failed),
                     Err(_) => Err(CommitError::Abandoned),
                 },
-                () = flushed => {}
+                () = wake.notified() => {}
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<(T, Reply<R, E>)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Queued<T, R, E>>> {
         self.queue.lock().expect("group commit queue poisoned")
     }
 
-    fn take(&self) -> Vec<(T, Reply<R, E>)> {
+    fn wake_head(&self, queue: &[Queued<T, R, E>]) {
+        if let Some((_, _, wake)) = queue.first() {
+            wake.notify_one();
+        }
+    }
+
+    /// The next batch. If items are left behind it, their oldest owner is woken: another flush slot
+    /// may be free for it.
+    fn take(&self) -> Vec<Queued<T, R, E>> {
         let mut queue = self.lock();
         if queue.len() <= self.max_batch {
             mem::take(&mut *queue)
         } else {
             let rest = queue.split_off(self.max_batch);
-            mem::replace(&mut *queue, rest)
+            let batch = mem::replace(&mut *queue, rest);
+            self.wake_head(&queue);
+            batch
         }
     }
 }
@@ -271,6 +282,36 @@ mod tests {
             within(h).await.unwrap();
         }
         assert_eq!(rec.batches(), [vec![1], vec![2, 3], vec![4, 5], vec![6]]);
+    }
+
+    #[tokio::test]
+    async fn items_left_behind_a_full_batch_use_a_free_slot_while_that_batch_is_written() {
+        let commit = Arc::new(Commit::new(2, 2));
+        let rec = Recorder::default();
+        // One slot is held outside, so items 2..=5 queue behind the flush of item 1.
+        let outside = commit.flushes.try_acquire().unwrap();
+        rec.hold(2);
+        let first = spawn(&commit, &rec, 1);
+        rec.started.notified().await;
+        let queued: Vec<_> = (2..=5).map(|i| spawn(&commit, &rec, i)).collect();
+        settle().await;
+        // Freeing a slot this way wakes nobody; only the end of a flush does.
+        drop(outside);
+        rec.gate.notify_one();
+        within(first).await.unwrap();
+        rec.started.notified().await;
+        // [2, 3] is being written and held; 4 and 5 do not wait for it.
+        let mut queued = queued.into_iter();
+        let held: Vec<_> = queued.by_ref().take(2).collect();
+        for (i, h) in (4..=5).zip(queued) {
+            assert_eq!(within(h).await.unwrap(), i * 10);
+        }
+        assert!(held.iter().all(|h| !h.is_finished()));
+        rec.gate.notify_one();
+        for h in held {
+            within(h).await.unwrap();
+        }
+        assert_eq!(rec.batches(), [vec![1], vec![2, 3], vec![4, 5]]);
     }
 
     #[tokio::test]

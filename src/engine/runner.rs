@@ -413,7 +413,12 @@ impl Engine {
             event_id: uuid::Uuid::now_v7(),
             payload: event_payload(claim, resources, tenant_state, "succeeded", None),
             last,
-            active_event: uuid::Uuid::now_v7(),
+            // Only the last step's commit writes `tenant.active`.
+            active_event: if last {
+                uuid::Uuid::now_v7()
+            } else {
+                uuid::Uuid::nil()
+            },
         };
         let (pool, owner, lease) = (
             &self.pool,
@@ -500,6 +505,8 @@ fn step_entry<'a>(
         actor: Some(worker),
         message,
         detail,
+        // The claim set the attempt's start to the same transaction time.
+        started_at: Some(claim.claimed_at),
     }
 }
 

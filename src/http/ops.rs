@@ -146,10 +146,17 @@ pub async fn tenant_history(
     let tenant = db::tenants::by_slug(&state.pool, &slug)
         .await?
         .ok_or_else(|| no_tenant(&slug))?;
-    let history = db::history::for_tenant(&state.pool, tenant.id).await?;
+    // The steps first: an attempt that ends in between is then in the history (and not shown twice),
+    // rather than in neither.
+    let steps = match db::tenants::current_run(&state.pool, tenant.id).await? {
+        Some(run) => db::steps::for_run(&state.pool, run.id).await?,
+        None => Vec::new(),
+    };
+    let entries = db::history::for_tenant(&state.pool, tenant.id).await?;
+    let running = steps.iter().find(|s| s.state == StepState::Running);
     Ok(Json(HistoryView {
         slug: tenant.slug,
-        history: history.into_iter().map(HistoryEntryView::from).collect(),
+        history: super::views::history(entries, running),
     }))
 }
 
@@ -300,6 +307,33 @@ pub async fn requeue_tenant(
                 s.name, req.from_step
             ),
         ));
+    }
+    // A step still marked running here lost its worker (a live lease was refused above): the rewind
+    // ends that attempt, which no one else will record.
+    for s in steps
+        .iter()
+        .filter(|s| s.state == StepState::Running && s.position as usize >= position)
+    {
+        let message = format!(
+            "attempt {} abandoned: the lease of {} had expired; requeued by {who}",
+            s.attempts,
+            s.lease_owner.as_deref().unwrap_or("?")
+        );
+        db::history::append(
+            &mut *tx,
+            tenant.id,
+            &NewEntry {
+                kind: "step.abandoned",
+                step: Some(&s.name),
+                attempt: Some(s.attempts),
+                lease_token: s.lease_token,
+                actor: s.lease_owner.as_deref(),
+                message: &message,
+                started_at: s.attempt_started_at,
+                ..Default::default()
+            },
+        )
+        .await?;
     }
     db::steps::rewind(&mut tx, run.id, position as i32).await?;
     db::tenants::set_run_state(&mut tx, run.id, "running").await?;

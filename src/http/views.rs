@@ -102,12 +102,16 @@ pub struct TenantPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEntryView {
-    pub id: i64,
+    /// The stored record's id. An attempt is stored once, when it ends, with its start: its
+    /// `step.started` entry shares the id of the entry that ended it, and the attempt running now has
+    /// a `step.started` entry with a null id.
+    pub id: Option<i64>,
     pub at: DateTime<Utc>,
     /// e.g. `signup.accepted`, `step.started`, `step.succeeded`, `step.backoff`, `step.throttled`,
-    /// `step.waiting`, `step.failed`, `tenant.state`, `operator.retry`, `operator.requeue`.
+    /// `step.waiting`, `step.queued`, `step.failed`, `step.abandoned` (its worker's lease expired, or an
+    /// operator rewound it), `tenant.state`, `operator.retry`, `operator.requeue`.
     pub kind: String,
     pub step: Option<String>,
     pub attempt: Option<i32>,
@@ -120,10 +124,48 @@ pub struct HistoryEntryView {
     pub detail: Option<Value>,
 }
 
-impl From<db::history::Entry> for HistoryEntryView {
-    fn from(e: db::history::Entry) -> Self {
-        Self {
-            id: e.id,
+/// The history as the API shows it, oldest first: every stored entry, each attempt's start before the
+/// entry that ended it, and the start of the attempt running now (`running`, the run's running step).
+pub fn history(
+    entries: Vec<db::history::Entry>,
+    running: Option<&db::steps::Step>,
+) -> Vec<HistoryEntryView> {
+    let mut out = Vec::with_capacity(entries.len() * 2 + 1);
+    // A poll or a throttle continues an attempt: its next segment "resumes" rather than "starts".
+    let mut last_attempt: std::collections::HashMap<String, i32> = Default::default();
+    let mut started = |id, at, step: &str, attempt: i32, token, actor: Option<String>| {
+        let verb = if last_attempt.insert(step.to_owned(), attempt) == Some(attempt) {
+            "resumed"
+        } else {
+            "started"
+        };
+        HistoryEntryView {
+            id,
+            at,
+            kind: "step.started".into(),
+            step: Some(step.to_owned()),
+            attempt: Some(attempt),
+            lease_token: token,
+            actor,
+            message: format!("attempt {attempt} {verb}"),
+            detail: None,
+        }
+    };
+    let mut ended = std::collections::HashSet::new();
+    for e in entries {
+        if let (Some(at), Some(step), Some(attempt)) = (e.started_at, &e.step, e.attempt) {
+            ended.extend(e.lease_token);
+            out.push(started(
+                Some(e.id),
+                at,
+                step,
+                attempt,
+                e.lease_token,
+                e.actor.clone(),
+            ));
+        }
+        out.push(HistoryEntryView {
+            id: Some(e.id),
             at: e.at,
             kind: e.kind,
             step: e.step,
@@ -132,8 +174,22 @@ impl From<db::history::Entry> for HistoryEntryView {
             actor: e.actor,
             message: e.message,
             detail: e.detail,
-        }
+        });
     }
+    if let Some(s) = running.filter(|s| s.state == StepState::Running)
+        && let Some(at) = s.attempt_started_at
+        && !s.lease_token.is_some_and(|t| ended.contains(&t))
+    {
+        out.push(started(
+            None,
+            at,
+            &s.name,
+            s.attempts,
+            s.lease_token,
+            s.lease_owner.clone(),
+        ));
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -174,4 +230,140 @@ pub struct DeliveryPage {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn t(s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, s).unwrap()
+    }
+
+    fn entry(
+        id: i64,
+        kind: &str,
+        step: Option<(&str, i32, i64)>,
+        started: Option<u32>,
+    ) -> db::history::Entry {
+        db::history::Entry {
+            id,
+            at: t(id as u32 * 2),
+            kind: kind.into(),
+            step: step.map(|s| s.0.into()),
+            attempt: step.map(|s| s.1),
+            lease_token: step.map(|s| s.2),
+            actor: step.map(|_| "w1".into()),
+            message: kind.into(),
+            detail: None,
+            started_at: started.map(t),
+        }
+    }
+
+    fn running(name: &str, attempts: i32, token: i64, at: u32) -> db::steps::Step {
+        db::steps::Step {
+            position: 1,
+            name: name.into(),
+            state: StepState::Running,
+            wait_reason: None,
+            due_at: Some(t(59)),
+            attempts,
+            throttles: 0,
+            polls: 0,
+            last_error: None,
+            last_error_code: None,
+            started_at: Some(t(at)),
+            finished_at: None,
+            lease_owner: Some("w2".into()),
+            lease_token: Some(token),
+            attempt_started_at: Some(t(at)),
+        }
+    }
+
+    fn summary(h: &[HistoryEntryView]) -> Vec<(Option<i64>, String, String)> {
+        h.iter()
+            .map(|e| (e.id, e.kind.clone(), e.message.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn each_stored_attempt_shows_its_start_before_its_end_and_a_continued_attempt_resumes() {
+        let h = history(
+            vec![
+                entry(1, "signup.accepted", None, None),
+                entry(2, "step.succeeded", Some(("a", 1, 10)), Some(3)),
+                entry(3, "step.waiting", Some(("b", 1, 11)), Some(4)),
+                entry(4, "step.succeeded", Some(("b", 1, 12)), Some(7)),
+            ],
+            None,
+        );
+        let s = |id: i64, kind: &str, msg: &str| (Some(id), kind.to_string(), msg.to_string());
+        assert_eq!(
+            summary(&h),
+            vec![
+                s(1, "signup.accepted", "signup.accepted"),
+                s(2, "step.started", "attempt 1 started"),
+                s(2, "step.succeeded", "step.succeeded"),
+                s(3, "step.started", "attempt 1 started"),
+                s(3, "step.waiting", "step.waiting"),
+                s(4, "step.started", "attempt 1 resumed"),
+                s(4, "step.succeeded", "step.succeeded"),
+            ]
+        );
+        // The start carries the attempt's own time, token and worker.
+        assert_eq!(h[1].at, t(3));
+        assert_eq!(h[1].lease_token, Some(10));
+        assert_eq!(h[1].actor.as_deref(), Some("w1"));
+        assert_eq!(h[1].step.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_attempt_running_now_comes_last_once_even_if_it_ended_between_the_reads() {
+        let stored = || {
+            vec![
+                entry(1, "step.succeeded", Some(("a", 1, 10)), Some(0)),
+                entry(2, "step.abandoned", Some(("b", 1, 11)), Some(3)),
+            ]
+        };
+        let now = running("b", 2, 12, 9);
+        let h = history(stored(), Some(&now));
+        let last = h.last().unwrap();
+        assert_eq!(
+            (last.id, last.kind.as_str(), last.message.as_str()),
+            (None, "step.started", "attempt 2 started")
+        );
+        assert_eq!(
+            (last.at, last.lease_token, last.actor.as_deref()),
+            (t(9), Some(12), Some("w2"))
+        );
+        assert_eq!(h.len(), 5);
+
+        // The steps were read while attempt 2 ran; it ended before the history was read.
+        let mut ended = stored();
+        ended.push(entry(3, "step.succeeded", Some(("b", 2, 12)), Some(9)));
+        let h = history(ended, Some(&now));
+        assert_eq!(h.len(), 6);
+        assert_eq!(h.iter().filter(|e| e.lease_token == Some(12)).count(), 2);
+        assert_eq!(h.last().unwrap().kind, "step.succeeded");
+    }
+
+    #[test]
+    fn rows_written_before_attempts_were_stored_whole_pass_through() {
+        let h = history(
+            vec![
+                entry(1, "step.started", Some(("a", 1, 10)), None),
+                entry(2, "step.succeeded", Some(("a", 1, 10)), None),
+            ],
+            None,
+        );
+        assert_eq!(
+            summary(&h)
+                .into_iter()
+                .map(|(_, k, _)| k)
+                .collect::<Vec<_>>(),
+            ["step.started", "step.succeeded"]
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use vend::domain::StepError;
 use vend::engine::{Finished, Registry};
 
@@ -264,6 +264,20 @@ async fn a_crashed_worker_is_taken_over_when_its_lease_expires() {
         t["resources"]["hang_started"], true,
         "saved before the crash"
     );
+    // Nothing is stored for an attempt until it ends; the history shows the one running now.
+    let h = app.history("acme").await;
+    let now = h.last().unwrap();
+    assert_eq!(
+        (&now["kind"], &now["step"], &now["actor"], &now["id"]),
+        (
+            &json!("step.started"),
+            &json!("a"),
+            &json!("doomed"),
+            &Value::Null
+        ),
+        "{h:?}"
+    );
+    let doomed_token = now["lease_token"].clone();
 
     config.worker_id = "survivor".into();
     let survivor = app.start_engine(config);
@@ -273,18 +287,93 @@ async fn a_crashed_worker_is_taken_over_when_its_lease_expires() {
         t["steps"][0]["attempts"], 2,
         "the crash counts as an attempt"
     );
+    // The takeover ended the crashed attempt in the history: its start, then why it ended, then the
+    // survivor's attempt.
     let h = app.history("acme").await;
-    let takeover = h
+    let step_a: Vec<(&str, &str, i64)> = h
         .iter()
-        .find(|e| e["kind"] == "step.started" && e["actor"] == "survivor" && e["step"] == "a")
-        .unwrap();
+        .filter(|e| e["step"] == "a" && e["kind"].as_str().unwrap().starts_with("step."))
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+                e["attempt"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        step_a,
+        [
+            ("step.started", "doomed", 1),
+            ("step.abandoned", "doomed", 1),
+            ("step.started", "survivor", 2),
+            ("step.succeeded", "survivor", 2),
+        ],
+        "{h:?}"
+    );
+    let abandoned = h.iter().find(|e| e["kind"] == "step.abandoned").unwrap();
+    assert_eq!(abandoned["lease_token"], doomed_token);
+    let message = abandoned["message"].as_str().unwrap();
     assert!(
-        takeover["message"]
+        message.contains("lease of doomed expired") && message.contains("survivor took"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn requeueing_past_a_crashed_attempt_records_the_attempt_it_ends() {
+    let hang = Hang::default();
+    let registry = Registry::new()
+        .with("hang", hang.clone())
+        .with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("a", "hang"), ("b", "ok")], "")).await;
+    app.signup(&signup_body("acme")).await;
+    let mut config = app.engine_config("doomed");
+    config.lease = Duration::from_secs(1);
+    let doomed = app.start_engine(config.clone());
+    hang.entered.notified().await;
+    doomed.kill().await;
+    let requeue = || {
+        app.ops(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/requeue",
+            Some(json!({"from_step": "a"})),
+        )
+    };
+    // While the lease is live the worker may still be running it.
+    assert_eq!(requeue().await.status(), 409);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(requeue().await.status(), 200);
+
+    let h = app.history("acme").await;
+    let tail: Vec<(&str, &str)> = h
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|e| (e["kind"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ("step.started", "doomed"),
+            ("step.abandoned", "doomed"),
+            ("operator.requeue", "ops")
+        ],
+        "{h:?}"
+    );
+    assert!(
+        h[h.len() - 2]["message"]
             .as_str()
             .unwrap()
-            .contains("lease of doomed expired"),
-        "{takeover}"
+            .contains("requeued by ops")
     );
+    // The rewound step runs afresh.
+    config.worker_id = "w2".into();
+    let w2 = app.start_engine(config);
+    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
+    w2.stop().await;
+    assert_eq!(t["steps"][0]["attempts"], 1);
 }
 
 #[tokio::test]
@@ -388,6 +477,16 @@ async fn steps_finishing_together_share_a_commit_and_each_is_fenced_on_its_own()
             ],
             "{slug}: {k:?}"
         );
+        // One stored row per attempt, written when it ended.
+        let stored: Vec<String> = sqlx::query_scalar(
+            "SELECT h.kind FROM history h JOIN tenants t ON t.id = h.tenant_id
+             WHERE t.slug = $1 AND h.step IS NOT NULL ORDER BY h.id",
+        )
+        .bind(&slug)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored, ["step.succeeded", "step.succeeded"], "{slug}");
         assert_eq!(
             event_types(&app.pool, &slug).await,
             [
@@ -465,11 +564,12 @@ async fn racing_workers_never_run_a_step_twice_or_at_once() {
         }
     }
     // More than one worker took part.
-    let actors: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT actor) FROM history WHERE kind = 'step.started'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let actors: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT actor) FROM history WHERE kind = 'step.succeeded'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert!(actors >= 2, "only {actors} worker(s) claimed anything");
 }
 

@@ -3,7 +3,8 @@
 //!
 //!   vend-bench-peer DATABASE_URL [JOBS] [CONCURRENCY] [SAMPLES]
 //!
-//! Prints one JSON line: {"jobs": .., "drain_s": .., "jobs_per_s": .., "latency_ms": {"p50": .., "p99": .., "max": ..}}
+//! Prints `draining` when the drain starts, `drained` when it ends, then one JSON line:
+//! {"jobs": .., "drain_s": .., "jobs_per_s": .., "latency_ms": {"p50": .., "p99": .., "max": ..}}
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -87,6 +88,8 @@ async fn main() {
         utils.add_jobs::<Noop>(&batch).await.expect("add_jobs");
         queued += n;
     }
+    // Markers for the caller, which measures the CPU Postgres and this process spend on the drain.
+    println!("draining");
     let started = Instant::now();
     let runner = worker.clone();
     let handle = tokio::spawn(async move { runner.run().await });
@@ -94,6 +97,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drain = started.elapsed();
+    println!("drained");
 
     // Latency: one job at a time on the now idle worker.
     let mut lat = Vec::with_capacity(samples);
