@@ -49,8 +49,11 @@ pub fn process_cpu_seconds(pid: &str) -> f64 {
         return 0.0;
     };
     let f = stat_fields(&stat).unwrap();
-    let ticks: u64 = f[13..15].iter().map(|v| v.parse::<u64>().unwrap()).sum();
-    ticks as f64 / CLOCK_TICKS
+    sum_ticks(&f[13..15]) as f64 / CLOCK_TICKS
+}
+
+fn sum_ticks(fields: &[&str]) -> u64 {
+    fields.iter().map(|v| v.parse::<u64>().unwrap_or(0)).sum()
 }
 
 /// A PostgreSQL cluster under `dir` (via scripts/pg), stopped on drop.
@@ -100,15 +103,9 @@ impl Pg {
             let (me, parent) = (f[0].parse::<u32>().ok(), f[3].parse::<u32>().ok());
             if me == Some(pid) {
                 // utime, stime, cutime, cstime
-                ticks += f[13..17]
-                    .iter()
-                    .map(|v| v.parse::<u64>().unwrap_or(0))
-                    .sum::<u64>();
+                ticks += sum_ticks(&f[13..17]);
             } else if parent == Some(pid) {
-                ticks += f[13..15]
-                    .iter()
-                    .map(|v| v.parse::<u64>().unwrap_or(0))
-                    .sum::<u64>();
+                ticks += sum_ticks(&f[13..15]);
             }
         }
         ticks as f64 / CLOCK_TICKS

@@ -10,7 +10,7 @@ use vend::domain::StepError;
 use vend::engine::{Finished, Registry};
 
 use crate::support::steps::{Calls, FailTimes, Gate, Hang, Probe, Succeed, WaitTimes};
-use crate::support::{signup_body, spawn_app, workflow_toml};
+use crate::support::{TestApp, signup_body, spawn_app, workflow_toml};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -243,21 +243,27 @@ async fn a_step_timeout_fails_a_step_that_never_finishes_waiting() {
     assert_eq!(t["steps"][0]["last_error_code"], "StepTimedOut");
 }
 
-#[tokio::test]
-async fn a_crashed_worker_is_taken_over_when_its_lease_expires() {
+/// Tenant `acme` on workflow a (hangs on its first call), b; worker `doomed` (1 s lease) died in the
+/// middle of a. Returns the app and an engine config with the same lease for whoever comes next.
+async fn a_worker_crashed_mid_step() -> (TestApp, vend::engine::EngineConfig) {
     let hang = Hang::default();
     let registry = Registry::new()
         .with("hang", hang.clone())
         .with("ok", Succeed::default());
     let app = spawn_app(registry, &workflow_toml(&[("a", "hang"), ("b", "ok")], "")).await;
     app.signup(&signup_body("acme")).await;
-
     let mut config = app.engine_config("doomed");
     config.lease = Duration::from_secs(1);
     let doomed = app.start_engine(config.clone());
     hang.entered.notified().await;
     // The worker dies mid-step: no outcome is written, the step stays `running` under its lease.
     doomed.kill().await;
+    (app, config)
+}
+
+#[tokio::test]
+async fn a_crashed_worker_is_taken_over_when_its_lease_expires() {
+    let (app, mut config) = a_worker_crashed_mid_step().await;
     let t = app.tenant("acme").await;
     assert_eq!(t["steps"][0]["state"], "running");
     assert_eq!(
@@ -322,17 +328,7 @@ async fn a_crashed_worker_is_taken_over_when_its_lease_expires() {
 
 #[tokio::test]
 async fn requeueing_past_a_crashed_attempt_records_the_attempt_it_ends() {
-    let hang = Hang::default();
-    let registry = Registry::new()
-        .with("hang", hang.clone())
-        .with("ok", Succeed::default());
-    let app = spawn_app(registry, &workflow_toml(&[("a", "hang"), ("b", "ok")], "")).await;
-    app.signup(&signup_body("acme")).await;
-    let mut config = app.engine_config("doomed");
-    config.lease = Duration::from_secs(1);
-    let doomed = app.start_engine(config.clone());
-    hang.entered.notified().await;
-    doomed.kill().await;
+    let (app, mut config) = a_worker_crashed_mid_step().await;
     let requeue = || {
         app.ops(
             reqwest::Method::POST,
