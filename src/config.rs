@@ -72,11 +72,24 @@ impl OpsTokens {
     }
 }
 
+/// Where the tenants' custom domains get their TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Certificates {
+    /// One regional certificate (`*.<base domain>`) for every tenant, `VEND_CERTIFICATE_ARN`. API
+    /// Gateway accepts a certificate only in the account that holds it, so on AWS this serves tenants
+    /// only in that account; emulators do not check.
+    Shared(String),
+    /// One ACM certificate per tenant, requested in the tenant's account and validated by a DNS record
+    /// in the central zone (`VEND_TENANT_CERTIFICATES=per-account`): what AWS requires for a custom
+    /// domain in every tenant account.
+    PerAccount,
+}
+
 /// The AWS side of the silo workflow.
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
     pub base_domain: String,
-    pub certificate_arn: String,
+    pub certificates: Certificates,
     /// Name of the OU under the root that holds tenant accounts and carries the SCPs.
     pub tenant_ou: String,
     pub scp_dir: PathBuf,
@@ -108,11 +121,11 @@ pub struct AwsSettings {
 }
 
 impl AwsSettings {
-    /// Settings with defaults, for a base domain and certificate.
+    /// Settings with defaults, for a base domain and one shared certificate.
     pub fn new(base_domain: &str, certificate_arn: &str) -> Self {
         Self {
             base_domain: base_domain.to_owned(),
-            certificate_arn: certificate_arn.to_owned(),
+            certificates: Certificates::Shared(certificate_arn.to_owned()),
             tenant_ou: "tenants".into(),
             scp_dir: PathBuf::from("scp-policies"),
             templates_dir: PathBuf::from("templates"),
@@ -147,9 +160,10 @@ impl AwsSettings {
     fn from_env(
         env: &dyn Env,
         base_domain: String,
-        certificate_arn: String,
+        certificates: Certificates,
     ) -> Result<Self, ConfigError> {
-        let mut s = Self::new(&base_domain, &certificate_arn);
+        let mut s = Self::new(&base_domain, "");
+        s.certificates = certificates;
         if let Some(v) = env.get("VEND_TENANT_OU") {
             s.tenant_ou = v;
         }
@@ -289,8 +303,8 @@ impl Config {
                 .map(|s| parse_duration_str("VEND_WEBHOOK_RETRY_SCHEDULE", s.trim()))
                 .collect::<Result<_, _>>()?,
         };
-        let aws = match (env.get("VEND_BASE_DOMAIN"), env.get("VEND_CERTIFICATE_ARN")) {
-            (Some(base_domain), Some(certificate_arn)) => {
+        let aws = match env.get("VEND_BASE_DOMAIN") {
+            Some(base_domain) => {
                 let base_domain = base_domain.trim_end_matches('.').to_ascii_lowercase();
                 if !base_domain.contains('.') || base_domain.split('.').any(|l| l.is_empty()) {
                     return Err(err(
@@ -298,26 +312,19 @@ impl Config {
                         "must be a domain name such as tenants.example.com",
                     ));
                 }
-                if !certificate_arn.starts_with("arn:") {
-                    return Err(err(
-                        "VEND_CERTIFICATE_ARN",
-                        "must be an ACM certificate ARN",
-                    ));
+                let certificates = certificates(env)?;
+                Some(AwsSettings::from_env(env, base_domain, certificates)?)
+            }
+            None => {
+                for var in ["VEND_CERTIFICATE_ARN", "VEND_TENANT_CERTIFICATES"] {
+                    if env.get(var).is_some() {
+                        return Err(err(
+                            "VEND_BASE_DOMAIN",
+                            format!("is required when {var} is set"),
+                        ));
+                    }
                 }
-                Some(AwsSettings::from_env(env, base_domain, certificate_arn)?)
-            }
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(err(
-                    "VEND_CERTIFICATE_ARN",
-                    "is required when VEND_BASE_DOMAIN is set",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(err(
-                    "VEND_BASE_DOMAIN",
-                    "is required when VEND_CERTIFICATE_ARN is set",
-                ));
+                None
             }
         };
         Ok(Self {
@@ -352,6 +359,36 @@ impl Config {
                 timeout: duration(env, "VEND_HTTP_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             },
         })
+    }
+}
+
+/// `VEND_TENANT_CERTIFICATES`: `shared` (the default; `VEND_CERTIFICATE_ARN` names the certificate) or
+/// `per-account` (vend requests one per tenant account; a shared ARN would be ignored, so it is refused).
+fn certificates(env: &dyn Env) -> Result<Certificates, ConfigError> {
+    let arn = env.get("VEND_CERTIFICATE_ARN");
+    match env.get("VEND_TENANT_CERTIFICATES").as_deref() {
+        None | Some("shared") => match arn {
+            Some(arn) if arn.starts_with("arn:") => Ok(Certificates::Shared(arn)),
+            Some(_) => Err(err(
+                "VEND_CERTIFICATE_ARN",
+                "must be an ACM certificate ARN",
+            )),
+            None => Err(err(
+                "VEND_CERTIFICATE_ARN",
+                "is required when VEND_BASE_DOMAIN is set (or set VEND_TENANT_CERTIFICATES=per-account)",
+            )),
+        },
+        Some("per-account") => match arn {
+            None => Ok(Certificates::PerAccount),
+            Some(_) => Err(err(
+                "VEND_CERTIFICATE_ARN",
+                "is not used with VEND_TENANT_CERTIFICATES=per-account (each tenant account gets its own); unset one of them",
+            )),
+        },
+        Some(_) => Err(err(
+            "VEND_TENANT_CERTIFICATES",
+            "must be shared or per-account",
+        )),
     }
 }
 
@@ -503,6 +540,50 @@ mod tests {
                 assert!(!e.contains(value), "{e} leaks the value");
             }
         }
+    }
+
+    #[test]
+    fn certificates_are_one_shared_arn_or_one_per_tenant_account() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut env = base();
+            env.insert("VEND_BASE_DOMAIN".into(), "tenants.example.com".into());
+            for (k, v) in pairs {
+                env.insert((*k).into(), (*v).into());
+            }
+            Config::from_env(&env)
+        };
+        let arn = "arn:aws:acm:us-east-1:111111111111:certificate/x";
+        let shared = with(&[("VEND_CERTIFICATE_ARN", arn)]).unwrap();
+        assert_eq!(
+            shared.aws.unwrap().certificates,
+            Certificates::Shared(arn.into())
+        );
+        let per = with(&[("VEND_TENANT_CERTIFICATES", "per-account")]).unwrap();
+        assert_eq!(per.aws.unwrap().certificates, Certificates::PerAccount);
+        for (pairs, var) in [
+            (vec![], "VEND_CERTIFICATE_ARN"),
+            (
+                vec![("VEND_CERTIFICATE_ARN", "not-an-arn")],
+                "VEND_CERTIFICATE_ARN",
+            ),
+            (
+                vec![
+                    ("VEND_TENANT_CERTIFICATES", "per-account"),
+                    ("VEND_CERTIFICATE_ARN", arn),
+                ],
+                "VEND_CERTIFICATE_ARN",
+            ),
+            (
+                vec![("VEND_TENANT_CERTIFICATES", "wildcard")],
+                "VEND_TENANT_CERTIFICATES",
+            ),
+        ] {
+            let e = with(&pairs).unwrap_err();
+            assert_eq!(e.var, var, "{pairs:?}: {e}");
+        }
+        let mut env = base();
+        env.insert("VEND_TENANT_CERTIFICATES".into(), "per-account".into());
+        assert_eq!(Config::from_env(&env).unwrap_err().var, "VEND_BASE_DOMAIN");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub fn default_budgets() -> HashMap<String, Budget> {
     m.insert("cloudformation".into(), Budget::new(8.0, 16.0, true));
     m.insert("sts".into(), Budget::new(20.0, 20.0, false));
     m.insert("eventbridge".into(), Budget::new(40.0, 40.0, false));
+    // ACM: 5 RequestCertificate/s per account (Describe and List allow more); one certificate per tenant.
+    m.insert("acm".into(), Budget::new(5.0, 5.0, true));
     m
 }
 

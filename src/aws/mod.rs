@@ -7,6 +7,7 @@
 //! small is what bounds the calls per step.
 
 pub mod accounts;
+pub mod acm;
 pub mod apigateway;
 pub mod classify;
 pub mod cloudformation;

@@ -66,37 +66,66 @@ impl Route53 {
         target_dns: &str,
         target_zone_id: &str,
     ) -> Result<String, AwsError> {
-        let build = || -> Result<ChangeBatch, aws_sdk_route53::error::BuildError> {
-            let set = if target_zone_id.is_empty() {
-                ResourceRecordSet::builder()
-                    .name(absolute(name))
-                    .r#type(RrType::Cname)
-                    .ttl(60)
-                    .resource_records(ResourceRecord::builder().value(target_dns).build()?)
-                    .build()?
-            } else {
-                let alias = AliasTarget::builder()
-                    .dns_name(target_dns)
-                    .hosted_zone_id(target_zone_id)
-                    .evaluate_target_health(false)
-                    .build()?;
+        if target_zone_id.is_empty() {
+            return self
+                .upsert_cname(zone_id, name, target_dns, "vend: tenant endpoint")
+                .await;
+        }
+        let set = AliasTarget::builder()
+            .dns_name(target_dns)
+            .hosted_zone_id(target_zone_id)
+            .evaluate_target_health(false)
+            .build()
+            .and_then(|alias| {
                 ResourceRecordSet::builder()
                     .name(absolute(name))
                     .r#type(RrType::A)
                     .alias_target(alias)
-                    .build()?
-            };
-            ChangeBatch::builder()
-                .comment("vend: tenant endpoint")
-                .changes(
-                    Change::builder()
-                        .action(ChangeAction::Upsert)
-                        .resource_record_set(set)
-                        .build()?,
-                )
-                .build()
-        };
-        let batch = build()
+                    .build()
+            });
+        self.upsert(zone_id, set, "vend: tenant endpoint").await
+    }
+
+    /// UPSERT the CNAME `name` → `value`. Idempotent.
+    pub async fn upsert_cname(
+        &self,
+        zone_id: &str,
+        name: &str,
+        value: &str,
+        comment: &str,
+    ) -> Result<String, AwsError> {
+        let set = ResourceRecord::builder()
+            .value(value)
+            .build()
+            .and_then(|r| {
+                ResourceRecordSet::builder()
+                    .name(absolute(name))
+                    .r#type(RrType::Cname)
+                    .ttl(60)
+                    .resource_records(r)
+                    .build()
+            });
+        self.upsert(zone_id, set, comment).await
+    }
+
+    async fn upsert(
+        &self,
+        zone_id: &str,
+        set: Result<ResourceRecordSet, aws_sdk_route53::error::BuildError>,
+        comment: &str,
+    ) -> Result<String, AwsError> {
+        let batch = set
+            .and_then(|set| {
+                ChangeBatch::builder()
+                    .comment(comment)
+                    .changes(
+                        Change::builder()
+                            .action(ChangeAction::Upsert)
+                            .resource_record_set(set)
+                            .build()?,
+                    )
+                    .build()
+            })
             .map_err(|e| AwsError::new(ErrorClass::Permanent, "InvalidRequest", e.to_string()))?;
         let lock = self
             .zone_locks

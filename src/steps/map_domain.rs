@@ -1,12 +1,19 @@
 //! `map_domain`: the regional custom domain `<slug>.<base domain>` in the tenant account, mapped to the
 //! tenant's API, and an alias record for it in the central hosted zone. Each piece is looked up before
 //! it is made: API Gateway silently replaces a domain created twice, and allows one creation per 30 s.
+//!
+//! With per-account certificates the domain waits for its own: requested in the tenant account (found
+//! again by name if an attempt crashed before recording it), its DNS validation record put in the
+//! central zone, and a durable wait until ACM issues it (minutes on AWS).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::aws::Aws;
+use crate::aws::acm::{Acm, CertState};
 use crate::aws::apigateway::ApiGateway;
+use crate::config::Certificates;
 use crate::domain::{StepError, StepOutcome};
 use crate::engine::{Step, StepContext};
 
@@ -39,13 +46,26 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         .ok_or_else(|| missing("api_stage"))?;
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
 
-    let apigw = ApiGateway::new(&silo.accounts.in_account(&account).await?);
+    let aws = silo.accounts.in_account(&account).await?;
+    let apigw = ApiGateway::new(&aws);
     let target = match apigw.get_domain(&domain).await? {
         Some(t) => t,
         None => {
-            apigw
-                .create_domain(&domain, &silo.settings.certificate_arn)
-                .await?
+            let certificate = match &silo.settings.certificates {
+                Certificates::Shared(arn) => arn.clone(),
+                Certificates::PerAccount => {
+                    match issued_certificate(silo, ctx, &aws, &domain).await? {
+                        Ok(arn) => arn,
+                        Err(note) => {
+                            return Ok(StepOutcome::Wait {
+                                after: ctx.poll_interval,
+                                note,
+                            });
+                        }
+                    }
+                }
+            };
+            apigw.create_domain(&domain, &certificate).await?
         }
     };
     ctx.save_resource("domain_name", domain.clone()).await?;
@@ -67,4 +87,95 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
     }
     ctx.set_resource("endpoint", format!("https://{domain}"));
     Ok(StepOutcome::Succeeded)
+}
+
+/// The tenant account's own certificate for `domain` once ACM has issued it; `Err(note)` while it is
+/// being validated. Requests it if the account has none, and keeps its validation record in the zone.
+async fn issued_certificate(
+    silo: &Silo,
+    ctx: &mut StepContext,
+    aws: &Aws,
+    domain: &str,
+) -> Result<Result<String, String>, StepError> {
+    let acm = Acm::new(aws);
+    let recorded = ctx.resource_str("certificate_arn").map(str::to_owned);
+    let known = match &recorded {
+        // Gone if a person deleted it (to replace a failed one): then another one is found or requested.
+        Some(arn) => acm.state(arn).await?.map(|state| (arn.clone(), state)),
+        None => None,
+    };
+    let (arn, state) = match known {
+        Some(known) => known,
+        None => {
+            let arn = match acm.find(domain).await? {
+                Some(arn) => arn,
+                None => {
+                    let token = idempotency_token(ctx.tenant.id, recorded.as_deref());
+                    acm.request(domain, &token).await?
+                }
+            };
+            ctx.save_resource("certificate_arn", arn.clone()).await?;
+            let state = acm.state(&arn).await?.ok_or_else(|| {
+                StepError::transient(
+                    "CertificateNotVisible",
+                    format!("ACM does not show the certificate {arn} it just returned yet"),
+                )
+            })?;
+            (arn, state)
+        }
+    };
+    match state {
+        CertState::Issued => Ok(Ok(arn)),
+        CertState::PendingValidation(None) => Ok(Err(format!(
+            "certificate {arn}: waiting for ACM to name its DNS validation record"
+        ))),
+        CertState::PendingValidation(Some((name, value))) => {
+            let zone = &silo.management.hosted_zone_id;
+            let want = value.trim_end_matches('.');
+            if silo.route53.target_of(zone, &name).await?.as_deref() != Some(want) {
+                // Left in place afterwards: ACM renews the certificate by finding it again.
+                silo.route53
+                    .upsert_cname(zone, &name, want, "vend: certificate validation")
+                    .await?;
+            }
+            Ok(Err(format!("certificate {arn}: pending DNS validation")))
+        }
+        CertState::Unusable(why) => Err(StepError::permanent(
+            "CertificateUnusable",
+            format!(
+                "the tenant's certificate {arn} will not be issued ({why}); delete it in the tenant \
+                 account and requeue from map_domain"
+            ),
+        )),
+    }
+}
+
+/// ACM's idempotency token (at most 32 word characters) for the tenant's certificate that replaces
+/// `replacing` (`None` for its first). A repeat of the request within the hour ACM remembers a token
+/// returns the same certificate; replacing a deleted one must not be answered with the deleted one.
+fn idempotency_token(tenant: uuid::Uuid, replacing: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(tenant.as_bytes());
+    h.update(replacing.unwrap_or("").as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency_token;
+
+    #[test]
+    fn idempotency_tokens_fit_acm_and_change_only_with_what_they_replace() {
+        let tenant = uuid::Uuid::now_v7();
+        let first = idempotency_token(tenant, None);
+        assert_eq!(first.len(), 32);
+        assert!(first.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(first, idempotency_token(tenant, None));
+        assert_ne!(first, idempotency_token(tenant, Some("arn:aws:acm:x")));
+        assert_ne!(first, idempotency_token(uuid::Uuid::now_v7(), None));
+    }
 }

@@ -324,6 +324,225 @@ async fn the_silo_workflow_vends_several_tenants_end_to_end() {
     assert_eq!(d["deliveries"].as_array().unwrap().len(), expected);
 }
 
+/// The tenant account's certificates for `domain`, with their status.
+async fn certificates_in(inside: &SdkConfig, domain: &str) -> Vec<(String, String)> {
+    aws_sdk_acm::Client::new(inside)
+        .list_certificates()
+        .send()
+        .await
+        .unwrap()
+        .certificate_summary_list()
+        .iter()
+        .filter(|c| c.domain_name() == Some(domain))
+        .map(|c| {
+            (
+                c.certificate_arn().unwrap().to_owned(),
+                c.status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `map_domain` of acme again and waits for the tenant to be active again.
+async fn requeue_map_domain(app: &crate::support::TestApp) {
+    let r = app
+        .ops(
+            Method::POST,
+            "/v1/tenants/acme/requeue",
+            Some(json!({"from_step": "map_domain"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    assert_eq!(t["state"], "active", "{t:#}");
+}
+
+#[tokio::test]
+async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never_requested_twice() {
+    // moto issues a certificate this long after its request: the step must wait for it durably.
+    let moto = moto::start_with(&[("MOTO_ACM_VALIDATION_WAIT", "2")]).await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, rt) = spawn_silo(
+        &moto.url,
+        |s| {
+            s.certificates = vend::config::Certificates::PerAccount;
+            // The domain is made four times below; AWS's one per 30 s would make that two minutes.
+            s.budgets.insert(
+                "apigateway.CreateDomainName".into(),
+                vend::aws::limiter::Budget::new(10.0, 10.0, true),
+            );
+        },
+        None,
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    let account = assert_contract_holds(&sdk, "acme").await;
+    let inside = moto::sdk_in(&sdk, &account).await;
+    let domain = format!("acme.{BASE_DOMAIN}");
+
+    // One certificate, in the tenant's account, issued, recorded, and the one the domain uses.
+    let certs = certificates_in(&inside, &domain).await;
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    let (arn, status) = certs[0].clone();
+    assert_eq!(status, "ISSUED");
+    assert!(
+        arn.contains(&format!(":{account}:")),
+        "{arn} is not in {account}"
+    );
+    let resources: Value = sqlx::query_scalar("SELECT resources FROM tenants WHERE slug = 'acme'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(resources["certificate_arn"], arn.as_str());
+    let apigw = aws_sdk_apigateway::Client::new(&inside);
+    let d = apigw
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.regional_certificate_arn(), Some(arn.as_str()));
+
+    // Its DNS validation record is in the central zone, as ACM asked.
+    let described = aws_sdk_acm::Client::new(&inside)
+        .describe_certificate()
+        .certificate_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    let want = described.certificate().unwrap().domain_validation_options()[0]
+        .resource_record()
+        .unwrap()
+        .clone();
+    let zone = rt.silo.management.hosted_zone_id.clone();
+    let target = rt.silo.route53.target_of(&zone, want.name()).await.unwrap();
+    assert_eq!(target.as_deref(), Some(want.value().trim_end_matches('.')));
+
+    // map_domain waited for the certificate (a durable wait, not a worker sleeping) before using it.
+    let history = app.history("acme").await;
+    assert!(
+        history.iter().any(|h| h["step"] == "map_domain"
+            && h["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("pending DNS validation")),
+        "{history:#?}"
+    );
+
+    // A crash after ACM returned the certificate but before vend recorded it, and a domain lost since:
+    // the rerun finds the certificate by name instead of requesting a second one.
+    sqlx::query("UPDATE tenants SET resources = resources - 'certificate_arn' WHERE slug = 'acme'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    apigw
+        .delete_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    let r = app
+        .ops(
+            Method::POST,
+            "/v1/tenants/acme/requeue",
+            Some(json!({"from_step": "map_domain"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    assert_eq!(
+        certificates_in(&inside, &domain).await,
+        vec![(arn.clone(), "ISSUED".into())]
+    );
+    let d = apigw
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.regional_certificate_arn(), Some(arn.as_str()));
+
+    // And a rerun with everything in place touches nothing.
+    let records = total_records(&sdk).await;
+    requeue_map_domain(&app).await;
+    assert_eq!(certificates_in(&inside, &domain).await.len(), 1);
+    assert_eq!(total_records(&sdk).await, records);
+
+    // A person replaces the certificate (deletes it and the domain, requests one by hand): vend adopts
+    // that one rather than requesting its own.
+    let acm = aws_sdk_acm::Client::new(&inside);
+    apigw
+        .delete_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    acm.delete_certificate()
+        .certificate_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    let by_hand = acm
+        .request_certificate()
+        .domain_name(&domain)
+        .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
+        .send()
+        .await
+        .unwrap()
+        .certificate_arn()
+        .unwrap()
+        .to_owned();
+    requeue_map_domain(&app).await;
+    let certs = certificates_in(&inside, &domain).await;
+    assert_eq!(certs, vec![(by_hand.clone(), "ISSUED".into())]);
+    let d = apigw
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.regional_certificate_arn(), Some(by_hand.as_str()));
+
+    // A person deletes it without a replacement: vend requests a new one (within the hour ACM would
+    // answer the first request's token with the deleted certificate).
+    apigw
+        .delete_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    acm.delete_certificate()
+        .certificate_arn(&by_hand)
+        .send()
+        .await
+        .unwrap();
+    requeue_map_domain(&app).await;
+    let certs = certificates_in(&inside, &domain).await;
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert!(certs[0].0 != arn && certs[0].0 != by_hand, "{certs:?}");
+    let d = apigw
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.regional_certificate_arn(), Some(certs[0].0.as_str()));
+    engine.stop().await;
+}
+
 #[tokio::test]
 async fn running_every_step_again_changes_nothing_in_aws() {
     let moto = moto::start().await;

@@ -40,9 +40,15 @@ fn moto_binary() -> PathBuf {
 
 /// Starts moto on a free loopback port and waits until it answers.
 pub async fn start() -> Moto {
+    start_with(&[]).await
+}
+
+/// As [`start`], with moto's own settings in its environment (e.g. `MOTO_ACM_VALIDATION_WAIT`).
+pub async fn start_with(env: &[(&str, &str)]) -> Moto {
     let port = free_port();
     let child = Command::new(moto_binary())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
