@@ -470,6 +470,60 @@ impl Proxy {
         Ok(addr)
     }
 
+    /// What becomes of a call before it reaches the emulator: a fault injected, a quota exhausted, or
+    /// forwarded (perhaps to have its answer lost). Counts it.
+    fn admit(
+        &self,
+        proto: Protocol,
+        service: &str,
+        op: &str,
+        caller_key: &str,
+        headers: &HeaderMap,
+    ) -> Verdict {
+        let name = format!("{service}.{op}");
+        let mut inner = self.inner.lock().expect("proxy lock");
+        let inner = &mut *inner;
+        if !caller_key.is_empty() {
+            inner.credentials.insert(caller_key.to_owned());
+        }
+        if let Some(t) = headers
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok())
+        {
+            inner.credentials.insert(t.to_owned());
+        }
+        let (t, e, l) = (
+            inner.throttle_rate.clamp(0.0, 1.0),
+            inner.error_rate.clamp(0.0, 1.0),
+            inner.lost_response_rate.clamp(0.0, 1.0),
+        );
+        let (throttled, errored, lost) = (
+            inner.rng.random_bool(t),
+            inner.rng.random_bool(e),
+            inner.rng.random_bool(l),
+        );
+        // A throttled request is turned away before AWS admits it, so it spends none of the quota; a
+        // request that fails inside AWS (or whose answer is lost) was admitted and spends it.
+        let quota_ok =
+            throttled || Proxy::take_token(inner, &self.config.quotas, service, op, caller_key);
+        let counters = inner.stats.operations.entry(name).or_default();
+        counters.calls += 1;
+        if throttled {
+            counters.injected_throttles += 1;
+            Verdict::Answer(throttle(proto, service, op))
+        } else if !quota_ok {
+            counters.quota_throttles += 1;
+            Verdict::Answer(throttle(proto, service, op))
+        } else if errored {
+            counters.injected_errors += 1;
+            Verdict::Answer(server_error(proto, service))
+        } else {
+            Verdict::Forward {
+                lose_response: lost,
+            }
+        }
+    }
+
     /// Takes a token for the most specific quota of the call; `false` when the quota is exhausted.
     fn take_token(
         inner: &mut Inner,
@@ -537,46 +591,7 @@ async fn handle(
         return forward(&p, &method, &uri, &headers, body).await;
     };
     let name = format!("{service}.{op}");
-    let verdict = {
-        let mut inner = p.inner.lock().expect("proxy lock");
-        let inner = &mut *inner;
-        if !caller_key.is_empty() {
-            inner.credentials.insert(caller_key.clone());
-        }
-        if let Some(t) = headers
-            .get("x-amz-security-token")
-            .and_then(|v| v.to_str().ok())
-        {
-            inner.credentials.insert(t.to_owned());
-        }
-        let quota_ok = Proxy::take_token(inner, &p.config.quotas, &service, &op, &caller_key);
-        let (t, e, l) = (
-            inner.throttle_rate.clamp(0.0, 1.0),
-            inner.error_rate.clamp(0.0, 1.0),
-            inner.lost_response_rate.clamp(0.0, 1.0),
-        );
-        let (throttled, errored, lost) = (
-            inner.rng.random_bool(t),
-            inner.rng.random_bool(e),
-            inner.rng.random_bool(l),
-        );
-        let counters = inner.stats.operations.entry(name.clone()).or_default();
-        counters.calls += 1;
-        if !quota_ok {
-            counters.quota_throttles += 1;
-            Verdict::Answer(throttle(proto, &service, &op))
-        } else if throttled {
-            counters.injected_throttles += 1;
-            Verdict::Answer(throttle(proto, &service, &op))
-        } else if errored {
-            counters.injected_errors += 1;
-            Verdict::Answer(server_error(proto, &service))
-        } else {
-            Verdict::Forward {
-                lose_response: lost,
-            }
-        }
-    };
+    let verdict = p.admit(proto, &service, &op, &caller_key, &headers);
     let lose_response = match verdict {
         Verdict::Answer(r) => return r,
         Verdict::Forward { lose_response } => lose_response,
@@ -909,5 +924,57 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(caller(&h), ("route53".into(), "AKIDEXAMPLE".into()));
+    }
+
+    #[test]
+    fn an_injected_throttle_spends_no_quota_but_an_injected_error_does() {
+        let p = Proxy::new(ProxyConfig::new("http://127.0.0.1:9"));
+        let h = HeaderMap::new();
+        let create = |p: &Proxy| {
+            p.admit(
+                Protocol::RestJson,
+                "apigateway",
+                "CreateDomainName",
+                "AK1",
+                &h,
+            )
+        };
+        let forwarded = |v: Verdict| matches!(v, Verdict::Forward { .. });
+        // CreateDomainName: one per 30 s per account. Throttled by the fault, the token stays.
+        p.set_faults(1.0, 0.0, 0.0);
+        assert!(!forwarded(create(&p)));
+        p.set_faults(0.0, 0.0, 0.0);
+        assert!(
+            forwarded(create(&p)),
+            "the quota was spent by a throttled call"
+        );
+        assert!(!forwarded(create(&p)), "a second creation within 30 s");
+        // Another account has its own quota; an injected server error was admitted and spends it.
+        p.set_faults(0.0, 1.0, 0.0);
+        let other = |p: &Proxy| {
+            p.admit(
+                Protocol::RestJson,
+                "apigateway",
+                "CreateDomainName",
+                "AK2",
+                &h,
+            )
+        };
+        assert!(!forwarded(other(&p)));
+        p.set_faults(0.0, 0.0, 0.0);
+        assert!(
+            !forwarded(other(&p)),
+            "the failed call did not spend the quota"
+        );
+        let s = &p.stats().operations["apigateway.CreateDomainName"];
+        assert_eq!(
+            (
+                s.calls,
+                s.injected_throttles,
+                s.injected_errors,
+                s.quota_throttles
+            ),
+            (5, 1, 1, 2)
+        );
     }
 }
