@@ -66,21 +66,36 @@ impl Step for Noop {
 
 /// Where Postgres spent its time (pg_stat_statements), then resets the counts.
 async fn print_statements(pool: &sqlx::PgPool, phase: &str, tmp: &tempfile::TempDir) {
-    let top: Vec<(f64, i64, i64, String)> = sqlx::query_as(
-        "SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+    let top: Vec<(f64, f64, i64, i64, String)> = sqlx::query_as(
+        "SELECT total_exec_time, total_plan_time, calls, rows,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
          FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
     )
     .fetch_all(pool)
     .await
     .unwrap();
     println!("== Postgres time during {phase} (pg_stat_statements) ==");
-    for (ms, calls, rows, query) in top {
-        println!("{ms:>9.0} ms {calls:>7} calls {rows:>8} rows  {query}");
+    for (ms, plan_ms, calls, rows, query) in top {
+        println!(
+            "{ms:>7.0} ms {plan_ms:>5.0} ms planning {calls:>6} calls {rows:>6} rows  {query}"
+        );
+    }
+    // A sequential scan of a table the hot path reaches by key is a plan gone wrong (the planner
+    // takes a batch to be large, or a table to be small).
+    let scans: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, seq_scan, seq_tup_read, coalesce(idx_scan, 0)
+         FROM pg_stat_user_tables WHERE seq_scan + coalesce(idx_scan, 0) > 0 ORDER BY seq_tup_read DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (table, seq, read, idx) in scans {
+        println!("{table:>16}: {seq:>6} seq scans ({read} rows read), {idx} index scans");
     }
     let log = std::env::temp_dir().join("vend-bench-engine-server.log");
     let _ = std::fs::copy(tmp.path().join("pg/server.log"), &log);
     println!("(plans of statements over 20 ms: {})", log.display());
-    sqlx::query("SELECT pg_stat_statements_reset()")
+    sqlx::query("SELECT pg_stat_statements_reset(), pg_stat_reset()")
         .execute(pool)
         .await
         .unwrap();
@@ -123,7 +138,8 @@ async fn main() {
         Pg::start_with(
             &tmp.path().join("pg"),
             "-c shared_preload_libraries=pg_stat_statements,auto_explain \
-             -c auto_explain.log_min_duration=20ms -c auto_explain.log_analyze=on",
+             -c auto_explain.log_min_duration=20ms -c auto_explain.log_analyze=on \
+             -c pg_stat_statements.track_planning=on",
         )
     } else {
         Pg::start(&tmp.path().join("pg"))
@@ -214,7 +230,7 @@ async fn main() {
             .execute(&pool)
             .await
             .unwrap();
-        sqlx::query("SELECT pg_stat_statements_reset()")
+        sqlx::query("SELECT pg_stat_statements_reset(), pg_stat_reset()")
             .execute(&pool)
             .await
             .unwrap();
