@@ -150,7 +150,7 @@ pub async fn serve(
     let aws_runtime = if parts.workers || parts.dispatcher {
         let settings = config.aws.clone().ok_or_else(|| {
             anyhow::anyhow!(
-                "VEND_BASE_DOMAIN: is required to run workers or the dispatcher (with VEND_CERTIFICATE_ARN)"
+                "VEND_BASE_DOMAIN: is required to run workers or the dispatcher (with VEND_CERTIFICATE_ARN, or VEND_TENANT_CERTIFICATES=per-account)"
             )
         })?;
         let sdk = aws::load_sdk_config().await.map_err(anyhow::Error::msg)?;
