@@ -273,6 +273,89 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
 }
 
 #[tokio::test]
+async fn a_per_account_certificate_is_requested_validated_and_used_on_localstack() {
+    let (_moto, _ls, sdk, orgs) = split_world().await;
+    let toml = workflow_toml(&[("map_domain", "map_domain")], "");
+    let (app, rt) = spawn_silo_with(
+        sdk.clone(),
+        Some(orgs),
+        |s| s.certificates = vend::config::Certificates::PerAccount,
+        &toml,
+    )
+    .await;
+    let inside = moto::sdk_in(&sdk, TENANT_ACCOUNT).await;
+    let api = make_api(&inside).await;
+    app.signup(&signup_body("acme")).await;
+    sqlx::query("UPDATE tenants SET resources = $1")
+        .bind(json!({"account_id": TENANT_ACCOUNT, "api_id": api, "api_stage": "prod"}))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    assert_eq!(t["state"], "active", "{t:#}");
+
+    let domain = format!("acme.{BASE_DOMAIN}");
+    let acm = aws_sdk_acm::Client::new(&inside);
+    let certs: Vec<String> = acm
+        .list_certificates()
+        .send()
+        .await
+        .unwrap()
+        .certificate_summary_list()
+        .iter()
+        .filter(|c| c.domain_name() == Some(domain.as_str()))
+        .filter_map(|c| c.certificate_arn().map(str::to_owned))
+        .collect();
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert_eq!(t["resources"]["certificate_arn"], certs[0].as_str());
+    let d = aws_sdk_apigateway::Client::new(&inside)
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.regional_certificate_arn(), Some(certs[0].as_str()));
+
+    // Again: the recorded certificate is used, nothing new is requested.
+    let r = app
+        .ops(
+            Method::POST,
+            "/v1/tenants/acme/requeue",
+            Some(json!({"from_step": "map_domain"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let t = app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    let calls = |op: &str| {
+        rt.silo
+            .aws
+            .metrics()
+            .aws_calls
+            .get_or_create(&AwsLabels {
+                operation: op.into(),
+            })
+            .get()
+    };
+    assert_eq!(calls("acm.RequestCertificate"), 1);
+    assert_eq!(
+        acm.list_certificates()
+            .send()
+            .await
+            .unwrap()
+            .certificate_summary_list()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn progress_events_reach_the_central_bus_on_localstack() {
     let (_moto, _ls, sdk, orgs) = split_world().await;
     let toml = workflow_toml(&[("bootstrap_baseline", "bootstrap_baseline")], "");
