@@ -3,8 +3,9 @@
 //! it is made: API Gateway silently replaces a domain created twice, and allows one creation per 30 s.
 //!
 //! With per-account certificates the domain waits for its own: requested in the tenant account (found
-//! again by name if an attempt crashed before recording it), its DNS validation record put in the
-//! central zone, and a durable wait until ACM issues it (minutes on AWS).
+//! again by name, or returned again for the same idempotency token, if an attempt ended before
+//! recording it), its DNS validation record put in the central zone, and a durable wait until ACM
+//! issues it (minutes on AWS).
 
 use std::sync::Arc;
 
@@ -114,13 +115,16 @@ async fn issued_certificate(
                     acm.request(domain, &token).await?
                 }
             };
-            ctx.save_resource("certificate_arn", arn.clone()).await?;
+            // Recorded once ACM shows it, not before: a certificate not visible yet would read as
+            // deleted on the next attempt and be replaced. Until it is recorded, a retry finds it by
+            // name or gets it again for the same token.
             let state = acm.state(&arn).await?.ok_or_else(|| {
                 StepError::transient(
                     "CertificateNotVisible",
                     format!("ACM does not show the certificate {arn} it just returned yet"),
                 )
             })?;
+            ctx.save_resource("certificate_arn", arn.clone()).await?;
             (arn, state)
         }
     };
