@@ -13,7 +13,8 @@
 //! single signups on an idle engine.
 //! Peer: benches/peer (graphile_worker) queues N×steps jobs, drains them, and
 //! samples add→start latency the same way. Pass --no-peer to skip it, --statements to print where
-//! Postgres spent its time during vend's drain (pg_stat_statements).
+//! Postgres spent its time during vend's drain (pg_stat_statements), --rounds N to alternate the two N
+//! times on the same cluster and print the medians and the per-round ratio.
 
 mod common;
 
@@ -117,24 +118,69 @@ fn signup_request(slug: &str) -> axum::http::Request<Body> {
         .unwrap()
 }
 
+/// The bench's options (see the module documentation).
+struct Opts {
+    n: usize,
+    steps: usize,
+    concurrency: usize,
+    peer_concurrency: usize,
+    commit_batch: usize,
+    commit_flushes: usize,
+    samples: usize,
+    statements: bool,
+    setup_sql: String,
+}
+
+/// What one round measured of vend, and of the peer.
+struct VendRound {
+    steps_per_s: f64,
+    pg_cpu: f64,
+    client_cpu: f64,
+    idle_p99: f64,
+}
+
+struct PeerRound {
+    jobs_per_s: f64,
+    pg_cpu: f64,
+    client_cpu: f64,
+    idle_p99: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    let n: usize = arg("--tenants", 20_000);
-    let steps: usize = arg("--steps", 3);
-    let concurrency: usize = arg("--concurrency", 500);
-    let peer_concurrency: usize = arg("--peer-concurrency", 32);
     let defaults = EngineConfig::default();
-    let commit_batch: usize = arg("--commit-batch", defaults.commit_batch);
-    let commit_flushes: usize = arg("--commit-flushes", defaults.commit_flushes);
-    let samples: usize = arg("--samples", 1_000);
+    let o = Opts {
+        n: arg("--tenants", 20_000),
+        steps: arg("--steps", 3),
+        concurrency: arg("--concurrency", 500),
+        peer_concurrency: arg("--peer-concurrency", 32),
+        commit_batch: arg("--commit-batch", defaults.commit_batch),
+        commit_flushes: arg("--commit-flushes", defaults.commit_flushes),
+        samples: arg("--samples", 1_000),
+        statements: std::env::args().any(|a| a == "--statements"),
+        // What-if experiments on the schema (drop an index, change a fillfactor) without a migration:
+        // `--setup-sql 'DROP INDEX history_tenant'` runs after the migrations, before anything else.
+        setup_sql: arg("--setup-sql", String::new()),
+    };
     let peer = !std::env::args().any(|a| a == "--no-peer");
-    let statements = std::env::args().any(|a| a == "--statements");
+    // On a shared machine two runs of one binary differ by up to 20 %: rounds alternate vend and the
+    // peer on the same cluster, and the ratio of each round is what compares them.
+    let rounds: usize = arg("--rounds", 1);
 
     let tmp = tempfile::Builder::new()
         .prefix("vend-bench-engine-")
         .tempdir()
         .unwrap();
-    let pg = if statements {
+    let pg = if o.statements {
         Pg::start_with(
             &tmp.path().join("pg"),
             "-c shared_preload_libraries=pg_stat_statements,auto_explain \
@@ -144,17 +190,84 @@ async fn main() {
     } else {
         Pg::start(&tmp.path().join("pg"))
     };
-    let url = pg.database("vend_engine");
+    let peer_binary = if peer { Some(build_peer().await) } else { None };
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!("-- round {round} of {rounds} --");
+        }
+        let v = vend_round(&pg, &o, &format!("vend_engine_{round}"), &tmp).await;
+        let p = match &peer_binary {
+            Some(binary) => peer_round(&pg, binary, &o, &format!("peer_{round}")).await,
+            None => None,
+        };
+        results.push((v, p));
+    }
+    if rounds > 1 {
+        summarize(&results);
+    }
+}
+
+/// Medians over the rounds, and the per-round ratios of vend to the peer.
+fn summarize(results: &[(VendRound, Option<PeerRound>)]) {
+    let of = |f: &dyn Fn(&VendRound) -> f64| median(results.iter().map(|(v, _)| f(v)).collect());
+    println!("== {} rounds, medians ==", results.len());
+    println!(
+        "vend                         {:.0} steps/s, CPU per step postgres {:.1} us, vend {:.1} us, idle add->start p99 {:.2} ms",
+        of(&|v| v.steps_per_s),
+        of(&|v| v.pg_cpu),
+        of(&|v| v.client_cpu),
+        of(&|v| v.idle_p99)
+    );
+    let paired: Vec<(&VendRound, &PeerRound)> = results
+        .iter()
+        .filter_map(|(v, p)| p.as_ref().map(|p| (v, p)))
+        .collect();
+    if paired.is_empty() {
+        return;
+    }
+    let pof = |f: &dyn Fn(&PeerRound) -> f64| median(paired.iter().map(|(_, p)| f(p)).collect());
+    println!(
+        "graphile_worker              {:.0} jobs/s, CPU per job postgres {:.1} us, client {:.1} us, idle add->start p99 {:.2} ms",
+        pof(&|p| p.jobs_per_s),
+        pof(&|p| p.pg_cpu),
+        pof(&|p| p.client_cpu),
+        pof(&|p| p.idle_p99)
+    );
+    let ratios: Vec<f64> = paired
+        .iter()
+        .map(|(v, p)| v.steps_per_s / p.jobs_per_s)
+        .collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+    println!(
+        "vend steps/s / peer jobs/s   median {:.2}x (rounds {:.2}x to {:.2}x)",
+        median(ratios.clone()),
+        lo,
+        hi
+    );
+    let p99s: Vec<f64> = paired
+        .iter()
+        .map(|(v, p)| v.idle_p99 / p.idle_p99)
+        .collect();
+    println!("idle p99 vend / peer         median {:.2}x", median(p99s));
+}
+
+/// Signs up `o.n` tenants into a fresh database `db`, drains them with the engine, samples idle
+/// add→start latency, and prints what it measured.
+async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> VendRound {
+    let (n, steps, concurrency) = (o.n, o.steps, o.concurrency);
+    let (commit_batch, commit_flushes, samples, statements) =
+        (o.commit_batch, o.commit_flushes, o.samples, o.statements);
+    let url = pg.database(db);
     let pool = vend::db::connect(&url, (concurrency as u32 + 8).min(100))
         .await
         .unwrap();
     vend::db::migrate(&pool).await.unwrap();
-    // What-if experiments on the schema (drop an index, change a fillfactor) without a migration:
-    // `--setup-sql 'DROP INDEX history_tenant'` runs after the migrations, before anything else.
-    let setup_sql: String = arg("--setup-sql", String::new());
-    if !setup_sql.is_empty() {
-        println!("setup SQL: {setup_sql}");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(setup_sql))
+    if !o.setup_sql.is_empty() {
+        println!("setup SQL: {}", o.setup_sql);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(o.setup_sql.clone()))
             .execute(&pool)
             .await
             .unwrap();
@@ -265,7 +378,7 @@ async fn main() {
         cpu_per_step(own_cpu_seconds(), cpu_before.1),
     );
     if statements {
-        print_statements(&pool, "the drain", &tmp).await;
+        print_statements(&pool, "the drain", tmp).await;
     }
 
     // Step → next step under load: from a step's body starting to its successor's starting, which
@@ -294,7 +407,7 @@ async fn main() {
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if statements {
-        print_statements(&pool, "the idle samples", &tmp).await;
+        print_statements(&pool, "the idle samples", tmp).await;
     }
     token.cancel();
     running.await.unwrap();
@@ -327,83 +440,96 @@ async fn main() {
         pct(&lat, 1.0)
     );
 
-    if peer {
-        let peer_url = pg.database("peer");
-        let manifest = repo().join("benches/peer/Cargo.toml");
-        eprintln!("building and running the peer (graphile_worker)");
-        let build = tokio::process::Command::new("cargo")
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--message-format=json",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .await
-            .unwrap();
-        // The executable's path, from cargo's JSON messages (the target directory may be anywhere).
-        let binary = String::from_utf8_lossy(&build.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|m| m["executable"].as_str().map(str::to_owned))
-            .expect("the peer did not build");
-        let mut child = tokio::process::Command::new(binary)
-            .args([
-                peer_url.as_str(),
-                &(n * steps).to_string(),
-                &peer_concurrency.to_string(),
-                &samples.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap().to_string();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut before, mut cpu, mut last) = ((0.0, 0.0), None, String::new());
-        while let Some(line) = lines.next_line().await.unwrap() {
-            match line.as_str() {
-                "draining" => before = (pg.cpu_seconds(), process_cpu_seconds(&pid)),
-                "drained" => {
-                    cpu = Some((
-                        cpu_per_step(pg.cpu_seconds(), before.0),
-                        cpu_per_step(process_cpu_seconds(&pid), before.1),
-                    ))
-                }
-                _ => last = line,
+    pool.close().await;
+    VendRound {
+        steps_per_s: total_steps / drain.as_secs_f64(),
+        pg_cpu,
+        client_cpu: vend_cpu,
+        idle_p99: pct(&lat, 0.99),
+    }
+}
+
+/// Builds benches/peer and returns its executable.
+async fn build_peer() -> String {
+    let manifest = repo().join("benches/peer/Cargo.toml");
+    eprintln!("building the peer (graphile_worker)");
+    let build = tokio::process::Command::new("cargo")
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--message-format=json",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .unwrap();
+    // The executable's path, from cargo's JSON messages (the target directory may be anywhere).
+    String::from_utf8_lossy(&build.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| m["executable"].as_str().map(str::to_owned))
+        .expect("the peer did not build")
+}
+
+/// Runs graphile_worker on a fresh database `db` the same way: `n × steps` jobs drained, then the
+/// idle samples; prints what it measured.
+async fn peer_round(pg: &Pg, binary: &str, o: &Opts, db: &str) -> Option<PeerRound> {
+    let peer_url = pg.database(db);
+    let jobs = o.n * o.steps;
+    let cpu_per_job = |now: f64, before: f64| (now - before) / jobs as f64 * 1e6;
+    let mut child = tokio::process::Command::new(binary)
+        .args([
+            peer_url.as_str(),
+            &jobs.to_string(),
+            &o.peer_concurrency.to_string(),
+            &o.samples.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut before, mut cpu, mut last) = ((0.0, 0.0), None, String::new());
+    while let Some(line) = lines.next_line().await.unwrap() {
+        match line.as_str() {
+            "draining" => before = (pg.cpu_seconds(), process_cpu_seconds(&pid)),
+            "drained" => {
+                cpu = Some((
+                    cpu_per_job(pg.cpu_seconds(), before.0),
+                    cpu_per_job(process_cpu_seconds(&pid), before.1),
+                ))
             }
-        }
-        child.wait().await.unwrap();
-        match serde_json::from_str::<serde_json::Value>(&last).ok() {
-            Some(v) => {
-                println!(
-                    "== peer: graphile_worker ({} no-op jobs, concurrency {peer_concurrency}) ==",
-                    n * steps
-                );
-                println!(
-                    "drain                        {:.1} s",
-                    v["drain_s"].as_f64().unwrap_or(f64::NAN)
-                );
-                println!(
-                    "jobs/s                       {:.0}",
-                    v["jobs_per_s"].as_f64().unwrap_or(f64::NAN)
-                );
-                if let Some((pg_cpu, peer_cpu)) = cpu {
-                    println!(
-                        "CPU per job (us)             postgres {pg_cpu:.1}  graphile_worker {peer_cpu:.1}"
-                    );
-                }
-                println!(
-                    "add->start idle (ms)         p50 {:.2}  p99 {:.2}  max {:.2}",
-                    v["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
-                    v["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
-                    v["latency_ms"]["max"].as_f64().unwrap_or(f64::NAN)
-                );
-            }
-            None => println!("peer failed (its errors are above)"),
+            _ => last = line,
         }
     }
+    child.wait().await.unwrap();
+    let Some(v) = serde_json::from_str::<serde_json::Value>(&last).ok() else {
+        println!("peer failed (its errors are above)");
+        return None;
+    };
+    let num = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "== peer: graphile_worker ({jobs} no-op jobs, concurrency {}) ==",
+        o.peer_concurrency
+    );
+    println!("drain                        {:.1} s", num(&v["drain_s"]));
+    println!("jobs/s                       {:.0}", num(&v["jobs_per_s"]));
+    let (pg_cpu, client_cpu) = cpu.unwrap_or((f64::NAN, f64::NAN));
+    println!("CPU per job (us)             postgres {pg_cpu:.1}  graphile_worker {client_cpu:.1}");
+    println!(
+        "add->start idle (ms)         p50 {:.2}  p99 {:.2}  max {:.2}",
+        num(&v["latency_ms"]["p50"]),
+        num(&v["latency_ms"]["p99"]),
+        num(&v["latency_ms"]["max"])
+    );
+    Some(PeerRound {
+        jobs_per_s: num(&v["jobs_per_s"]),
+        pg_cpu,
+        client_cpu,
+        idle_p99: num(&v["latency_ms"]["p99"]),
+    })
 }
