@@ -90,6 +90,20 @@ pub struct OpStats {
     pub injected_throttles: u64,
     pub injected_errors: u64,
     pub lost_responses: u64,
+    /// Answered from a script instead of the emulator.
+    #[serde(default)]
+    pub scripted: u64,
+}
+
+/// An answer the proxy gives instead of the emulator's to one call of an operation (see
+/// [`Proxy::script`]): how AWS behaves at times and an emulator never does, such as eventual
+/// consistency right after a resource is created.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// The service's error, in its wire protocol.
+    Error { status: u16, code: String },
+    /// A success with this body (JSON-protocol services).
+    Json(serde_json::Value),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -143,6 +157,8 @@ struct Inner {
     buckets: HashMap<String, Bucket>,
     creations: HashMap<String, Creation>,
     emails: HashMap<String, String>,
+    /// Scripted answers by `service.Operation`, next first.
+    scripted: HashMap<String, std::collections::VecDeque<Scripted>>,
     rng: rand::rngs::StdRng,
 }
 
@@ -162,7 +178,7 @@ enum Protocol {
 
 fn protocol(service: &str) -> Option<Protocol> {
     match service {
-        "organizations" | "events" => Some(Protocol::Json),
+        "organizations" | "events" | "acm" => Some(Protocol::Json),
         "sts" | "iam" | "cloudformation" => Some(Protocol::Query),
         "route53" => Some(Protocol::RestXml),
         "apigateway" => Some(Protocol::RestJson),
@@ -408,6 +424,7 @@ impl Proxy {
                 buckets: HashMap::new(),
                 creations: HashMap::new(),
                 emails: HashMap::new(),
+                scripted: HashMap::new(),
                 rng,
             }),
             http: reqwest::Client::builder()
@@ -423,6 +440,18 @@ impl Proxy {
         inner.throttle_rate = throttle_rate;
         inner.error_rate = error_rate;
         inner.lost_response_rate = lost_response_rate;
+    }
+
+    /// The next calls of `operation` (`service.Operation`, e.g. `acm.DescribeCertificate`) get these
+    /// answers, one each, before quotas and faults apply; later calls go on as usual.
+    pub fn script(&self, operation: &str, answers: impl IntoIterator<Item = Scripted>) {
+        self.inner
+            .lock()
+            .expect("proxy lock")
+            .scripted
+            .entry(operation.to_owned())
+            .or_default()
+            .extend(answers);
     }
 
     /// Every access key id and session token a caller has used.
@@ -483,6 +512,28 @@ impl Proxy {
         let name = format!("{service}.{op}");
         let mut inner = self.inner.lock().expect("proxy lock");
         let inner = &mut *inner;
+        if let Some(answer) = inner.scripted.get_mut(&name).and_then(|q| q.pop_front()) {
+            let counters = inner.stats.operations.entry(name).or_default();
+            counters.calls += 1;
+            counters.scripted += 1;
+            return Verdict::Answer(match answer {
+                Scripted::Error { status, code } => {
+                    aws_error(proto, service, status, &code, "scripted by the test", None)
+                }
+                Scripted::Json(body) => {
+                    let content_type = match proto {
+                        Protocol::Json => "application/x-amz-json-1.1",
+                        _ => "application/json",
+                    };
+                    (
+                        StatusCode::OK,
+                        [("content-type", content_type)],
+                        body.to_string(),
+                    )
+                        .into_response()
+                }
+            });
+        }
         if !caller_key.is_empty() {
             inner.credentials.insert(caller_key.to_owned());
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use vend::devtools::aws_proxy::{Proxy, ProxyConfig, ProxyStats};
+use vend::devtools::aws_proxy::{Proxy, ProxyConfig, ProxyStats, Scripted};
 
 use crate::support::moto::BASE_DOMAIN;
 use crate::support::moto::{self, assert_exactly_one_of_everything};
@@ -30,7 +30,12 @@ struct Chaos {
 }
 
 async fn chaos(delay: Duration) -> Chaos {
-    let moto = moto::start().await;
+    chaos_with(delay, |_| {}).await
+}
+
+/// As [`chaos`], with the silo's settings tuned; moto issues ACM certificates at once.
+async fn chaos_with(delay: Duration, tune: impl FnOnce(&mut vend::config::AwsSettings)) -> Chaos {
+    let moto = moto::start_with(&[("MOTO_ACM_VALIDATION_WAIT", "0")]).await;
     let moto_sdk = moto::sdk(&moto.url).await;
     moto::prepare_management(&moto_sdk).await;
     let mut config = ProxyConfig::new(&moto.url);
@@ -40,7 +45,7 @@ async fn chaos(delay: Duration) -> Chaos {
     let sdk = moto::sdk(&format!("http://{addr}")).await;
     let toml =
         crate::support::fast_silo_toml().replace("maximum_attempts = 10", "maximum_attempts = 25");
-    let (app, _rt) = spawn_silo_with(sdk, None, |_| {}, &toml).await;
+    let (app, _rt) = spawn_silo_with(sdk, None, tune, &toml).await;
     Chaos {
         _moto: moto,
         moto_sdk,
@@ -206,4 +211,57 @@ async fn an_account_created_between_index_syncs_is_refused_by_aws_and_adopted() 
         .accounts()
         .len();
     assert_eq!(n, 2, "the management account and the adopted one");
+}
+
+#[tokio::test]
+async fn a_certificate_acm_does_not_show_yet_is_waited_for_not_requested_again() {
+    let c = chaos_with(Duration::ZERO, |s| {
+        s.certificates = vend::config::Certificates::PerAccount;
+    })
+    .await;
+    // ACM is eventually consistent: right after RequestCertificate returns an ARN, DescribeCertificate
+    // may not know it and ListCertificates may not list it. Here both lag for the first two looks.
+    let not_found = || Scripted::Error {
+        status: 400,
+        code: "ResourceNotFoundException".into(),
+    };
+    c.proxy
+        .script("acm.DescribeCertificate", [not_found(), not_found()]);
+    let empty = || Scripted::Json(serde_json::json!({"CertificateSummaryList": []}));
+    c.proxy.script("acm.ListCertificates", [empty(), empty()]);
+    c.app.signup(&signup_body("acme")).await;
+    let engine = c.app.start_engine(c.app.engine_config("w1"));
+    let t = c
+        .app
+        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "active", "{t:#}");
+    let stats = c.proxy.stats();
+    assert_eq!(stats.operations["acm.DescribeCertificate"].scripted, 2);
+    assert_eq!(stats.operations["acm.ListCertificates"].scripted, 2);
+
+    // One certificate in the tenant's account, the one recorded and used by the domain.
+    let account = t["account_id"].as_str().unwrap().to_owned();
+    let inside = moto::sdk_in(&c.moto_sdk, &account).await;
+    let domain = format!("acme.{BASE_DOMAIN}");
+    let certs: Vec<String> = aws_sdk_acm::Client::new(&inside)
+        .list_certificates()
+        .send()
+        .await
+        .unwrap()
+        .certificate_summary_list()
+        .iter()
+        .filter(|c| c.domain_name() == Some(domain.as_str()))
+        .filter_map(|c| c.certificate_arn().map(str::to_owned))
+        .collect();
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert_eq!(t["resources"]["certificate_arn"], certs[0].as_str());
+    let d = aws_sdk_apigateway::Client::new(&inside)
+        .get_domain_name()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.regional_certificate_arn(), Some(certs[0].as_str()));
 }
