@@ -123,9 +123,17 @@ pub struct AwsSettings {
 impl AwsSettings {
     /// Settings with defaults, for a base domain and one shared certificate.
     pub fn new(base_domain: &str, certificate_arn: &str) -> Self {
+        Self::with_certificates(
+            base_domain,
+            Certificates::Shared(certificate_arn.to_owned()),
+        )
+    }
+
+    /// Settings with defaults, for a base domain and where its tenants' certificates come from.
+    pub fn with_certificates(base_domain: &str, certificates: Certificates) -> Self {
         Self {
             base_domain: base_domain.to_owned(),
-            certificates: Certificates::Shared(certificate_arn.to_owned()),
+            certificates,
             tenant_ou: "tenants".into(),
             scp_dir: PathBuf::from("scp-policies"),
             templates_dir: PathBuf::from("templates"),
@@ -162,8 +170,7 @@ impl AwsSettings {
         base_domain: String,
         certificates: Certificates,
     ) -> Result<Self, ConfigError> {
-        let mut s = Self::new(&base_domain, "");
-        s.certificates = certificates;
+        let mut s = Self::with_certificates(&base_domain, certificates);
         if let Some(v) = env.get("VEND_TENANT_OU") {
             s.tenant_ou = v;
         }

@@ -162,10 +162,7 @@ fn idempotency_token(tenant: uuid::Uuid, replacing: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(tenant.as_bytes());
     h.update(replacing.unwrap_or("").as_bytes());
-    h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&h.finalize()[..16])
 }
 
 #[cfg(test)]

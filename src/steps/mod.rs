@@ -105,6 +105,11 @@ pub fn registry(silo: Arc<Silo>) -> Registry {
         .with("map_domain", MapDomain(silo))
 }
 
+/// Lowercase hex of a digest (template hashes, idempotency tokens).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Steps are written as `Result<StepOutcome, StepError>` so `?` works on AWS errors.
 pub(crate) fn finish(r: Result<StepOutcome, StepError>) -> StepOutcome {
     r.unwrap_or_else(StepOutcome::Failed)

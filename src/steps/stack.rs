@@ -28,8 +28,7 @@ fn spec_hash(spec: &StackSpec) -> String {
         h.update(b"\0role=");
         h.update(r.as_bytes());
     }
-    let d = h.finalize();
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    super::hex(&h.finalize())
 }
 
 /// Drives the stack `spec` one step towards its template. `key` names it in the tenant's resources

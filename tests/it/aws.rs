@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Notify;
 use vend::aws::AwsError;
 use vend::aws::organizations::{
@@ -324,40 +324,9 @@ async fn the_silo_workflow_vends_several_tenants_end_to_end() {
     assert_eq!(d["deliveries"].as_array().unwrap().len(), expected);
 }
 
-/// The tenant account's certificates for `domain`, with their status.
-async fn certificates_in(inside: &SdkConfig, domain: &str) -> Vec<(String, String)> {
-    aws_sdk_acm::Client::new(inside)
-        .list_certificates()
-        .send()
-        .await
-        .unwrap()
-        .certificate_summary_list()
-        .iter()
-        .filter(|c| c.domain_name() == Some(domain))
-        .map(|c| {
-            (
-                c.certificate_arn().unwrap().to_owned(),
-                c.status()
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
 /// Runs `map_domain` of acme again and waits for the tenant to be active again.
 async fn requeue_map_domain(app: &crate::support::TestApp) {
-    let r = app
-        .ops(
-            Method::POST,
-            "/v1/tenants/acme/requeue",
-            Some(json!({"from_step": "map_domain"})),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    let t = app
-        .wait_for_state("acme", &["active", "failed"], WITHIN)
-        .await;
+    let t = app.requeue_and_settle("acme", "map_domain", WITHIN).await;
     assert_eq!(t["state"], "active", "{t:#}");
 }
 
@@ -391,7 +360,7 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
     let domain = format!("acme.{BASE_DOMAIN}");
 
     // One certificate, in the tenant's account, issued, recorded, and the one the domain uses.
-    let certs = certificates_in(&inside, &domain).await;
+    let certs = moto::certificates_in(&inside, &domain).await;
     assert_eq!(certs.len(), 1, "{certs:?}");
     let (arn, status) = certs[0].clone();
     assert_eq!(status, "ISSUED");
@@ -451,20 +420,10 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
         .send()
         .await
         .unwrap();
-    let r = app
-        .ops(
-            Method::POST,
-            "/v1/tenants/acme/requeue",
-            Some(json!({"from_step": "map_domain"})),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    let t = app
-        .wait_for_state("acme", &["active", "failed"], WITHIN)
-        .await;
+    let t = app.requeue_and_settle("acme", "map_domain", WITHIN).await;
     assert_eq!(t["state"], "active", "{t:#}");
     assert_eq!(
-        certificates_in(&inside, &domain).await,
+        moto::certificates_in(&inside, &domain).await,
         vec![(arn.clone(), "ISSUED".into())]
     );
     let d = apigw
@@ -478,7 +437,7 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
     // And a rerun with everything in place touches nothing.
     let records = total_records(&sdk).await;
     requeue_map_domain(&app).await;
-    assert_eq!(certificates_in(&inside, &domain).await.len(), 1);
+    assert_eq!(moto::certificates_in(&inside, &domain).await.len(), 1);
     assert_eq!(total_records(&sdk).await, records);
 
     // A person replaces the certificate (deletes it and the domain, requests one by hand): vend adopts
@@ -506,7 +465,7 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
         .unwrap()
         .to_owned();
     requeue_map_domain(&app).await;
-    let certs = certificates_in(&inside, &domain).await;
+    let certs = moto::certificates_in(&inside, &domain).await;
     assert_eq!(certs, vec![(by_hand.clone(), "ISSUED".into())]);
     let d = apigw
         .get_domain_name()
@@ -530,7 +489,7 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
         .await
         .unwrap();
     requeue_map_domain(&app).await;
-    let certs = certificates_in(&inside, &domain).await;
+    let certs = moto::certificates_in(&inside, &domain).await;
     assert_eq!(certs.len(), 1, "{certs:?}");
     assert!(certs[0].0 != arn && certs[0].0 != by_hand, "{certs:?}");
     let d = apigw
@@ -561,17 +520,7 @@ async fn running_every_step_again_changes_nothing_in_aws() {
     // Requeue from each step in turn: that step and every later one run again on a tenant whose AWS
     // state is complete. Nothing may be created twice.
     for step in vend::steps::SILO_KINDS.iter().rev() {
-        let r = app
-            .ops(
-                Method::POST,
-                "/v1/tenants/acme/requeue",
-                Some(json!({"from_step": step})),
-            )
-            .await;
-        assert_eq!(r.status(), 200, "requeue from {step}");
-        let t = app
-            .wait_for_state("acme", &["active", "failed"], WITHIN)
-            .await;
+        let t = app.requeue_and_settle("acme", step, WITHIN).await;
         assert_eq!(t["state"], "active", "after rerunning from {step}: {t:#}");
         assert_eq!(
             assert_contract_holds(&sdk, "acme").await,

@@ -245,15 +245,10 @@ async fn a_certificate_acm_does_not_show_yet_is_waited_for_not_requested_again()
     let account = t["account_id"].as_str().unwrap().to_owned();
     let inside = moto::sdk_in(&c.moto_sdk, &account).await;
     let domain = format!("acme.{BASE_DOMAIN}");
-    let certs: Vec<String> = aws_sdk_acm::Client::new(&inside)
-        .list_certificates()
-        .send()
+    let certs: Vec<String> = moto::certificates_in(&inside, &domain)
         .await
-        .unwrap()
-        .certificate_summary_list()
-        .iter()
-        .filter(|c| c.domain_name() == Some(domain.as_str()))
-        .filter_map(|c| c.certificate_arn().map(str::to_owned))
+        .into_iter()
+        .map(|(arn, _)| arn)
         .collect();
     assert_eq!(certs.len(), 1, "{certs:?}");
     assert_eq!(t["resources"]["certificate_arn"], certs[0].as_str());

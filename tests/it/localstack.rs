@@ -230,16 +230,8 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
     assert_eq!(assume, 1);
 
     // Running both steps again changes nothing.
-    let r = app
-        .ops(
-            Method::POST,
-            "/v1/tenants/acme/requeue",
-            Some(json!({"from_step": "bootstrap_baseline"})),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
     let t = app
-        .wait_for_state("acme", &["active", "failed"], WITHIN)
+        .requeue_and_settle("acme", "bootstrap_baseline", WITHIN)
         .await;
     engine.stop().await;
     assert_eq!(t["state"], "active", "{t:#}");
@@ -299,15 +291,10 @@ async fn a_per_account_certificate_is_requested_validated_and_used_on_localstack
 
     let domain = format!("acme.{BASE_DOMAIN}");
     let acm = aws_sdk_acm::Client::new(&inside);
-    let certs: Vec<String> = acm
-        .list_certificates()
-        .send()
+    let certs: Vec<String> = moto::certificates_in(&inside, &domain)
         .await
-        .unwrap()
-        .certificate_summary_list()
-        .iter()
-        .filter(|c| c.domain_name() == Some(domain.as_str()))
-        .filter_map(|c| c.certificate_arn().map(str::to_owned))
+        .into_iter()
+        .map(|(arn, _)| arn)
         .collect();
     assert_eq!(certs.len(), 1, "{certs:?}");
     assert_eq!(t["resources"]["certificate_arn"], certs[0].as_str());
@@ -320,17 +307,7 @@ async fn a_per_account_certificate_is_requested_validated_and_used_on_localstack
     assert_eq!(d.regional_certificate_arn(), Some(certs[0].as_str()));
 
     // Again: the recorded certificate is used, nothing new is requested.
-    let r = app
-        .ops(
-            Method::POST,
-            "/v1/tenants/acme/requeue",
-            Some(json!({"from_step": "map_domain"})),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    let t = app
-        .wait_for_state("acme", &["active", "failed"], WITHIN)
-        .await;
+    let t = app.requeue_and_settle("acme", "map_domain", WITHIN).await;
     engine.stop().await;
     assert_eq!(t["state"], "active", "{t:#}");
     let calls = |op: &str| {

@@ -293,6 +293,20 @@ impl TestApp {
         v["history"].as_array().unwrap().clone()
     }
 
+    /// Requeues `slug` from `step` through the ops API and waits until it is active or failed again.
+    pub async fn requeue_and_settle(&self, slug: &str, step: &str, within: Duration) -> Value {
+        let r = self
+            .ops(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/{slug}/requeue"),
+                Some(json!({"from_step": step})),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "requeue {slug} from {step}");
+        self.wait_for_state(slug, &["active", "failed"], within)
+            .await
+    }
+
     /// Waits until the tenant is in one of `states`; panics with its detail after `within`.
     pub async fn wait_for_state(&self, slug: &str, states: &[&str], within: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + within;

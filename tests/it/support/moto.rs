@@ -218,3 +218,24 @@ pub async fn assert_exactly_one_of_everything(sdk: &SdkConfig, slugs: &[String])
         assert_eq!(n, 1, "{slug}: records");
     }
 }
+
+/// The tenant account's certificates for `domain`, with their status.
+pub async fn certificates_in(inside: &SdkConfig, domain: &str) -> Vec<(String, String)> {
+    aws_sdk_acm::Client::new(inside)
+        .list_certificates()
+        .send()
+        .await
+        .unwrap()
+        .certificate_summary_list()
+        .iter()
+        .filter(|c| c.domain_name() == Some(domain))
+        .map(|c| {
+            (
+                c.certificate_arn().unwrap().to_owned(),
+                c.status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
