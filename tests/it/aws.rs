@@ -373,14 +373,10 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
         .await
         .unwrap();
     assert_eq!(resources["certificate_arn"], arn.as_str());
-    let apigw = aws_sdk_apigateway::Client::new(&inside);
-    let d = apigw
-        .get_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.regional_certificate_arn(), Some(arn.as_str()));
+    assert_eq!(
+        moto::domain_certificate(&inside, &domain).await.as_deref(),
+        Some(arn.as_str())
+    );
 
     // Its DNS validation record is in the central zone, as ACM asked.
     let described = aws_sdk_acm::Client::new(&inside)
@@ -414,25 +410,17 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
         .execute(&app.pool)
         .await
         .unwrap();
-    apigw
-        .delete_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
+    moto::delete_domain(&inside, &domain).await;
     let t = app.requeue_and_settle("acme", "map_domain", WITHIN).await;
     assert_eq!(t["state"], "active", "{t:#}");
     assert_eq!(
         moto::certificates_in(&inside, &domain).await,
         vec![(arn.clone(), "ISSUED".into())]
     );
-    let d = apigw
-        .get_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.regional_certificate_arn(), Some(arn.as_str()));
+    assert_eq!(
+        moto::domain_certificate(&inside, &domain).await.as_deref(),
+        Some(arn.as_str())
+    );
 
     // And a rerun with everything in place touches nothing.
     let records = total_records(&sdk).await;
@@ -443,12 +431,7 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
     // A person replaces the certificate (deletes it and the domain, requests one by hand): vend adopts
     // that one rather than requesting its own.
     let acm = aws_sdk_acm::Client::new(&inside);
-    apigw
-        .delete_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
+    moto::delete_domain(&inside, &domain).await;
     acm.delete_certificate()
         .certificate_arn(&arn)
         .send()
@@ -467,22 +450,14 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
     requeue_map_domain(&app).await;
     let certs = moto::certificates_in(&inside, &domain).await;
     assert_eq!(certs, vec![(by_hand.clone(), "ISSUED".into())]);
-    let d = apigw
-        .get_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.regional_certificate_arn(), Some(by_hand.as_str()));
+    assert_eq!(
+        moto::domain_certificate(&inside, &domain).await.as_deref(),
+        Some(by_hand.as_str())
+    );
 
     // A person deletes it without a replacement: vend requests a new one (within the hour ACM would
     // answer the first request's token with the deleted certificate).
-    apigw
-        .delete_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
+    moto::delete_domain(&inside, &domain).await;
     acm.delete_certificate()
         .certificate_arn(&by_hand)
         .send()
@@ -492,13 +467,10 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
     let certs = moto::certificates_in(&inside, &domain).await;
     assert_eq!(certs.len(), 1, "{certs:?}");
     assert!(certs[0].0 != arn && certs[0].0 != by_hand, "{certs:?}");
-    let d = apigw
-        .get_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.regional_certificate_arn(), Some(certs[0].0.as_str()));
+    assert_eq!(
+        moto::domain_certificate(&inside, &domain).await.as_deref(),
+        Some(certs[0].0.as_str())
+    );
     engine.stop().await;
 }
 

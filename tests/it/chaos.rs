@@ -244,19 +244,5 @@ async fn a_certificate_acm_does_not_show_yet_is_waited_for_not_requested_again()
     // One certificate in the tenant's account, the one recorded and used by the domain.
     let account = t["account_id"].as_str().unwrap().to_owned();
     let inside = moto::sdk_in(&c.moto_sdk, &account).await;
-    let domain = format!("acme.{BASE_DOMAIN}");
-    let certs: Vec<String> = moto::certificates_in(&inside, &domain)
-        .await
-        .into_iter()
-        .map(|(arn, _)| arn)
-        .collect();
-    assert_eq!(certs.len(), 1, "{certs:?}");
-    assert_eq!(t["resources"]["certificate_arn"], certs[0].as_str());
-    let d = aws_sdk_apigateway::Client::new(&inside)
-        .get_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.regional_certificate_arn(), Some(certs[0].as_str()));
+    moto::the_one_certificate(&inside, &format!("acme.{BASE_DOMAIN}"), &t).await;
 }

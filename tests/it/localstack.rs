@@ -12,7 +12,7 @@ use vend::aws::organizations::SdkOrganizations;
 use vend::telemetry::AwsLabels;
 
 use crate::support::moto::{self, BASE_DOMAIN};
-use crate::support::{localstack, signup_body, spawn_silo_with, workflow_toml};
+use crate::support::{TestApp, localstack, signup_body, spawn_silo_with, workflow_toml};
 
 const TENANT_ACCOUNT: &str = "111111111111";
 const WITHIN: Duration = Duration::from_secs(60);
@@ -47,6 +47,21 @@ async fn split_world() -> (
         vend::telemetry::Metrics::new(),
     )));
     (m, ls, sdk, orgs)
+}
+
+/// Signs `acme` up as if the steps before the ones under test had run: its account is the tenant account
+/// (LocalStack's default) and its API exists there. Returns the SDK configuration inside that account and
+/// the API's id.
+async fn signup_on_the_tenant_account(app: &TestApp, sdk: &SdkConfig) -> (SdkConfig, String) {
+    let inside = moto::sdk_in(sdk, TENANT_ACCOUNT).await;
+    let api = make_api(&inside).await;
+    app.signup(&signup_body("acme")).await;
+    sqlx::query("UPDATE tenants SET resources = $1")
+        .bind(json!({"account_id": TENANT_ACCOUNT, "api_id": api, "api_stage": "prod"}))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    (inside, api)
 }
 
 /// A REST API with a `prod` stage in the tenant account, standing in for the tenant stack's.
@@ -116,14 +131,7 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
     )
     .await;
 
-    let inside = moto::sdk_in(&sdk, TENANT_ACCOUNT).await;
-    let api = make_api(&inside).await;
-    app.signup(&signup_body("acme")).await;
-    sqlx::query("UPDATE tenants SET resources = $1")
-        .bind(json!({"account_id": TENANT_ACCOUNT, "api_id": api, "api_stage": "prod"}))
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let (inside, api) = signup_on_the_tenant_account(&app, &sdk).await;
 
     let engine = app.start_engine(app.engine_config("w1"));
     let t = app
@@ -275,36 +283,15 @@ async fn a_per_account_certificate_is_requested_validated_and_used_on_localstack
         &toml,
     )
     .await;
-    let inside = moto::sdk_in(&sdk, TENANT_ACCOUNT).await;
-    let api = make_api(&inside).await;
-    app.signup(&signup_body("acme")).await;
-    sqlx::query("UPDATE tenants SET resources = $1")
-        .bind(json!({"account_id": TENANT_ACCOUNT, "api_id": api, "api_stage": "prod"}))
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let (inside, _) = signup_on_the_tenant_account(&app, &sdk).await;
     let engine = app.start_engine(app.engine_config("w1"));
     let t = app
         .wait_for_state("acme", &["active", "failed"], WITHIN)
         .await;
     assert_eq!(t["state"], "active", "{t:#}");
 
-    let domain = format!("acme.{BASE_DOMAIN}");
     let acm = aws_sdk_acm::Client::new(&inside);
-    let certs: Vec<String> = moto::certificates_in(&inside, &domain)
-        .await
-        .into_iter()
-        .map(|(arn, _)| arn)
-        .collect();
-    assert_eq!(certs.len(), 1, "{certs:?}");
-    assert_eq!(t["resources"]["certificate_arn"], certs[0].as_str());
-    let d = aws_sdk_apigateway::Client::new(&inside)
-        .get_domain_name()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.regional_certificate_arn(), Some(certs[0].as_str()));
+    moto::the_one_certificate(&inside, &format!("acme.{BASE_DOMAIN}"), &t).await;
 
     // Again: the recorded certificate is used, nothing new is requested.
     let t = app.requeue_and_settle("acme", "map_domain", WITHIN).await;

@@ -239,3 +239,46 @@ pub async fn certificates_in(inside: &SdkConfig, domain: &str) -> Vec<(String, S
         })
         .collect()
 }
+
+/// The certificate the API Gateway custom domain `domain` of the tenant account serves with.
+pub async fn domain_certificate(inside: &SdkConfig, domain: &str) -> Option<String> {
+    aws_sdk_apigateway::Client::new(inside)
+        .get_domain_name()
+        .domain_name(domain)
+        .send()
+        .await
+        .unwrap()
+        .regional_certificate_arn()
+        .map(str::to_owned)
+}
+
+/// Deletes the tenant account's custom domain `domain`, as a person in the console might.
+pub async fn delete_domain(inside: &SdkConfig, domain: &str) {
+    aws_sdk_apigateway::Client::new(inside)
+        .delete_domain_name()
+        .domain_name(domain)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Asserts that the tenant account has exactly one certificate for `domain`, that the tenant (as the ops
+/// API shows it) recorded it and that the custom domain serves with it; returns its ARN.
+pub async fn the_one_certificate(
+    inside: &SdkConfig,
+    domain: &str,
+    tenant: &serde_json::Value,
+) -> String {
+    let certs: Vec<String> = certificates_in(inside, domain)
+        .await
+        .into_iter()
+        .map(|(arn, _)| arn)
+        .collect();
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert_eq!(tenant["resources"]["certificate_arn"], certs[0].as_str());
+    assert_eq!(
+        domain_certificate(inside, domain).await.as_deref(),
+        Some(certs[0].as_str())
+    );
+    certs[0].clone()
+}
