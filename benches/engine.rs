@@ -297,7 +297,10 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
         workflows: workflows.clone(),
         signup_secret: vend::standard_webhooks::Secret::parse(SIGNUP_SECRET).unwrap(),
         ops_tokens: vend::config::OpsTokens::new(vec![OPS_TOKEN.into()]),
+        slug_rules: Default::default(),
         metrics: metrics.clone(),
+        readiness: vend::readiness::Readiness::ready(),
+        events_include_owner_email: false,
     });
 
     eprintln!(

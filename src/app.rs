@@ -18,6 +18,7 @@ use crate::domain::Workflows;
 use crate::engine::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::engine::{Engine, EngineConfig, Registry};
 use crate::http::{self, AppState};
+use crate::readiness::Readiness;
 use crate::reconcile::{self, Reconciler};
 use crate::steps;
 use crate::steps::{Silo, Templates};
@@ -46,7 +47,7 @@ pub struct AwsRuntime {
 }
 
 impl AwsRuntime {
-    /// Validates the SCP files and templates, then reconciles the management account. `orgs` replaces
+    /// Validates the SCP files and templates, then prepares the management account. `orgs` replaces
     /// the Organizations adapter (tests interpose on it); `None` uses the SDK.
     pub async fn start(
         settings: AwsSettings,
@@ -55,76 +56,175 @@ impl AwsRuntime {
         metrics: Arc<Metrics>,
         orgs: Option<Arc<dyn Organizations>>,
     ) -> anyhow::Result<Self> {
-        // Local files first: a broken guardrail must stop start-up before any AWS call.
+        let readiness = Readiness::starting("preparing the management account");
+        Self::prepare(settings, sdk, pool, metrics, orgs)?
+            .until_ready(&readiness)
+            .await
+    }
+
+    /// Everything that needs no AWS call: the local files (a broken guardrail or template stops
+    /// start-up before any call) and the adapters.
+    pub fn prepare(
+        settings: AwsSettings,
+        sdk: aws_config::SdkConfig,
+        pool: sqlx::PgPool,
+        metrics: Arc<Metrics>,
+        orgs: Option<Arc<dyn Organizations>>,
+    ) -> anyhow::Result<Unprepared> {
         let scps = reconcile::load_scps(&settings.scp_dir)?;
         let templates = Templates::load(&settings.templates_dir).map_err(anyhow::Error::msg)?;
         let limiter = Arc::new(aws::Limiter::new(settings.budgets.clone()));
         let aws = Aws::with_limiter(sdk, metrics, limiter);
-        let orgs = orgs.unwrap_or_else(|| Arc::new(SdkOrganizations::new(aws.clone())));
+        let orgs_override = orgs;
+        let orgs = orgs_override
+            .clone()
+            .unwrap_or_else(|| Arc::new(SdkOrganizations::new(aws.clone())));
         let accounts = Arc::new(Accounts::new(aws.clone(), &settings.access_role));
         let route53 = Arc::new(Route53::new(aws.clone()));
         let bus = Arc::new(EventBridge::new(aws.clone(), &settings.event_bus));
+        // The reconciler's own adapters, patient per call (see `aws::patient`); same rate budgets.
+        let patient = Aws::with_limiter(
+            aws::patient(&aws.sdk),
+            aws.metrics().clone(),
+            aws.limiter().clone(),
+        );
         let reconciler = Arc::new(Reconciler {
-            orgs: orgs.clone(),
-            accounts: accounts.clone(),
-            route53: route53.clone(),
-            bus: bus.clone(),
+            orgs: match &orgs_override {
+                Some(o) => o.clone(),
+                None => Arc::new(SdkOrganizations::new(patient.clone())),
+            },
+            accounts: Arc::new(Accounts::new(patient.clone(), &settings.access_role)),
+            route53: Arc::new(Route53::new(patient.clone())),
+            bus: Arc::new(EventBridge::new(patient, &settings.event_bus)),
             settings: settings.clone(),
             scps,
             pool: pool.clone(),
         });
-        let management = reconcile_with_retries(&reconciler)
-            .await
-            .context("cannot prepare the management account")?;
+        Ok(Unprepared {
+            aws,
+            orgs,
+            accounts,
+            route53,
+            bus,
+            reconciler,
+            settings,
+            templates,
+            pool,
+        })
+    }
+}
+
+/// The AWS side before the management account is reconciled.
+pub struct Unprepared {
+    aws: Aws,
+    orgs: Arc<dyn Organizations>,
+    accounts: Arc<Accounts>,
+    route53: Arc<Route53>,
+    bus: Arc<EventBridge>,
+    reconciler: Arc<Reconciler>,
+    settings: AwsSettings,
+    templates: Templates,
+    pool: sqlx::PgPool,
+}
+
+impl Unprepared {
+    /// The rate budgets every AWS call of this process goes through.
+    pub fn limiter(&self) -> Arc<aws::Limiter> {
+        self.aws.limiter().clone()
+    }
+
+    /// Reconciles the management account and indexes the organization's accounts, retrying whatever
+    /// AWS answers (throttles, outages, and also a missing zone or permission, which ops can fix
+    /// while vend waits) until both are done. `readiness` says what it is waiting for meanwhile.
+    pub async fn until_ready(self, readiness: &Readiness) -> anyhow::Result<AwsRuntime> {
+        let r = &self.reconciler;
+        let management = retry_until_done(readiness, "reconciling the management account", || {
+            r.reconcile()
+        })
+        .await;
         info!(
             organization = %management.organization_id,
             tenant_ou = %management.tenant_ou_id,
             zone = %management.hosted_zone_id,
             "management account reconciled"
         );
-        if db::org::claim_periodic(&pool, "sync-accounts", settings.account_sync_interval).await? {
-            let n = reconciler
-                .sync_accounts()
-                .await
-                .context("cannot index the organization's accounts")?;
-            info!(accounts = n, "organization account index refreshed");
-        }
+        retry_until_done(
+            readiness,
+            "indexing the organization's accounts",
+            || async {
+                if db::org::claim_periodic(
+                    &self.pool,
+                    "sync-accounts",
+                    self.settings.account_sync_interval,
+                )
+                .await?
+                {
+                    let n = r.sync_accounts().await?;
+                    info!(accounts = n, "organization account index refreshed");
+                }
+                Ok::<_, reconcile::ReconcileError>(())
+            },
+        )
+        .await;
         let silo = Arc::new(Silo {
-            aws,
-            orgs,
-            accounts,
-            route53,
-            settings,
+            aws: self.aws,
+            orgs: self.orgs,
+            accounts: self.accounts,
+            route53: self.route53,
+            settings: self.settings,
             management,
-            templates,
-            pool,
+            templates: self.templates,
+            pool: self.pool,
         });
-        Ok(Self {
+        readiness.set_ready();
+        Ok(AwsRuntime {
             silo,
-            bus,
-            reconciler,
+            bus: self.bus,
+            reconciler: self.reconciler,
         })
     }
 }
 
-/// The start-up reconcile, retried while AWS throttles or fails transiently (a process that exits on
-/// the first throttle at boot would restart straight into the same storm).
-async fn reconcile_with_retries(
-    r: &Reconciler,
-) -> Result<crate::steps::Management, reconcile::ReconcileError> {
-    let mut delay = std::time::Duration::from_millis(500);
-    let mut tries = 0;
+/// How start-up retries: the classified backoff of steps, without an attempt limit (a process that
+/// gave up would be restarted straight into the same storm). Throttles and outages retry within
+/// seconds; a permanent answer (a missing zone, a denied permission) waits for ops at up to a minute.
+fn startup_delay(e: &reconcile::ReconcileError, n: u32) -> std::time::Duration {
+    use crate::domain::{ErrorClass, RetryPolicy};
+    use std::time::Duration;
+    let (class, floor) = match e {
+        reconcile::ReconcileError::Aws(a) => (a.class, a.retry_after),
+        reconcile::ReconcileError::Db(_) => (ErrorClass::Transient, None),
+        _ => (ErrorClass::Permanent, None),
+    };
+    let policy = RetryPolicy {
+        initial_interval: Duration::from_millis(500),
+        maximum_interval: match class {
+            ErrorClass::Permanent => Duration::from_secs(60),
+            _ => Duration::from_secs(20),
+        },
+        ..RetryPolicy::default()
+    };
+    let floor = floor.unwrap_or_default().max(Duration::from_millis(200));
+    policy.delay(n, Some(floor), rand::random::<f64>())
+}
+
+async fn retry_until_done<T, F, Fut>(readiness: &Readiness, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, reconcile::ReconcileError>>,
+{
+    let mut n = 0;
     loop {
-        match r.reconcile().await {
-            Err(reconcile::ReconcileError::Aws(e))
-                if e.class != crate::domain::ErrorClass::Permanent && tries < 8 =>
-            {
-                tries += 1;
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "management reconcile failed; retrying");
+        readiness.set_waiting(what.to_owned());
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                n += 1;
+                let delay = startup_delay(&e, n);
+                tracing::warn!(error = %e, attempt = n, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                readiness.set_waiting(format!("{what}: {e} (attempt {n}, retrying in {delay:?})"));
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(10));
             }
-            other => return other,
         }
     }
 }
@@ -147,22 +247,165 @@ pub async fn serve(
         .context("cannot apply migrations")?;
     let metrics = Metrics::new();
 
-    let aws_runtime = if parts.workers || parts.dispatcher {
+    // The AWS side is prepared in the background: the API (signups need only Postgres) serves at
+    // once, `/readyz` says what start-up waits for, and workers and the dispatcher start once it is
+    // done. Only local problems (files, configuration) stop the process here.
+    let unprepared = if parts.workers || parts.dispatcher {
         let settings = config.aws.clone().ok_or_else(|| {
-            anyhow::anyhow!(
-                "VEND_BASE_DOMAIN: is required to run workers or the dispatcher (with VEND_CERTIFICATE_ARN, or VEND_TENANT_CERTIFICATES=per-account)"
-            )
+            anyhow::anyhow!("VEND_BASE_DOMAIN: is required to run workers or the dispatcher")
         })?;
         let sdk = aws::load_sdk_config().await.map_err(anyhow::Error::msg)?;
-        Some(AwsRuntime::start(settings, sdk, pool.clone(), metrics.clone(), None).await?)
+        Some(AwsRuntime::prepare(
+            settings,
+            sdk,
+            pool.clone(),
+            metrics.clone(),
+            None,
+        )?)
     } else {
         None
+    };
+    let readiness = match &unprepared {
+        Some(_) => Readiness::starting("preparing the management account"),
+        None => Readiness::ready(),
+    };
+
+    let worker_id = config
+        .worker_id
+        .clone()
+        .unwrap_or_else(crate::engine::default_worker_id);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(u) = &unprepared {
+        // Before the first AWS call, so even start-up's calls are within this replica's share.
+        let limiter = u.limiter();
+        share_budgets(&pool, &worker_id, &limiter).await;
+        tasks.spawn(keep_sharing_budgets(
+            pool.clone(),
+            worker_id.clone(),
+            limiter,
+            shutdown.clone(),
+        ));
+    }
+    if parts.api {
+        let state = AppState {
+            pool: pool.clone(),
+            workflows: workflows.clone(),
+            signup_secret: config.signup_secret.clone(),
+            ops_tokens: config.ops_tokens.clone(),
+            slug_rules: Arc::new(crate::domain::SlugRules::new(
+                &config.reserved_slugs,
+                config.aws.as_ref().map(AwsSettings::naming),
+            )),
+            metrics: metrics.clone(),
+            events_include_owner_email: config.events_include_owner_email,
+            readiness: readiness.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (VEND_LISTEN)", config.listen))?;
+        info!(listen = %listener.local_addr()?, "HTTP API listening");
+        let app = http::router_with(state, config.request_limits);
+        let stop = shutdown.clone();
+        let limits = config.http_limits;
+        tasks.spawn(async move {
+            if let Err(e) = http::server::serve(
+                listener,
+                app,
+                limits,
+                stop,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+
+    let background = run_background(
+        config,
+        worker_id,
+        parts,
+        pool.clone(),
+        workflows,
+        metrics,
+        unprepared,
+        readiness,
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        if let Err(e) = background.await {
+            tracing::error!(error = %e, "workers stopped");
+        }
+    });
+    while tasks.join_next().await.is_some() {}
+    pool.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// How often a replica says it is alive, and how long one that stopped saying so still counts.
+const REPLICA_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+const REPLICA_ALIVE_FOR: std::time::Duration = std::time::Duration::from_secs(7);
+
+async fn share_budgets(pool: &sqlx::PgPool, worker_id: &str, limiter: &aws::Limiter) {
+    match db::replicas::heartbeat(pool, worker_id, REPLICA_ALIVE_FOR).await {
+        Ok(n) => {
+            if n as usize != limiter.replicas() {
+                info!(replicas = n, "rate budgets split between the live replicas");
+            }
+            limiter.set_replicas(n as usize);
+        }
+        // Keep the last share: an outage of Postgres stops the engine anyway.
+        Err(e) => tracing::warn!(error = %e, "cannot record this replica's heartbeat"),
+    }
+}
+
+/// Keeps this replica's share of the management account's rate budgets right as replicas come and
+/// go (see `aws::Limiter::set_replicas`).
+async fn keep_sharing_budgets(
+    pool: sqlx::PgPool,
+    worker_id: String,
+    limiter: Arc<aws::Limiter>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(REPLICA_HEARTBEAT) => {}
+            () = shutdown.cancelled() => break,
+        }
+        share_budgets(&pool, &worker_id, &limiter).await;
+    }
+    if let Err(e) = db::replicas::leave(&pool, &worker_id).await {
+        tracing::warn!(error = %e, "cannot record this replica's departure");
+    }
+}
+
+/// Waits for the AWS side, then runs the reconciler, the workers and the dispatcher until shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn run_background(
+    config: Config,
+    worker_id: String,
+    parts: Parts,
+    pool: sqlx::PgPool,
+    workflows: Arc<Workflows>,
+    metrics: Arc<Metrics>,
+    unprepared: Option<Unprepared>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let aws_runtime = match unprepared {
+        Some(u) => tokio::select! {
+            r = u.until_ready(&readiness) => Some(r?),
+            // Stopped while still waiting for AWS: nothing has started that needs draining.
+            () = shutdown.cancelled() => return Ok(()),
+        },
+        None => None,
     };
     let registry = match &aws_runtime {
         Some(rt) => crate::steps::registry(rt.silo.clone()),
         None => Registry::new(),
     };
-
     let dispatcher = Dispatcher::new(
         pool.clone(),
         DispatcherConfig {
@@ -194,10 +437,7 @@ pub async fn serve(
             workflows.clone(),
             registry,
             EngineConfig {
-                worker_id: config
-                    .worker_id
-                    .clone()
-                    .unwrap_or_else(crate::engine::default_worker_id),
+                worker_id,
                 concurrency: config.worker_concurrency,
                 lease: config.lease,
                 poll_interval: config.poll_interval,
@@ -210,37 +450,6 @@ pub async fn serve(
     if parts.dispatcher {
         tasks.spawn(dispatcher.run(shutdown.clone()));
     }
-    if parts.api {
-        let state = AppState {
-            pool: pool.clone(),
-            workflows: workflows.clone(),
-            signup_secret: config.signup_secret.clone(),
-            ops_tokens: config.ops_tokens.clone(),
-            metrics: metrics.clone(),
-        };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (VEND_LISTEN)", config.listen))?;
-        info!(listen = %listener.local_addr()?, "HTTP API listening");
-        let app = http::router_with(state, config.request_limits);
-        let stop = shutdown.clone();
-        let limits = config.http_limits;
-        tasks.spawn(async move {
-            if let Err(e) = http::server::serve(
-                listener,
-                app,
-                limits,
-                stop,
-                std::time::Duration::from_secs(10),
-            )
-            .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-    }
     while tasks.join_next().await.is_some() {}
-    pool.close().await;
-    info!("stopped");
     Ok(())
 }

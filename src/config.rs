@@ -43,9 +43,55 @@ impl Env for std::collections::HashMap<String, String> {
     }
 }
 
-/// Bearer tokens for the ops API. `Debug` never shows them.
+/// What an ops token may do. A route needs one scope: `metrics` for `/metrics`, `read` for every other
+/// GET, `write` for every POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Metrics,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Metrics];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Metrics => "metrics",
+        }
+    }
+}
+
+/// One ops token: its name (recorded in history as the operator) and its scopes.
 #[derive(Clone)]
-pub struct OpsTokens(Vec<String>);
+pub struct OpsToken {
+    pub name: String,
+    digest: [u8; 32],
+    pub scopes: std::collections::BTreeSet<Scope>,
+}
+
+impl OpsToken {
+    pub fn new(name: &str, token: &str, scopes: &[Scope]) -> Self {
+        use sha2::{Digest, Sha256};
+        Self {
+            name: name.to_owned(),
+            digest: Sha256::digest(token.as_bytes()).into(),
+            scopes: scopes.iter().copied().collect(),
+        }
+    }
+
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+/// Bearer tokens for the ops API (`VEND_OPS_TOKENS`, `VEND_OPS_TOKEN`). Only their SHA-256 digests are
+/// kept, and `Debug` shows names only.
+#[derive(Clone)]
+pub struct OpsTokens(Vec<OpsToken>);
 
 impl std::fmt::Debug for OpsTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,21 +100,38 @@ impl std::fmt::Debug for OpsTokens {
 }
 
 impl OpsTokens {
+    /// Unnamed tokens with every scope, named `ops` (what `VEND_OPS_TOKEN` gives).
     pub fn new(tokens: Vec<String>) -> Self {
+        Self(
+            tokens
+                .iter()
+                .map(|t| OpsToken::new("ops", t, &Scope::ALL))
+                .collect(),
+        )
+    }
+
+    pub fn from_tokens(tokens: Vec<OpsToken>) -> Self {
         Self(tokens)
     }
 
-    /// Constant-time in the candidate's content: both sides are hashed first so neither length nor a
-    /// matching prefix shows in the timing.
-    pub fn accepts(&self, candidate: &str) -> bool {
+    /// The token `candidate` is, if any. Constant-time in the candidate's content: it is hashed first
+    /// and compared with every token's digest, so neither its length nor a matching prefix shows in
+    /// the timing, nor which token matched.
+    pub fn authenticate(&self, candidate: &str) -> Option<&OpsToken> {
         use sha2::{Digest, Sha256};
         use subtle::ConstantTimeEq;
         let c = Sha256::digest(candidate.as_bytes());
-        let mut ok = subtle::Choice::from(0);
+        let mut found = None;
         for t in &self.0 {
-            ok |= Sha256::digest(t.as_bytes()).ct_eq(&c);
+            if bool::from(t.digest.ct_eq(c.as_slice())) {
+                found = Some(t);
+            }
         }
-        ok.into()
+        found
+    }
+
+    pub fn accepts(&self, candidate: &str) -> bool {
+        self.authenticate(candidate).is_some()
     }
 }
 
@@ -83,6 +146,33 @@ pub enum Certificates {
     /// in the central zone (`VEND_TENANT_CERTIFICATES=per-account`): what AWS requires for a custom
     /// domain in every tenant account.
     PerAccount,
+}
+
+/// Accounts vend may ask AWS for within a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationBudget {
+    pub accounts: i64,
+    pub window: Duration,
+}
+
+impl Default for CreationBudget {
+    /// 100 a day: more than a week's signups for most B2B products, far fewer than a runaway loop or a
+    /// signup flood would ask for. Raise it for a planned migration.
+    fn default() -> Self {
+        Self {
+            accounts: 100,
+            window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+fn parse_creation_budget(v: &str) -> Option<CreationBudget> {
+    let (n, w) = v.split_once('/')?;
+    let accounts: i64 = n.trim().parse().ok().filter(|n| *n >= 1)?;
+    let window = humantime::parse_duration(w.trim())
+        .ok()
+        .filter(|w| *w >= Duration::from_secs(60))?;
+    Some(CreationBudget { accounts, window })
 }
 
 /// The AWS side of the silo workflow.
@@ -116,6 +206,9 @@ pub struct AwsSettings {
     pub unknown_outcome_grace: Duration,
     /// CreateAccount requests in flight at once across every replica (AWS allows 5 per organization).
     pub create_account_concurrency: i64,
+    /// At most this many CreateAccount requests (one per tenant) within the window, across every
+    /// replica: a bound on what a flood of signups can cost (`VEND_ACCOUNT_CREATION_BUDGET`).
+    pub creation_budget: CreationBudget,
     /// Rate budgets per AWS service or operation.
     pub budgets: std::collections::HashMap<String, crate::aws::limiter::Budget>,
 }
@@ -147,18 +240,26 @@ impl AwsSettings {
             reconcile_interval: Duration::from_secs(600),
             unknown_outcome_grace: crate::aws::OPERATION_TIMEOUT + Duration::from_secs(20),
             create_account_concurrency: 5,
+            creation_budget: CreationBudget::default(),
             budgets: crate::aws::limiter::default_budgets(),
         }
     }
 
+    /// The templates a tenant's account e-mail and name are made from.
+    pub fn naming(&self) -> crate::domain::AccountNamingTemplates {
+        crate::domain::AccountNamingTemplates {
+            email: self.account_email_template.clone(),
+            name: self.account_name_template.clone(),
+            base_domain: self.base_domain.clone(),
+        }
+    }
+
     pub fn account_email(&self, slug: &str) -> String {
-        self.account_email_template
-            .replace("{slug}", slug)
-            .replace("{base_domain}", &self.base_domain)
+        self.naming().email(slug)
     }
 
     pub fn account_name(&self, slug: &str) -> String {
-        self.account_name_template.replace("{slug}", slug)
+        self.naming().name(slug)
     }
 
     pub fn tenant_domain(&self, slug: &str) -> String {
@@ -216,6 +317,20 @@ impl AwsSettings {
         s.account_sync_interval =
             duration(env, "VEND_ACCOUNT_SYNC_INTERVAL", s.account_sync_interval)?;
         s.reconcile_interval = duration(env, "VEND_RECONCILE_INTERVAL", s.reconcile_interval)?;
+        s.create_account_concurrency =
+            number(env, "VEND_CREATE_ACCOUNT_CONCURRENCY", 5, 1, 10)? as i64;
+        if let Some(v) = env.get("VEND_AWS_RATE_LIMITS") {
+            crate::aws::limiter::parse_overrides(&v, &mut s.budgets)
+                .map_err(|m| err("VEND_AWS_RATE_LIMITS", m))?;
+        }
+        if let Some(v) = env.get("VEND_ACCOUNT_CREATION_BUDGET") {
+            s.creation_budget = parse_creation_budget(&v).ok_or_else(|| {
+                err(
+                    "VEND_ACCOUNT_CREATION_BUDGET",
+                    format!("{v:?} is not a budget such as 50/24h (accounts per window)"),
+                )
+            })?;
+        }
         Ok(s)
     }
 }
@@ -226,6 +341,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub signup_secret: Secret,
     pub ops_tokens: OpsTokens,
+    /// `VEND_RESERVED_SLUGS`, besides the built-in list.
+    pub reserved_slugs: Vec<String>,
+    /// `VEND_EVENTS_INCLUDE_OWNER_EMAIL`: progress events carry the owner's e-mail (default no).
+    pub events_include_owner_email: bool,
     pub workflows_dir: PathBuf,
     pub worker_concurrency: usize,
     pub lease: Duration,
@@ -238,6 +357,14 @@ pub struct Config {
     pub aws: Option<AwsSettings>,
     pub http_limits: crate::http::server::Limits,
     pub request_limits: crate::http::RequestLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpsTokenSpec {
+    name: String,
+    token: String,
+    scopes: Vec<Scope>,
 }
 
 #[derive(Deserialize)]
@@ -277,27 +404,7 @@ impl Config {
             )
         })?)
         .map_err(|m| err("VEND_SIGNUP_SECRET", m))?;
-        let tokens: Vec<String> = env
-            .get("VEND_OPS_TOKEN")
-            .ok_or_else(|| {
-                err(
-                    "VEND_OPS_TOKEN",
-                    "is required (one token, or several separated by commas)",
-                )
-            })?
-            .split(',')
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect();
-        if tokens.is_empty() {
-            return Err(err("VEND_OPS_TOKEN", "is required"));
-        }
-        if tokens.iter().any(|t| t.len() < 16) {
-            return Err(err(
-                "VEND_OPS_TOKEN",
-                "each token must be at least 16 characters",
-            ));
-        }
+        let ops_tokens = ops_tokens(env)?;
         let allow_http = flag(env, "VEND_ALLOW_HTTP_WEBHOOKS")?;
         let progress_webhooks = match env.get("VEND_PROGRESS_WEBHOOKS") {
             None => Vec::new(),
@@ -338,7 +445,17 @@ impl Config {
             database_url,
             listen,
             signup_secret,
-            ops_tokens: OpsTokens(tokens),
+            ops_tokens,
+            events_include_owner_email: flag(env, "VEND_EVENTS_INCLUDE_OWNER_EMAIL")?,
+            reserved_slugs: env
+                .get("VEND_RESERVED_SLUGS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_ascii_lowercase())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             workflows_dir: env
                 .get("VEND_WORKFLOWS_DIR")
                 .map(PathBuf::from)
@@ -369,30 +486,103 @@ impl Config {
     }
 }
 
-/// `VEND_TENANT_CERTIFICATES`: `shared` (the default; `VEND_CERTIFICATE_ARN` names the certificate) or
-/// `per-account` (vend requests one per tenant account; a shared ARN would be ignored, so it is refused).
+/// `VEND_OPS_TOKENS` (named, scoped) and `VEND_OPS_TOKEN` (one or more comma-separated tokens with
+/// every scope, named `ops`); at least one of them.
+fn ops_tokens(env: &dyn Env) -> Result<OpsTokens, ConfigError> {
+    const MIN: usize = 16;
+    let mut out = Vec::new();
+    if let Some(v) = env.get("VEND_OPS_TOKEN") {
+        let tokens: Vec<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if tokens.is_empty() {
+            return Err(err("VEND_OPS_TOKEN", "is empty"));
+        }
+        if tokens.iter().any(|t| t.len() < MIN) {
+            return Err(err(
+                "VEND_OPS_TOKEN",
+                "each token must be at least 16 characters",
+            ));
+        }
+        out.extend(tokens.iter().map(|t| OpsToken::new("ops", t, &Scope::ALL)));
+    }
+    if let Some(v) = env.get("VEND_OPS_TOKENS") {
+        const VAR: &str = "VEND_OPS_TOKENS";
+        let specs: Vec<OpsTokenSpec> = serde_json::from_str(&v).map_err(|_| {
+            err(
+                VAR,
+                "must be a JSON array of {\"name\": \"...\", \"token\": \"...\", \"scopes\": [\"read\", \"write\", \"metrics\"]}",
+            )
+        })?;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, s) in specs.iter().enumerate() {
+            let name_ok = !s.name.is_empty()
+                && s.name.len() <= 64
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+            if !name_ok {
+                return Err(err(
+                    VAR,
+                    format!("entry {i}: name must be 1-64 letters, digits or -_.@"),
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(err(
+                    VAR,
+                    format!("entry {i}: the name {:?} is used twice", s.name),
+                ));
+            }
+            if s.token.len() < MIN {
+                return Err(err(
+                    VAR,
+                    format!("entry {i}: the token must be at least 16 characters"),
+                ));
+            }
+            if s.scopes.is_empty() {
+                return Err(err(
+                    VAR,
+                    format!("entry {i}: scopes must name at least one of read, write, metrics"),
+                ));
+            }
+            out.push(OpsToken::new(&s.name, &s.token, &s.scopes));
+        }
+    }
+    if out.is_empty() {
+        return Err(err(
+            "VEND_OPS_TOKEN",
+            "is required (one token, or several separated by commas), or VEND_OPS_TOKENS with named, scoped tokens",
+        ));
+    }
+    Ok(OpsTokens(out))
+}
+
+/// `VEND_CERTIFICATE_ARN` set: one shared certificate (`VEND_TENANT_CERTIFICATES` may say `shared`).
+/// Unset: one certificate per tenant account, what AWS needs (API Gateway takes a certificate only from
+/// the domain's own account); `VEND_TENANT_CERTIFICATES=per-account` says so explicitly and refuses an
+/// ARN that would be ignored.
 fn certificates(env: &dyn Env) -> Result<Certificates, ConfigError> {
     let arn = env.get("VEND_CERTIFICATE_ARN");
-    match env.get("VEND_TENANT_CERTIFICATES").as_deref() {
-        None | Some("shared") => match arn {
-            Some(arn) if arn.starts_with("arn:") => Ok(Certificates::Shared(arn)),
-            Some(_) => Err(err(
-                "VEND_CERTIFICATE_ARN",
-                "must be an ACM certificate ARN",
-            )),
-            None => Err(err(
-                "VEND_CERTIFICATE_ARN",
-                "is required when VEND_BASE_DOMAIN is set (or set VEND_TENANT_CERTIFICATES=per-account)",
-            )),
-        },
-        Some("per-account") => match arn {
-            None => Ok(Certificates::PerAccount),
-            Some(_) => Err(err(
-                "VEND_CERTIFICATE_ARN",
-                "is not used with VEND_TENANT_CERTIFICATES=per-account (each tenant account gets its own); unset one of them",
-            )),
-        },
-        Some(_) => Err(err(
+    match (env.get("VEND_TENANT_CERTIFICATES").as_deref(), arn) {
+        (None | Some("shared"), Some(arn)) if arn.starts_with("arn:") => {
+            Ok(Certificates::Shared(arn))
+        }
+        (None | Some("shared"), Some(_)) => Err(err(
+            "VEND_CERTIFICATE_ARN",
+            "must be an ACM certificate ARN",
+        )),
+        (Some("shared"), None) => Err(err(
+            "VEND_CERTIFICATE_ARN",
+            "is required with VEND_TENANT_CERTIFICATES=shared",
+        )),
+        (None | Some("per-account"), None) => Ok(Certificates::PerAccount),
+        (Some("per-account"), Some(_)) => Err(err(
+            "VEND_CERTIFICATE_ARN",
+            "is not used with VEND_TENANT_CERTIFICATES=per-account (each tenant account gets its own); unset one of them",
+        )),
+        (Some(_), _) => Err(err(
             "VEND_TENANT_CERTIFICATES",
             "must be shared or per-account",
         )),
@@ -533,16 +723,12 @@ mod tests {
                 "VEND_PROGRESS_WEBHOOKS",
                 "[{\"url\":\"http://10.0.0.1/x\",\"secret\":\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"}]",
             ),
-            ("VEND_BASE_DOMAIN", "tenants.example.com"),
+            ("VEND_BASE_DOMAIN", "tenants..example.com"),
         ] {
             let mut env = base();
             env.insert(var.into(), value.into());
             let e = Config::from_env(&env).unwrap_err().to_string();
-            assert!(
-                e.contains(var)
-                    || (var == "VEND_BASE_DOMAIN" && e.contains("VEND_CERTIFICATE_ARN")),
-                "{var}: {e}"
-            );
+            assert!(e.contains(var), "{var}: {e}");
             if var == "VEND_SIGNUP_SECRET" || var == "VEND_OPS_TOKEN" {
                 assert!(!e.contains(value), "{e} leaks the value");
             }
@@ -567,8 +753,16 @@ mod tests {
         );
         let per = with(&[("VEND_TENANT_CERTIFICATES", "per-account")]).unwrap();
         assert_eq!(per.aws.unwrap().certificates, Certificates::PerAccount);
+        // What AWS needs is the default.
+        assert_eq!(
+            with(&[]).unwrap().aws.unwrap().certificates,
+            Certificates::PerAccount
+        );
         for (pairs, var) in [
-            (vec![], "VEND_CERTIFICATE_ARN"),
+            (
+                vec![("VEND_TENANT_CERTIFICATES", "shared")],
+                "VEND_CERTIFICATE_ARN",
+            ),
             (
                 vec![("VEND_CERTIFICATE_ARN", "not-an-arn")],
                 "VEND_CERTIFICATE_ARN",
@@ -601,6 +795,79 @@ mod tests {
         assert!(check_webhook_url("http://169.254.169.254/latest", true).is_err());
         assert!(check_webhook_url("https://user:pw@example.com/", false).is_err());
         assert!(check_webhook_url("file:///etc/passwd", true).is_err());
+    }
+
+    #[test]
+    fn aws_limits_come_from_the_environment() {
+        let mut env = base();
+        env.insert("VEND_BASE_DOMAIN".into(), "tenants.example.com".into());
+        let d = Config::from_env(&env).unwrap().aws.unwrap();
+        assert_eq!(d.creation_budget, CreationBudget::default());
+        assert_eq!(d.create_account_concurrency, 5);
+        env.insert("VEND_ACCOUNT_CREATION_BUDGET".into(), "50/24h".into());
+        env.insert("VEND_CREATE_ACCOUNT_CONCURRENCY".into(), "3".into());
+        env.insert("VEND_AWS_RATE_LIMITS".into(), r#"{"route53": 2}"#.into());
+        let a = Config::from_env(&env).unwrap().aws.unwrap();
+        assert_eq!(
+            a.creation_budget,
+            CreationBudget {
+                accounts: 50,
+                window: Duration::from_secs(86_400)
+            }
+        );
+        assert_eq!(a.create_account_concurrency, 3);
+        assert_eq!(a.budgets["route53"].per_second, 2.0);
+        for (var, bad) in [
+            ("VEND_ACCOUNT_CREATION_BUDGET", "50"),
+            ("VEND_ACCOUNT_CREATION_BUDGET", "0/1h"),
+            ("VEND_ACCOUNT_CREATION_BUDGET", "5/1s"),
+            ("VEND_CREATE_ACCOUNT_CONCURRENCY", "6000"),
+            ("VEND_AWS_RATE_LIMITS", "[]"),
+        ] {
+            let mut e = env.clone();
+            e.insert(var.into(), bad.into());
+            assert_eq!(Config::from_env(&e).unwrap_err().var, var, "{bad}");
+        }
+    }
+
+    #[test]
+    fn named_tokens_carry_their_scopes() {
+        let mut env = base();
+        env.remove("VEND_OPS_TOKEN");
+        env.insert(
+            "VEND_OPS_TOKENS".into(),
+            r#"[{"name":"alice","token":"aaaaaaaaaaaaaaaa1","scopes":["read"]},
+               {"name":"prom","token":"pppppppppppppppp1","scopes":["metrics"]}]"#
+                .into(),
+        );
+        let c = Config::from_env(&env).unwrap();
+        let alice = c.ops_tokens.authenticate("aaaaaaaaaaaaaaaa1").unwrap();
+        assert_eq!(alice.name, "alice");
+        assert!(alice.allows(Scope::Read) && !alice.allows(Scope::Write));
+        assert!(
+            c.ops_tokens
+                .authenticate("pppppppppppppppp1")
+                .unwrap()
+                .allows(Scope::Metrics)
+        );
+        assert!(c.ops_tokens.authenticate("0123456789abcdef0123").is_none());
+        for bad in [
+            r#"[{"name":"a","token":"short","scopes":["read"]}]"#,
+            r#"[{"name":"a","token":"aaaaaaaaaaaaaaaa1","scopes":[]}]"#,
+            r#"[{"name":"a","token":"aaaaaaaaaaaaaaaa1","scopes":["admin"]}]"#,
+            r#"[{"name":"a","token":"aaaaaaaaaaaaaaaa1","scopes":["read"]},{"name":"a","token":"bbbbbbbbbbbbbbbb1","scopes":["read"]}]"#,
+            "nonsense",
+        ] {
+            env.insert("VEND_OPS_TOKENS".into(), bad.into());
+            let e = Config::from_env(&env).unwrap_err();
+            assert_eq!(e.var, "VEND_OPS_TOKENS", "{bad}");
+            assert!(
+                !e.to_string().contains("aaaaaaaaaaaaaaaa1"),
+                "{e} leaks a token"
+            );
+        }
+        env.remove("VEND_OPS_TOKENS");
+        assert_eq!(Config::from_env(&env).unwrap_err().var, "VEND_OPS_TOKEN");
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub tenants_by_state: Family<StateLabels, Gauge>,
     pub deliveries_by_state: Family<StateLabels, Gauge>,
     pub queue_depth: Gauge,
+    pub creation_budget_waits: Counter,
 }
 
 impl Metrics {
@@ -113,6 +114,7 @@ impl Metrics {
             tenants_by_state: Family::default(),
             deliveries_by_state: Family::default(),
             queue_depth: Gauge::default(),
+            creation_budget_waits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +176,11 @@ impl Metrics {
             "queue_depth",
             "Steps due now and not yet claimed",
             m.queue_depth.clone(),
+        );
+        registry.register(
+            "account_creation_budget_waits",
+            "CreateAccount requests held back because VEND_ACCOUNT_CREATION_BUDGET was spent",
+            m.creation_budget_waits.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

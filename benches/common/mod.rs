@@ -67,8 +67,19 @@ impl Pg {
         Self::start_with(dir, "")
     }
 
-    /// Starts the cluster with extra server options (`-c name=value ...`).
+    /// Starts the cluster with extra server options (`-c name=value ...`), at PostgreSQL's default
+    /// durability unless `VEND_PG_UNSAFE_FAST=1` (then every figure is marked as not a headline one).
     pub fn start_with(dir: &Path, options: &str) -> Pg {
+        if std::env::var("VEND_PG_UNSAFE_FAST").as_deref() == Ok("1") {
+            eprintln!(
+                "WARNING: VEND_PG_UNSAFE_FAST=1: Postgres runs with fsync, synchronous_commit and \
+                 full_page_writes off; these figures are what-ifs, not production ones"
+            );
+        } else {
+            eprintln!(
+                "Postgres at its default durability (fsync, synchronous_commit, full_page_writes on)"
+            );
+        }
         let out = Command::new(repo().join("scripts/pg"))
             .args(["start", dir.to_str().unwrap()])
             .env("PG_OPTS", options)

@@ -50,14 +50,18 @@ impl Accounts {
         &self.role_name
     }
 
-    /// AWS as seen inside `account_id` through its access role, within that account's rate budgets.
-    pub async fn in_account(&self, account_id: &str) -> Result<Aws, AwsError> {
-        let cfg = self.config_for(account_id).await?;
+    /// AWS as seen inside `account_id` through its access role, for `tenant`, within that account's
+    /// rate budgets.
+    pub async fn in_account(&self, account_id: &str, tenant: &str) -> Result<Aws, AwsError> {
+        let cfg = self.config_for(account_id, tenant).await?;
         Ok(self.aws.in_account(account_id, cfg))
     }
 
-    /// SDK configuration acting inside `account_id` through its access role.
-    pub async fn config_for(&self, account_id: &str) -> Result<SdkConfig, AwsError> {
+    /// SDK configuration acting inside `account_id` through its access role. The role session is
+    /// named `vend-<tenant>`, so CloudTrail in the tenant's account (and the management account's)
+    /// tells whose work each call was. (SourceIdentity would persist further, but the default
+    /// `OrganizationAccountAccessRole` does not trust `sts:SetSourceIdentity`, so AWS would refuse.)
+    pub async fn config_for(&self, account_id: &str, tenant: &str) -> Result<SdkConfig, AwsError> {
         if let Some((cfg, expires)) = self.cache.lock().await.get(account_id)
             && *expires > SystemTime::now() + REFRESH_MARGIN
         {
@@ -71,7 +75,7 @@ impl Accounts {
                 self.sts
                     .assume_role()
                     .role_arn(&arn)
-                    .role_session_name("vend")
+                    .role_session_name(session_name(tenant))
                     .duration_seconds(3600)
                     .send(),
             )
@@ -107,6 +111,22 @@ impl Accounts {
     }
 }
 
+/// `vend-<tenant>`, within STS's 64 characters of `[\w+=,.@-]`.
+fn session_name(tenant: &str) -> String {
+    let mut name: String = format!("vend-{tenant}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(64);
+    name
+}
+
 /// A brand-new account refuses AssumeRole for its first minutes (AccessDenied, InvalidClientTokenId,
 /// STS not yet active in the region): that is waiting, not failing. The step's timeout bounds it.
 fn not_ready(e: AwsError, role: &str) -> AwsError {
@@ -127,5 +147,17 @@ fn not_ready(e: AwsError, role: &str) -> AwsError {
             n
         }
         _ => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_name;
+
+    #[test]
+    fn role_sessions_are_named_after_their_tenant_within_stss_rules() {
+        assert_eq!(session_name("acme"), "vend-acme");
+        assert_eq!(session_name(&"a".repeat(80)).len(), 64);
+        assert_eq!(session_name("a b:c"), "vend-a-b-c");
     }
 }

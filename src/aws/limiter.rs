@@ -106,11 +106,15 @@ impl Bucket {
     }
 }
 
-/// The shared limiter of one vend process.
+/// The limiter of one vend process. Budgets that AWS counts organization- or account-wide for the
+/// management account are split evenly between the live replicas ([`Limiter::set_replicas`]), so
+/// any number of replicas together stays within one budget. Per-tenant-account budgets are not split:
+/// a tenant has one step running at a time, so one replica at a time acts in its account.
 #[derive(Debug)]
 pub struct Limiter {
     budgets: HashMap<String, Budget>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    replicas: std::sync::atomic::AtomicUsize,
 }
 
 /// Shrink to this fraction of the budget at most: AWS throttling is bursty, never stop altogether.
@@ -123,7 +127,50 @@ impl Limiter {
         Self {
             budgets,
             buckets: Mutex::new(HashMap::new()),
+            replicas: std::sync::atomic::AtomicUsize::new(1),
         }
+    }
+
+    /// `n` replicas share the management account's budgets from now on: each gets `1/n` of the
+    /// rate and of the burst (at least one call).
+    pub fn set_replicas(&self, n: usize) {
+        let n = n.max(1);
+        let before = self.replicas.swap(n, std::sync::atomic::Ordering::Relaxed);
+        if before == n {
+            return;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("limiter lock");
+        for (key, b) in buckets.iter_mut() {
+            let budget = self.budget_of_key(key);
+            if budget.per_account {
+                continue;
+            }
+            b.refill(now);
+            let fraction = b.rate / b.max_rate;
+            b.max_rate = budget.per_second / n as f64;
+            b.rate = b.max_rate * fraction;
+            b.burst = (budget.burst / n as f64).max(1.0);
+            b.tokens = b.tokens.min(b.burst);
+        }
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn budget_of_key(&self, key: &str) -> Budget {
+        let name = key.split('@').next().unwrap_or(key);
+        self.budgets.get(name).copied().unwrap_or(FALLBACK)
+    }
+
+    /// The budget a new bucket of `budget` starts with in this process.
+    fn share_of(&self, budget: Budget) -> Budget {
+        if budget.per_account {
+            return budget;
+        }
+        let n = self.replicas() as f64;
+        Budget::new(budget.per_second / n, (budget.burst / n).max(1.0), false)
     }
 
     /// The bucket key and budget for an operation (`service.Operation`) in `account`.
@@ -154,6 +201,7 @@ impl Limiter {
     ) -> Result<(), Duration> {
         let wait = {
             let (key, budget) = self.resolve(operation, account);
+            let budget = self.share_of(budget);
             let now = Instant::now();
             let mut buckets = self.buckets.lock().expect("limiter lock");
             let bucket = buckets
@@ -174,6 +222,7 @@ impl Limiter {
     /// AWS throttled a call: halve the rate (multiplicative decrease).
     pub fn throttled(&self, operation: &str, account: Option<&str>) {
         let (key, budget) = self.resolve(operation, account);
+        let budget = self.share_of(budget);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("limiter lock");
         let b = buckets
@@ -204,6 +253,7 @@ impl Limiter {
     /// The current rate of a key, for metrics and tests.
     pub fn current_rate(&self, operation: &str, account: Option<&str>) -> f64 {
         let (key, budget) = self.resolve(operation, account);
+        let budget = self.share_of(budget);
         let buckets = self.buckets.lock().expect("limiter lock");
         buckets.get(&key).map_or(budget.per_second, |b| b.rate)
     }
@@ -261,6 +311,32 @@ mod tests {
         b.insert("svc".into(), Budget::new(10.0, 2.0, false));
         b.insert("acct".into(), Budget::new(1.0, 1.0, true));
         Limiter::new(b)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replicas_split_the_management_budgets_but_not_the_tenant_accounts() {
+        let l = limiter();
+        l.acquire("svc.Op", None, Duration::ZERO).await.unwrap();
+        l.acquire("acct.Op", Some("111"), Duration::ZERO)
+            .await
+            .unwrap();
+        l.set_replicas(4);
+        assert_eq!(l.current_rate("svc.Op", None), 2.5);
+        assert_eq!(l.current_rate("other.Op", None), FALLBACK.per_second / 4.0);
+        assert_eq!(l.current_rate("acct.Op", Some("111")), 1.0);
+        // Four replicas, each within its share, make at most the whole budget's calls in a second
+        // after the burst (one call each here).
+        let mut calls = 0;
+        let start = Instant::now();
+        while Instant::now() - start < Duration::from_secs(10) {
+            l.acquire("svc.Op", None, Duration::from_secs(5))
+                .await
+                .unwrap();
+            calls += 1;
+        }
+        assert!((25..=27).contains(&calls), "{calls} calls in 10 s at 2.5/s");
+        l.set_replicas(1);
+        assert_eq!(l.current_rate("svc.Op", None), 10.0);
     }
 
     #[test]

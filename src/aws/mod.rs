@@ -66,6 +66,30 @@ pub async fn load_sdk_config() -> Result<SdkConfig, String> {
     Ok(config)
 }
 
+/// SDK attempts per call of the management reconcile: nothing waits on it but readiness, and one failed
+/// call would otherwise restart a pass of a dozen calls, which at a fleet's fault rates rarely all pass.
+pub const RECONCILE_MAX_ATTEMPTS: u32 = 6;
+
+/// `sdk` with the reconcile's retry budget: more attempts per call, backing off up to 10 s each (the
+/// SDK's standard mode, whose client-side retry quota keeps a storm from multiplying).
+pub fn patient(sdk: &SdkConfig) -> SdkConfig {
+    sdk.to_builder()
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(RECONCILE_MAX_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(500))
+                .with_max_backoff(Duration::from_secs(10)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(20))
+                .operation_timeout(Duration::from_secs(120))
+                .build(),
+        )
+        .build()
+}
+
 /// A view of AWS shared by the adapters: the SDK configuration, the rate budgets, and the account the
 /// calls are made in (`None` for the management account).
 #[derive(Clone)]

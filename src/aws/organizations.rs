@@ -71,8 +71,11 @@ pub trait Organizations: Send + Sync {
 
     /// Every account of the organization: O(n) pages, for the periodic index sync only.
     async fn list_accounts(&self) -> Result<Vec<Account>, AwsError>;
-    /// O(accounts in the organization): only for recovering from an unknown outcome.
-    async fn find_account_by_email(&self, email: &str) -> Result<Option<Account>, AwsError>;
+    /// Accounts with this root e-mail or this name. O(accounts in the organization): only for
+    /// recovering from an unknown outcome.
+    async fn find_accounts(&self, email: &str, name: &str) -> Result<Vec<Account>, AwsError>;
+    /// The account's tags (`ListTagsForResource`).
+    async fn account_tags(&self, account_id: &str) -> Result<Vec<(String, String)>, AwsError>;
     /// O(recent requests): the newest in-progress or succeeded request for this account name.
     async fn find_create_request(
         &self,
@@ -373,6 +376,16 @@ impl Organizations for SdkOrganizations {
                     .description(description)
                     .content(content)
                     .r#type(PolicyType::ServiceControlPolicy)
+                    // What vend's IAM policy keys its SCP writes on: only its own policies.
+                    .tags(
+                        Tag::builder()
+                            .key("vend:managed-by")
+                            .value("vend")
+                            .build()
+                            .map_err(|e| {
+                                AwsError::new(ErrorClass::Permanent, "InvalidTag", e.to_string())
+                            })?,
+                    )
                     .send(),
             )
             .await?;
@@ -455,17 +468,43 @@ impl Organizations for SdkOrganizations {
         Ok(all)
     }
 
-    async fn find_account_by_email(&self, email: &str) -> Result<Option<Account>, AwsError> {
-        let mut found = None;
+    async fn find_accounts(&self, email: &str, name: &str) -> Result<Vec<Account>, AwsError> {
+        let mut found = Vec::new();
         self.scan_accounts(|a| {
-            let hit = a.email.eq_ignore_ascii_case(email);
-            if hit {
-                found = Some(a);
+            if a.email.eq_ignore_ascii_case(email) || a.name == name {
+                found.push(a);
             }
-            hit
+            false
         })
         .await?;
         Ok(found)
+    }
+
+    async fn account_tags(&self, account_id: &str) -> Result<Vec<(String, String)>, AwsError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .aws
+                .call(
+                    "organizations.ListTagsForResource",
+                    self.client
+                        .list_tags_for_resource()
+                        .resource_id(account_id)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
+            all.extend(
+                out.tags()
+                    .iter()
+                    .map(|t| (t.key().to_owned(), t.value().to_owned())),
+            );
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(all);
+            }
+        }
     }
     async fn find_create_request(
         &self,

@@ -2,8 +2,9 @@
 //! records in it.
 
 use aws_sdk_route53::Client;
+pub use aws_sdk_route53::types::ChangeAction;
 use aws_sdk_route53::types::{
-    AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    AliasTarget, Change, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 
 use crate::domain::ErrorClass;
@@ -17,6 +18,23 @@ pub struct Route53 {
     /// while the zone's previous one is still being applied.
     zone_locks:
         std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The code of a CREATE that found the record already there.
+pub const RECORD_EXISTS: &str = "RecordExists";
+
+fn cname(name: &str, value: &str) -> Result<ResourceRecordSet, aws_sdk_route53::error::BuildError> {
+    ResourceRecord::builder()
+        .value(value)
+        .build()
+        .and_then(|r| {
+            ResourceRecordSet::builder()
+                .name(absolute(name))
+                .r#type(RrType::Cname)
+                .ttl(60)
+                .resource_records(r)
+                .build()
+        })
 }
 
 fn absolute(name: &str) -> String {
@@ -57,19 +75,22 @@ impl Route53 {
             .map(|z| z.id().trim_start_matches("/hostedzone/").to_owned()))
     }
 
-    /// UPSERT the record `name` → the API Gateway regional target: an alias A record when the target's
-    /// hosted zone is known (AWS always says), a CNAME otherwise (some emulators do not). Idempotent.
-    pub async fn upsert_target(
+    /// Points the record `name` at the API Gateway regional target: an alias A record when the
+    /// target's hosted zone is known (AWS always says), a CNAME otherwise (some emulators do not).
+    /// `Create` fails with [`RECORD_EXISTS`] when any such record is there already, so a record vend
+    /// did not make is never overwritten; `Upsert` is for replacing the tenant's own.
+    pub async fn set_target(
         &self,
+        action: ChangeAction,
         zone_id: &str,
         name: &str,
         target_dns: &str,
         target_zone_id: &str,
     ) -> Result<String, AwsError> {
+        const COMMENT: &str = "vend: tenant endpoint";
         if target_zone_id.is_empty() {
-            return self
-                .upsert_cname(zone_id, name, target_dns, "vend: tenant endpoint")
-                .await;
+            let set = cname(name, target_dns);
+            return self.change(action, zone_id, set, COMMENT).await;
         }
         let set = AliasTarget::builder()
             .dns_name(target_dns)
@@ -83,7 +104,7 @@ impl Route53 {
                     .alias_target(alias)
                     .build()
             });
-        self.upsert(zone_id, set, "vend: tenant endpoint").await
+        self.change(action, zone_id, set, COMMENT).await
     }
 
     /// UPSERT the CNAME `name` → `value`. Idempotent.
@@ -94,22 +115,13 @@ impl Route53 {
         value: &str,
         comment: &str,
     ) -> Result<String, AwsError> {
-        let set = ResourceRecord::builder()
-            .value(value)
-            .build()
-            .and_then(|r| {
-                ResourceRecordSet::builder()
-                    .name(absolute(name))
-                    .r#type(RrType::Cname)
-                    .ttl(60)
-                    .resource_records(r)
-                    .build()
-            });
-        self.upsert(zone_id, set, comment).await
+        self.change(ChangeAction::Upsert, zone_id, cname(name, value), comment)
+            .await
     }
 
-    async fn upsert(
+    async fn change(
         &self,
+        action: ChangeAction,
         zone_id: &str,
         set: Result<ResourceRecordSet, aws_sdk_route53::error::BuildError>,
         comment: &str,
@@ -120,7 +132,7 @@ impl Route53 {
                     .comment(comment)
                     .changes(
                         Change::builder()
-                            .action(ChangeAction::Upsert)
+                            .action(action.clone())
                             .resource_record_set(set)
                             .build()?,
                     )
@@ -145,14 +157,26 @@ impl Route53 {
                     .change_batch(batch)
                     .send(),
             )
-            .await?;
+            .await
+            .map_err(|mut e| {
+                // A CREATE of a name that exists: AWS says so in an InvalidChangeBatch message.
+                if action == ChangeAction::Create
+                    && e.code == "InvalidChangeBatch"
+                    && e.message.contains("already exists")
+                {
+                    e.class = ErrorClass::Permanent;
+                    e.code = RECORD_EXISTS.into();
+                }
+                e
+            })?;
         Ok(out
             .change_info()
             .map(|c| c.id().to_owned())
             .unwrap_or_default())
     }
 
-    /// Where the record `name` points (an A alias's target or a CNAME's value), if it exists.
+    /// Where the record `name` points (an alias's target, a CNAME's value or an address), if an A,
+    /// AAAA or CNAME record of that name exists.
     pub async fn target_of(&self, zone_id: &str, name: &str) -> Result<Option<String>, AwsError> {
         let want = absolute(name);
         let out = self
@@ -172,8 +196,12 @@ impl Route53 {
             .iter()
             .filter(|r| r.name().eq_ignore_ascii_case(&want))
             .find_map(|r| match r.r#type() {
-                RrType::A => r.alias_target().map(|a| a.dns_name().to_owned()),
-                RrType::Cname => r.resource_records().first().map(|v| v.value().to_owned()),
+                // Whatever the name answers with: an alias's target, or its first value (an address
+                // someone put there by hand counts as much as an alias).
+                RrType::A | RrType::Aaaa | RrType::Cname => r
+                    .alias_target()
+                    .map(|a| a.dns_name().to_owned())
+                    .or_else(|| r.resource_records().first().map(|v| v.value().to_owned())),
                 _ => None,
             })
             .map(|d| d.trim_end_matches('.').to_owned()))

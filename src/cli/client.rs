@@ -32,11 +32,7 @@ impl OpsClient {
         body: Option<&Value>,
     ) -> anyhow::Result<T> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token)
-            .header("x-vend-actor", actor());
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -64,9 +60,4 @@ impl OpsClient {
         serde_json::from_str(&text)
             .context("the API answered something that is not the expected JSON")
     }
-}
-
-/// Who is acting, recorded in the tenant's history.
-fn actor() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "cli".into())
 }

@@ -1,9 +1,11 @@
 //! The only place with SQL. Functions take an executor or a connection so callers own the transaction;
 //! writes that may be retried are idempotent or fenced by a lease token.
 
+pub mod durations;
 pub mod history;
 pub mod org;
 pub mod outbox;
+pub mod replicas;
 pub mod slots;
 pub mod steps;
 pub mod tenants;

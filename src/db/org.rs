@@ -12,16 +12,20 @@ pub struct OrgAccount {
     pub status: String,
 }
 
-pub async fn account_by_email(
+/// Indexed accounts with this root e-mail or this name (either would collide with the tenant's).
+pub async fn accounts_matching(
     db: impl PgExecutor<'_>,
     email: &str,
-) -> Result<Option<OrgAccount>, sqlx::Error> {
+    name: &str,
+) -> Result<Vec<OrgAccount>, sqlx::Error> {
     sqlx::query_as!(
         OrgAccount,
-        "SELECT account_id, email, name, status FROM org_accounts WHERE lower(email) = lower($1)",
-        email
+        "SELECT account_id, email, name, status FROM org_accounts
+         WHERE lower(email) = lower($1) OR name = $2 ORDER BY account_id",
+        email,
+        name
     )
-    .fetch_optional(db)
+    .fetch_all(db)
     .await
 }
 

@@ -34,6 +34,20 @@ pub async fn insert_event(
     Ok(id)
 }
 
+/// An event on its own (not part of a state change's transaction), committed and announced.
+pub async fn report(
+    pool: &sqlx::PgPool,
+    tenant_id: Uuid,
+    event_type: EventType,
+    payload: &Value,
+) -> Result<Uuid, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let id = insert_event(&mut tx, tenant_id, event_type, payload).await?;
+    super::notify(&mut tx, super::OUTBOX_CHANNEL).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
     pub id: String,

@@ -14,6 +14,9 @@ pub enum EventType {
     TenantActive,
     #[serde(rename = "tenant.failed")]
     TenantFailed,
+    /// The account creation budget is spent; the tenant waits for it (once per tenant).
+    #[serde(rename = "tenant.creation_budget.exhausted")]
+    CreationBudgetExhausted,
 }
 
 impl EventType {
@@ -24,6 +27,7 @@ impl EventType {
             EventType::StepFailed => "tenant.step.failed",
             EventType::TenantActive => "tenant.active",
             EventType::TenantFailed => "tenant.failed",
+            EventType::CreationBudgetExhausted => "tenant.creation_budget.exhausted",
         }
     }
 }

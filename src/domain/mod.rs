@@ -4,6 +4,7 @@ pub mod events;
 pub mod retry;
 pub mod step;
 pub mod tenant;
+pub mod waits;
 pub mod workflow;
 
 pub use events::EventType;
@@ -12,5 +13,8 @@ pub use step::{
     Decision, ErrorClass, FailReason, StepError, StepOutcome, StepProgress, StepRules, StepState,
     WaitReason, decide,
 };
-pub use tenant::{OwnerEmail, Signup, Slug, TenantName, TenantState, Tier, ValidationError};
+pub use tenant::{
+    AccountNamingTemplates, OwnerEmail, Signup, Slug, SlugRefusal, SlugRules, TenantName,
+    TenantState, Tier, ValidationError,
+};
 pub use workflow::{StepDef, Workflow, WorkflowError, Workflows};

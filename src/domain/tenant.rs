@@ -48,6 +48,13 @@ impl Slug {
         if s.ends_with('-') {
             return err("must not end with '-'");
         }
+        // `xn--` and every other `??--` label are reserved for internationalized (punycode) names: a
+        // slug of that shape could render as another tenant's or a brand's name in a browser.
+        if s.get(2..4) == Some("--") {
+            return err(
+                "must not have '--' at positions 3-4 (reserved for punycode names such as xn--)",
+            );
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -59,6 +66,142 @@ impl Slug {
 impl fmt::Display for Slug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Slugs no signup may take, whatever `VEND_RESERVED_SLUGS` adds: the names a SaaS serves itself under
+/// its base domain, and the names of the accounts a landing zone already has.
+pub const BUILTIN_RESERVED_SLUGS: &[&str] = &[
+    "www",
+    "api",
+    "app",
+    "admin",
+    "mail",
+    "status",
+    "docs",
+    "auth",
+    "login",
+    "pool",
+    "vend",
+    "console",
+    "dashboard",
+    "portal",
+    "support",
+    "help",
+    "billing",
+    "blog",
+    "cdn",
+    "static",
+    "assets",
+    "smtp",
+    "imap",
+    "pop3",
+    "ftp",
+    "ns1",
+    "ns2",
+    "dns",
+    "webmail",
+    "autodiscover",
+    "sso",
+    "root",
+    "security",
+    "audit",
+    "log-archive",
+    "management",
+    "master",
+    "internal",
+];
+
+/// How a tenant's account is named from its slug (`VEND_ACCOUNT_EMAIL_TEMPLATE`,
+/// `VEND_ACCOUNT_NAME_TEMPLATE`): `{slug}` and `{base_domain}` are replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountNamingTemplates {
+    pub email: String,
+    pub name: String,
+    pub base_domain: String,
+}
+
+impl AccountNamingTemplates {
+    pub fn email(&self, slug: &str) -> String {
+        self.email
+            .replace("{slug}", slug)
+            .replace("{base_domain}", &self.base_domain)
+    }
+
+    pub fn name(&self, slug: &str) -> String {
+        self.name.replace("{slug}", slug)
+    }
+
+    /// Whether AWS's `CreateAccount` would take the e-mail and name this slug makes: the e-mail 6-64
+    /// characters with a local part of at most 64, the name 1-50 printable ASCII characters.
+    pub fn check(&self, slug: &str) -> Result<(), ValidationError> {
+        let email = self.email(slug);
+        let local = email.rsplit_once('@').map_or("", |(l, _)| l);
+        if email.len() < 6 || email.len() > 64 || local.is_empty() || local.len() > 64 {
+            return Err(ValidationError::new(
+                "slug",
+                format!(
+                    "is too long for this deployment: the account e-mail it makes would be {} characters, AWS allows 64",
+                    email.len()
+                ),
+            ));
+        }
+        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ValidationError::new(
+                "slug",
+                "makes an account e-mail AWS does not accept",
+            ));
+        }
+        let name = self.name(slug);
+        if name.is_empty() || name.len() > 50 || !name.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(ValidationError::new(
+                "slug",
+                format!(
+                    "is too long for this deployment: the account name it makes would be {} characters, AWS allows 50",
+                    name.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a well-formed slug is still refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlugRefusal {
+    /// Built in or in `VEND_RESERVED_SLUGS`.
+    Reserved,
+    /// The account it derives would break AWS's limits.
+    Invalid(ValidationError),
+}
+
+/// What a deployment refuses beyond a slug's shape.
+#[derive(Debug, Clone, Default)]
+pub struct SlugRules {
+    reserved: std::collections::BTreeSet<String>,
+    naming: Option<AccountNamingTemplates>,
+}
+
+impl SlugRules {
+    /// The built-in reserved slugs plus `extra`; `naming` when this process knows the base domain.
+    pub fn new(extra: &[String], naming: Option<AccountNamingTemplates>) -> Self {
+        let reserved = BUILTIN_RESERVED_SLUGS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().map(|s| s.trim().to_ascii_lowercase()))
+            .filter(|s| !s.is_empty())
+            .collect();
+        Self { reserved, naming }
+    }
+
+    pub fn check(&self, slug: &Slug) -> Result<(), SlugRefusal> {
+        if self.reserved.contains(slug.as_str()) {
+            return Err(SlugRefusal::Reserved);
+        }
+        if let Some(n) = &self.naming {
+            n.check(slug.as_str()).map_err(SlugRefusal::Invalid)?;
+        }
+        Ok(())
     }
 }
 
@@ -276,6 +419,7 @@ mod tests {
 
         #[test]
         fn every_well_formed_slug_is_accepted(slug in "[a-z][a-z0-9-]{1,38}[a-z0-9]") {
+            prop_assume!(slug.get(2..4) != Some("--"));
             prop_assert!(Slug::parse(&slug).is_ok());
         }
     }
@@ -302,6 +446,58 @@ mod tests {
             "abé",
         ] {
             assert!(Slug::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn punycode_shaped_slugs_are_refused() {
+        for bad in ["xn--abc", "ab--c", "zz--top"] {
+            assert!(Slug::parse(bad).is_err(), "{bad} should be rejected");
+        }
+        assert!(Slug::parse("a-b--c").is_ok());
+        assert!(Slug::parse("abc--d").is_ok());
+    }
+
+    fn naming(base: &str) -> AccountNamingTemplates {
+        AccountNamingTemplates {
+            email: "aws+{slug}@{base_domain}".into(),
+            name: "tenant-{slug}".into(),
+            base_domain: base.into(),
+        }
+    }
+
+    #[test]
+    fn reserved_slugs_are_built_in_and_configurable() {
+        let rules = SlugRules::new(&["Globex ".into()], None);
+        for r in [
+            "www", "api", "app", "admin", "mail", "status", "docs", "auth", "login", "pool",
+            "globex",
+        ] {
+            assert_eq!(
+                rules.check(&Slug::parse(r).unwrap()),
+                Err(SlugRefusal::Reserved),
+                "{r}"
+            );
+        }
+        assert_eq!(rules.check(&Slug::parse("acme").unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn slugs_whose_account_breaks_aws_limits_are_refused() {
+        let rules = SlugRules::new(&[], Some(naming("tenants.example.com")));
+        assert!(rules.check(&Slug::parse("acme").unwrap()).is_ok());
+        // aws+ (4) + 40 + @ (1) + 19 = 64: just fits.
+        assert!(rules.check(&Slug::parse(&"a".repeat(40)).unwrap()).is_ok());
+        let long = SlugRules::new(&[], Some(naming("tenants.a-long-saas-domain.example.com")));
+        match long.check(&Slug::parse(&"a".repeat(30)).unwrap()) {
+            Err(SlugRefusal::Invalid(e)) => assert!(e.message.contains("e-mail"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let mut n = naming("t.example.com");
+        n.name = "customer-tenant-account-{slug}".into();
+        match SlugRules::new(&[], Some(n)).check(&Slug::parse(&"b".repeat(30)).unwrap()) {
+            Err(SlugRefusal::Invalid(e)) => assert!(e.message.contains("name"), "{e}"),
+            other => panic!("{other:?}"),
         }
     }
 

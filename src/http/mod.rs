@@ -24,8 +24,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::OpsTokens;
-use crate::domain::Workflows;
+use crate::config::{OpsTokens, Scope};
+use crate::domain::{SlugRules, Workflows};
 use crate::standard_webhooks::Secret;
 use crate::telemetry::Metrics;
 
@@ -37,8 +37,18 @@ pub struct AppState {
     pub workflows: Arc<Workflows>,
     pub signup_secret: Secret,
     pub ops_tokens: OpsTokens,
+    /// Reserved slugs and the account-naming limits a signup's slug must pass.
+    pub slug_rules: Arc<SlugRules>,
     pub metrics: Arc<Metrics>,
+    /// Whether progress events carry the tenant's owner e-mail (`VEND_EVENTS_INCLUDE_OWNER_EMAIL`).
+    pub events_include_owner_email: bool,
+    /// Whether the AWS side is ready (`/readyz`).
+    pub readiness: crate::readiness::Readiness,
 }
+
+/// The operator behind an ops request: its token's name, recorded in history.
+#[derive(Debug, Clone)]
+pub struct Operator(pub String);
 
 /// Per-request bounds (connection-level ones are in [`server::Limits`]).
 #[derive(Debug, Clone, Copy)]
@@ -97,10 +107,15 @@ fn ops_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
 }
 
-/// Routes that authenticate otherwise (the signup signature) or not at all (probes).
+/// Routes that authenticate otherwise (the signup signature).
 fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(signup::signup))
+}
+
+/// Unauthenticated probes. They stay outside the in-flight limit, so a flood of slow requests cannot
+/// make an orchestrator think vend is dead.
+fn probe_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(signup::signup))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
 }
@@ -110,6 +125,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(ops_routes())
         .merge(open_routes())
+        .merge(probe_routes())
         .into_openapi()
 }
 
@@ -191,6 +207,8 @@ pub fn router_with(state: AppState, limits: RequestLimits) -> Router {
                     limits.max_in_flight,
                 )),
         )
+        // Probes join after the limits above, so those do not apply to them.
+        .merge(probe_routes().split_for_parts().0)
         // Outside the timeout and the shedding, so their answers get the JSON error shape too.
         .layer(middleware::from_fn(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -199,21 +217,52 @@ pub fn router_with(state: AppState, limits: RequestLimits) -> Router {
         .with_state(state)
 }
 
-async fn require_ops_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The scope a request needs: `metrics` for `/metrics`, `read` to look, `write` to change.
+fn required_scope(req: &Request) -> Scope {
+    if req.uri().path() == "/metrics" {
+        Scope::Metrics
+    } else if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD {
+        Scope::Read
+    } else {
+        Scope::Write
+    }
+}
+
+async fn require_ops_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token {
-        Some(t) if state.ops_tokens.accepts(t) => next.run(req).await,
-        Some(_) => ApiError::unauthorized("invalid bearer token").into_response(),
-        None => {
-            ApiError::unauthorized("missing bearer token (Authorization: Bearer <VEND_OPS_TOKEN>)")
-                .into_response()
-        }
+    let Some(token) = token else {
+        return ApiError::unauthorized(
+            "missing bearer token (Authorization: Bearer <VEND_OPS_TOKEN>)",
+        )
+        .into_response();
+    };
+    let Some(found) = state.ops_tokens.authenticate(token) else {
+        return ApiError::unauthorized("invalid bearer token").into_response();
+    };
+    let scope = required_scope(&req);
+    if !found.allows(scope) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the token {:?} lacks the {} scope",
+                found.name,
+                scope.as_str()
+            ),
+        )
+        .into_response();
     }
+    req.extensions_mut().insert(Operator(found.name.clone()));
+    next.run(req).await
 }
 
 /// Errors produced below the handlers (405, timeouts) come without a body; give them the JSON shape

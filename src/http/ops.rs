@@ -1,8 +1,8 @@
 //! The ops API: tenants, their history, retry and requeue, deliveries, metrics.
 
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Extension, FromRequest, FromRequestParts, Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -13,9 +13,9 @@ use crate::db;
 use crate::db::history::NewEntry;
 use crate::domain::{StepState, TenantState};
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::views::*;
+use super::{AppState, Operator};
 
 /// `Json` whose rejections are [`ApiError`]s (JSON bodies, right status codes).
 #[derive(FromRequest)]
@@ -46,7 +46,7 @@ pub struct ListParams {
     responses(
         (status = 200, body = TenantPage),
         (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -122,7 +122,7 @@ fn no_tenant(slug: &str) -> ApiError {
 #[utoipa::path(
     get, path = "/v1/tenants/{slug}", tag = "ops",
     params(("slug" = String, Path)),
-    responses((status = 200, body = TenantDetail), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = TenantDetail), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn show_tenant(
@@ -136,7 +136,7 @@ pub async fn show_tenant(
 #[utoipa::path(
     get, path = "/v1/tenants/{slug}/history", tag = "ops",
     params(("slug" = String, Path)),
-    responses((status = 200, body = HistoryView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = HistoryView), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn tenant_history(
@@ -160,30 +160,13 @@ pub async fn tenant_history(
     }))
 }
 
-/// Who did it, for the history: `ops` plus the name the client gives in `x-vend-actor`.
-fn actor(headers: &HeaderMap) -> String {
-    let given: String = headers
-        .get("x-vend-actor")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(64)
-        .collect();
-    if given.is_empty() {
-        "ops".into()
-    } else {
-        format!("ops:{given}")
-    }
-}
-
 /// Run the failed or backing-off step now. A failed step gets a fresh attempt budget.
 #[utoipa::path(
     post, path = "/v1/tenants/{slug}/retry", tag = "ops",
     params(("slug" = String, Path)),
     responses(
         (status = 200, description = "The step is due now", body = TenantDetail),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Nothing to retry", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -191,9 +174,8 @@ fn actor(headers: &HeaderMap) -> String {
 pub async fn retry_tenant(
     State(state): State<AppState>,
     Path(slug): Path<String>,
-    headers: HeaderMap,
+    Extension(Operator(who)): Extension<Operator>,
 ) -> Result<Json<TenantDetail>, ApiError> {
-    let who = actor(&headers);
     let mut tx = state.pool.begin().await?;
     let tenant = db::tenants::lock_by_slug(&mut tx, &slug)
         .await?
@@ -248,7 +230,7 @@ pub async fn retry_tenant(
     responses(
         (status = 200, description = "Rewound; the step is due now", body = TenantDetail),
         (status = 400, description = "Not a step of the tenant's workflow", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "A step is running, or an earlier step has not succeeded", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -256,10 +238,9 @@ pub async fn retry_tenant(
 pub async fn requeue_tenant(
     State(state): State<AppState>,
     Path(slug): Path<String>,
-    headers: HeaderMap,
+    Extension(Operator(who)): Extension<Operator>,
     ApiJson(req): ApiJson<RequeueRequest>,
 ) -> Result<Json<TenantDetail>, ApiError> {
-    let who = actor(&headers);
     let mut tx = state.pool.begin().await?;
     let tenant = db::tenants::lock_by_slug(&mut tx, &slug)
         .await?
@@ -377,7 +358,7 @@ pub struct DeliveryParams {
 #[utoipa::path(
     get, path = "/v1/deliveries", tag = "ops",
     params(DeliveryParams),
-    responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn list_deliveries(
@@ -429,7 +410,7 @@ pub async fn list_deliveries(
 /// Prometheus metrics: this process's counters plus fleet-wide gauges read from the database.
 #[utoipa::path(
     get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401, body = ErrorBody)),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -483,20 +464,31 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// The database is reachable.
+/// Ready: the database is reachable and the AWS side (management account, account index) is prepared;
+/// 503 with the reason until then.
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody))
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     match tokio::time::timeout(std::time::Duration::from_secs(2), db::ping(&state.pool)).await {
-        Ok(Ok(())) => Ok(Json(Health {
+        Ok(Ok(())) => {}
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is not reachable",
+            ));
+        }
+    }
+    match state.readiness.waiting_for() {
+        None => Ok(Json(Health {
             status: "ready".into(),
         })),
-        _ => Err(ApiError::new(
+        Some(reason) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is not reachable",
+            "starting",
+            format!("not ready: {reason}"),
         )),
     }
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::db::history::NewEntry;
 use crate::db::tenants::StoredAnswer;
-use crate::domain::{EventType, Signup};
+use crate::domain::{EventType, Signup, SlugRefusal};
 
 use super::AppState;
 use super::error::ApiError;
@@ -35,7 +35,7 @@ pub const MAX_BODY: usize = 64 * 1024;
     ),
     responses(
         (status = 202, description = "Accepted; provisioning is asynchronous", body = SignupAccepted),
-        (status = 400, description = "Invalid body or fields", body = super::error::ErrorBody),
+        (status = 400, description = "Invalid body or fields; `reserved_slug` for a reserved slug", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid signature, or stale timestamp", body = super::error::ErrorBody),
         (status = 409, description = "The slug belongs to a tenant created by another request", body = super::error::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::error::ErrorBody),
@@ -98,6 +98,13 @@ pub async fn signup(
 
     let signup =
         Signup::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    state.slug_rules.check(&signup.slug).map_err(|r| match r {
+        SlugRefusal::Reserved => ApiError::bad_request(
+            "reserved_slug",
+            format!("slug: {:?} is reserved", signup.slug.as_str()),
+        ),
+        SlugRefusal::Invalid(e) => ApiError::bad_request("invalid_body", e.to_string()),
+    })?;
 
     if let Some(answer) = db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
         return Ok(replay(answer));
@@ -145,7 +152,14 @@ async fn accept(state: &AppState, signup: &Signup, webhook_id: &str) -> Result<R
     )
     .await?;
     let view = TenantView::from(&tenant);
-    let payload = json!({"tenant": view, "step": Value::Null});
+    let mut event_tenant = serde_json::to_value(&view).expect("views serialize");
+    if !state.events_include_owner_email {
+        // Personal data leaves vend only when configured to (VEND_EVENTS_INCLUDE_OWNER_EMAIL).
+        if let Some(m) = event_tenant.as_object_mut() {
+            m.remove("owner_email");
+        }
+    }
+    let payload = json!({"tenant": event_tenant, "step": Value::Null});
     db::outbox::insert_event(&mut tx, tenant.id, EventType::TenantCreated, &payload).await?;
     let body = SignupAccepted {
         status_url: format!("/v1/tenants/{}", tenant.slug),

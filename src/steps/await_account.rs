@@ -13,7 +13,10 @@ use crate::db::org::OrgAccount;
 use crate::domain::{ErrorClass, StepError, StepOutcome};
 use crate::engine::{Step, StepContext};
 
-use super::create_account::{Requested, ensure_requested, queued, release_slot};
+use super::create_account::{
+    Requested, TENANT_TAG, conflict, ensure_requested, owned_account, queued, release_slot,
+};
+use super::timing::{Timed, secs};
 use super::{Silo, finish};
 
 pub struct AwaitAccount(pub Arc<Silo>);
@@ -43,13 +46,29 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             Requested::NoSlot => Ok(queued(silo)),
         };
     };
+    // How long account creation takes here, learned from earlier ones; the looks are timed around it.
+    let expected = CREATION.expected(&silo.pool).await?;
+    if let Some(after) = CREATION.too_early(ctx, expected) {
+        // Straight after CreateAccount: no point asking before the account can be there.
+        return Ok(StepOutcome::Wait {
+            after,
+            note: format!(
+                "account creation usually takes {}",
+                secs(expected.unwrap_or_default())
+            ),
+        });
+    }
     let r = silo.orgs.describe_create_request(&request_id).await?;
     match r.state {
-        CreateState::InProgress => Ok(StepOutcome::Wait {
-            after: ctx.poll_interval,
-            note: "IN_PROGRESS".into(),
-        }),
+        CreateState::InProgress => {
+            let (after, note) = CREATION.unfinished(ctx, expected);
+            Ok(StepOutcome::Wait {
+                after,
+                note: format!("IN_PROGRESS: {note}"),
+            })
+        }
         CreateState::Succeeded { account_id } => {
+            CREATION.finished(&silo.pool, ctx).await?;
             ctx.save_resource("account_id", account_id.clone()).await?;
             finish_account(silo, ctx, &account_id).await
         }
@@ -57,15 +76,34 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
     }
 }
 
-/// The account exists: make sure it carries the tenant's tags (an adopted one may not) and index it.
+/// How account creation is timed: from the intent recorded just before `CreateAccount`.
+pub(crate) const CREATION: Timed<'static> = Timed {
+    kind: "create_account",
+    started_key: "create_intent_at",
+    seen_key: "create_seen_in_progress_s",
+};
+
+/// The account exists: make sure it is the tenant's own (it carries `vend:tenant=<slug>`, which vend
+/// passed to CreateAccount), bring its other tags up to date, and index it. An account without that
+/// proof is forgotten and left exactly as it is.
 async fn finish_account(
     silo: &Silo,
     ctx: &mut StepContext,
     account_id: &str,
 ) -> Result<StepOutcome, StepError> {
     release_slot(silo, ctx).await?;
-    let tags = silo.account_tags(&ctx.tenant.slug, ctx.tenant.tier.as_str());
-    silo.orgs.tag_account(account_id, &tags).await?;
+    let slug = ctx.tenant.slug.clone();
+    let have = silo.orgs.account_tags(account_id).await?;
+    if !have.iter().any(|(k, v)| k == TENANT_TAG && *v == slug) {
+        for key in ["account_id", "create_request_id", "create_intent_at"] {
+            ctx.save_resource(key, Value::Null).await?;
+        }
+        return Err(conflict(silo, &slug, account_id));
+    }
+    let want = silo.account_tags(&slug, ctx.tenant.tier.as_str());
+    if !want.iter().all(|t| have.contains(t)) {
+        silo.orgs.tag_account(account_id, &want).await?;
+    }
     let email = silo.settings.account_email(&ctx.tenant.slug);
     let entry = OrgAccount {
         account_id: account_id.to_owned(),
@@ -89,11 +127,13 @@ async fn failed(
     match reason {
         // The tenant's account already exists (an earlier request won) or is being made: adopt it.
         "EMAIL_ALREADY_EXISTS" | "CONCURRENT_ACCOUNT_MODIFICATION" => {
-            if let Some(a) = silo.orgs.find_account_by_email(&email).await? {
-                tracing::info!(account.id = %a.id, reason, "adopting the existing account");
-                ctx.save_resource("account_id", a.id.clone()).await?;
+            let found = silo.orgs.find_accounts(&email, &name).await?;
+            let slug = ctx.tenant.slug.clone();
+            if let Some(id) = owned_account(silo, &slug, found.into_iter().map(|a| a.id)).await? {
+                tracing::info!(account.id = %id, reason, "adopting the tenant's existing account");
+                ctx.save_resource("account_id", id.clone()).await?;
                 ctx.set_resource("account_adopted", reason);
-                return finish_account(silo, ctx, &a.id).await;
+                return finish_account(silo, ctx, &id).await;
             }
             if let Some(r) = silo.orgs.find_create_request(&name).await? {
                 ctx.save_resource("create_request_id", r.id).await?;
@@ -113,6 +153,7 @@ async fn failed(
             release_slot(silo, ctx).await?;
             ctx.set_resource("create_request_id", Value::Null);
             ctx.set_resource("create_intent_at", Value::Null);
+            ctx.set_resource("create_seen_in_progress_s", Value::Null);
             let (class, what) = failure_reason(reason);
             let e = StepError::new(
                 class,

@@ -26,7 +26,7 @@ impl Step for BootstrapBaseline {
 
 async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let account = account_id(ctx)?;
-    let cfn = Cfn::new(&silo.accounts.in_account(&account).await?);
+    let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
     let spec = StackSpec {
         name: STACK_NAME.into(),
         template_body: silo.templates.baseline.clone(),
@@ -48,11 +48,8 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         role_arn: None,
         tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
     };
-    match converge(ctx, &cfn, spec, "baseline").await? {
-        StackProgress::InProgress(status) => Ok(StepOutcome::Wait {
-            after: ctx.poll_interval,
-            note: status,
-        }),
+    match converge(ctx, &silo.pool, &cfn, spec, "baseline").await? {
+        StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
             let role = stack
                 .outputs

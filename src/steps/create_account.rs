@@ -3,10 +3,14 @@
 //! `CreateAccount` has no client token, so a blind retry can create a second account, the worst bug this
 //! product can have. The rules:
 //! 1. An account or request already recorded for the tenant: done.
-//! 2. The organization index (synced from ListAccounts) has the tenant's root e-mail: adopt it.
+//! 2. The organization index (synced from ListAccounts) has an account with the tenant's root e-mail
+//!    or name: adopt it if it carries `vend:tenant=<slug>` (vend passes that tag to CreateAccount, so
+//!    only vend's own account for this tenant does); anything else fails the step, naming the account,
+//!    and is left untouched: a signup must never pull someone else's account into the tenant OU.
 //! 3. An earlier attempt recorded its *intent* to call but not the answer (it crashed, or the answer
-//!    was lost): the outcome is unknown, so look in AWS itself — ListAccounts by e-mail and
-//!    ListCreateAccountStatus by name (both O(n), so only on this path) — and adopt what is there.
+//!    was lost): the outcome is unknown, so look in AWS itself — ListAccounts by e-mail and name and
+//!    ListCreateAccountStatus by name (both O(n), so only on this path) — and adopt what is there,
+//!    under the same proof.
 //!    If nothing is there yet, wait out the longest time an earlier call could still be in flight
 //!    before calling again.
 //! 4. Otherwise record the intent (committed), call, and record the request id the moment it returns.
@@ -24,7 +28,8 @@ use serde_json::Value;
 use crate::aws::classify::outcome_unknown;
 use crate::aws::organizations::CreateState;
 use crate::db;
-use crate::domain::{StepError, StepOutcome};
+use crate::db::slots::Slot;
+use crate::domain::{ErrorClass, EventType, StepError, StepOutcome};
 use crate::engine::{Step, StepContext};
 
 use super::{Silo, finish};
@@ -86,6 +91,93 @@ impl Step for CreateAccount {
     }
 }
 
+/// The creation budget is spent: say so once per tenant (event, metric), then wait without calling
+/// AWS and without spending attempts (a throttle-class error) until the window frees a request.
+async fn over_budget(
+    silo: &Silo,
+    ctx: &mut StepContext,
+    frees_in: Duration,
+) -> Result<StepError, StepError> {
+    let budget = silo.settings.creation_budget;
+    let message = format!(
+        "the account creation budget ({} per {}) is spent; the next CreateAccount can go out in {}",
+        budget.accounts,
+        humantime::format_duration(budget.window),
+        humantime::format_duration(Duration::from_secs(frees_in.as_secs())),
+    );
+    silo.aws.metrics().creation_budget_waits.inc();
+    if ctx.resource_str("creation_budget_reported").is_none() {
+        tracing::warn!(
+            budget.accounts = budget.accounts,
+            "account creation budget spent; the tenant waits"
+        );
+        let payload = serde_json::json!({
+            "tenant": {"slug": ctx.tenant.slug, "tier": ctx.tenant.tier.as_str()},
+            "budget": {"accounts": budget.accounts, "window_seconds": budget.window.as_secs()},
+            "retry_in_seconds": frees_in.as_secs(),
+        });
+        db::outbox::report(
+            &silo.pool,
+            ctx.tenant.id,
+            EventType::CreationBudgetExhausted,
+            &payload,
+        )
+        .await
+        .map_err(db_error)?;
+        ctx.save_resource("creation_budget_reported", Utc::now().to_rfc3339())
+            .await?;
+    }
+    let mut e = StepError::new(ErrorClass::Throttled, "AccountCreationBudget", message);
+    e.retry_after = Some(frees_in);
+    Ok(e)
+}
+
+/// The tag that proves an account is vend's for a tenant.
+pub(crate) const TENANT_TAG: &str = "vend:tenant";
+
+/// Of the existing accounts that collide with the tenant's e-mail or name, the one that proves it is
+/// the tenant's own (`vend:tenant=<slug>`). Colliding accounts without that proof fail the step with
+/// their id and are never touched.
+pub(crate) async fn owned_account(
+    silo: &Silo,
+    slug: &str,
+    candidates: impl IntoIterator<Item = String>,
+) -> Result<Option<String>, StepError> {
+    let mut foreign = Vec::new();
+    for id in candidates {
+        if foreign.contains(&id) {
+            continue;
+        }
+        let tags = silo.orgs.account_tags(&id).await?;
+        if tags.iter().any(|(k, v)| k == TENANT_TAG && v == slug) {
+            return Ok(Some(id));
+        }
+        foreign.push(id);
+    }
+    match foreign.first() {
+        None => Ok(None),
+        Some(id) => Err(conflict(silo, slug, id)),
+    }
+}
+
+/// The step's error for an account that has the tenant's e-mail or name but is not vend's.
+pub(crate) fn conflict(silo: &Silo, slug: &str, account_id: &str) -> StepError {
+    tracing::warn!(
+        account.id = account_id,
+        "an account that is not the tenant's collides with its e-mail or name; leaving it alone"
+    );
+    StepError::permanent(
+        "AccountConflict",
+        format!(
+            "account {account_id} has the tenant's root e-mail ({}) or name ({}) but is not tagged \
+             {TENANT_TAG}={slug}; vend does not adopt, tag, move or enter it. Resolve it in AWS \
+             (or offboard this tenant), then retry",
+            silo.settings.account_email(slug),
+            silo.settings.account_name(slug),
+        ),
+    )
+}
+
 async fn adopt(ctx: &mut StepContext, account_id: &str, how: &str) -> Result<(), StepError> {
     tracing::info!(
         account.id = account_id,
@@ -108,17 +200,18 @@ pub(crate) async fn ensure_requested(
     let email = silo.settings.account_email(&slug);
     let name = silo.settings.account_name(&slug);
 
-    let indexed = db::org::account_by_email(&silo.pool, &email)
+    let indexed = db::org::accounts_matching(&silo.pool, &email, &name)
         .await
         .map_err(db_error)?;
-    if let Some(a) = indexed {
-        adopt(ctx, &a.account_id, "found in the organization index").await?;
+    if let Some(id) = owned_account(silo, &slug, indexed.into_iter().map(|a| a.account_id)).await? {
+        adopt(ctx, &id, "found in the organization index").await?;
         return Ok(Requested::Known);
     }
 
     if let Some(intent) = ctx.resource_str("create_intent_at").map(str::to_owned) {
-        if let Some(a) = silo.orgs.find_account_by_email(&email).await? {
-            adopt(ctx, &a.id, "found by e-mail after an unknown outcome").await?;
+        let found = silo.orgs.find_accounts(&email, &name).await?;
+        if let Some(id) = owned_account(silo, &slug, found.into_iter().map(|a| a.id)).await? {
+            adopt(ctx, &id, "found after an unknown outcome").await?;
             return Ok(Requested::Known);
         }
         if let Some(r) = silo.orgs.find_create_request(&name).await? {
@@ -147,12 +240,23 @@ pub(crate) async fn ensure_requested(
     }
 
     let cap = silo.settings.create_account_concurrency;
-    if !db::slots::acquire(&silo.pool, ctx.tenant.id, cap, SLOT_STALE_AFTER)
-        .await
-        .map_err(db_error)?
+    let budget = silo.settings.creation_budget;
+    match db::slots::acquire(
+        &silo.pool,
+        ctx.tenant.id,
+        cap,
+        SLOT_STALE_AFTER,
+        budget.accounts,
+        budget.window,
+    )
+    .await
+    .map_err(db_error)?
     {
-        return Ok(Requested::NoSlot);
+        Slot::Granted => {}
+        Slot::Full => return Ok(Requested::NoSlot),
+        Slot::OverBudget(frees_in) => return Err(over_budget(silo, ctx, frees_in).await?),
     }
+    ctx.set_resource("create_seen_in_progress_s", Value::Null);
     ctx.save_resource("create_intent_at", Utc::now().to_rfc3339())
         .await?;
     ctx.set_resource("account_email", email.clone());

@@ -35,7 +35,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                 "no deployment role recorded; requeue from bootstrap_baseline",
             )
         })?;
-    let cfn = Cfn::new(&silo.accounts.in_account(&account).await?);
+    let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
     let spec = StackSpec {
         name: STACK_NAME.into(),
         template_body: silo.templates.tenant_stack.clone(),
@@ -43,11 +43,8 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         role_arn: Some(role),
         tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
     };
-    match converge(ctx, &cfn, spec, "tenant").await? {
-        StackProgress::InProgress(status) => Ok(StepOutcome::Wait {
-            after: ctx.poll_interval,
-            note: status,
-        }),
+    match converge(ctx, &silo.pool, &cfn, spec, "tenant").await? {
+        StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
             let output = |k: &str| {
                 stack.outputs.get(k).cloned().ok_or_else(|| {

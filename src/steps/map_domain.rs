@@ -14,13 +14,22 @@ use async_trait::async_trait;
 use crate::aws::Aws;
 use crate::aws::acm::{Acm, CertState};
 use crate::aws::apigateway::ApiGateway;
+use crate::aws::route53::{ChangeAction, RECORD_EXISTS};
 use crate::config::Certificates;
 use crate::domain::{StepError, StepOutcome};
 use crate::engine::{Step, StepContext};
 
+use super::timing::Timed;
 use super::{Silo, account_id, finish};
 
 pub struct MapDomain(pub Arc<Silo>);
+
+/// How a certificate's validation is timed: from its request to ACM's `ISSUED`.
+const CERTIFICATE: Timed<'static> = Timed {
+    kind: "certificate",
+    started_key: "certificate_requested_at",
+    seen_key: "certificate_seen_pending_s",
+};
 
 #[async_trait]
 impl Step for MapDomain {
@@ -47,7 +56,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         .ok_or_else(|| missing("api_stage"))?;
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
 
-    let aws = silo.accounts.in_account(&account).await?;
+    let aws = silo.accounts.in_account(&account, &ctx.tenant.slug).await?;
     let apigw = ApiGateway::new(&aws);
     let target = match apigw.get_domain(&domain).await? {
         Some(t) => t,
@@ -56,11 +65,16 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                 Certificates::Shared(arn) => arn.clone(),
                 Certificates::PerAccount => {
                     match issued_certificate(silo, ctx, &aws, &domain).await? {
-                        Ok(arn) => arn,
+                        Ok(arn) => {
+                            CERTIFICATE.finished(&silo.pool, ctx).await?;
+                            arn
+                        }
                         Err(note) => {
+                            let expected = CERTIFICATE.expected(&silo.pool).await?;
+                            let (after, timing) = CERTIFICATE.unfinished(ctx, expected);
                             return Ok(StepOutcome::Wait {
-                                after: ctx.poll_interval,
-                                note,
+                                after,
+                                note: format!("{note} ({timing})"),
                             });
                         }
                     }
@@ -69,25 +83,98 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             apigw.create_domain(&domain, &certificate).await?
         }
     };
+    // The target this tenant's record was pointed at before (a domain since recreated has a new one).
+    let previous = ctx.resource_str("domain_target").map(str::to_owned);
     ctx.save_resource("domain_name", domain.clone()).await?;
-    ctx.set_resource("domain_target", target.regional_domain_name.clone());
+    ctx.save_resource("domain_target", target.regional_domain_name.clone())
+        .await?;
 
     apigw.ensure_root_mapping(&domain, &api_id, &stage).await?;
 
     let zone = &silo.management.hosted_zone_id;
     let current = silo.route53.target_of(zone, &domain).await?;
-    if current.as_deref() != Some(target.regional_domain_name.as_str()) {
-        silo.route53
-            .upsert_target(
+    let action = match record_action(
+        current.as_deref(),
+        &target.regional_domain_name,
+        previous.as_deref(),
+    ) {
+        RecordAction::Keep => None,
+        RecordAction::Create => Some(ChangeAction::Create),
+        RecordAction::Replace => Some(ChangeAction::Upsert),
+        RecordAction::Refuse(other) => return Err(record_conflict(&domain, &other)),
+    };
+    if let Some(action) = action {
+        let changed = silo
+            .route53
+            .set_target(
+                action,
                 zone,
                 &domain,
                 &target.regional_domain_name,
                 &target.regional_hosted_zone_id,
             )
-            .await?;
+            .await;
+        match changed {
+            Ok(_) => {}
+            // The name appeared between the look and the CREATE: this step's own earlier CREATE
+            // whose answer was lost, or someone else's record. Only a look tells which.
+            Err(e) if e.code == RECORD_EXISTS => {
+                let now = silo.route53.target_of(zone, &domain).await?;
+                match record_action(now.as_deref(), &target.regional_domain_name, None) {
+                    RecordAction::Keep => {}
+                    _ => {
+                        return Err(record_conflict(
+                            &domain,
+                            now.as_deref().unwrap_or("a record of another type"),
+                        ));
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     ctx.set_resource("endpoint", format!("https://{domain}"));
     Ok(StepOutcome::Succeeded)
+}
+
+/// What to do with the tenant's record in the central zone.
+#[derive(Debug, PartialEq, Eq)]
+enum RecordAction {
+    /// It points at the tenant's domain already.
+    Keep,
+    /// There is none: create it (a CREATE, which AWS refuses if one appears meanwhile).
+    Create,
+    /// It points at the tenant's own earlier target: repoint it.
+    Replace,
+    /// It points somewhere vend did not point it for this tenant: leave it.
+    Refuse(String),
+}
+
+fn record_action(current: Option<&str>, target: &str, previous: Option<&str>) -> RecordAction {
+    let same = |a: &str, b: &str| {
+        a.trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.'))
+    };
+    match current {
+        None => RecordAction::Create,
+        Some(c) if same(c, target) => RecordAction::Keep,
+        Some(c) if previous.is_some_and(|p| same(c, p)) => RecordAction::Replace,
+        Some(c) => RecordAction::Refuse(c.to_owned()),
+    }
+}
+
+fn record_conflict(domain: &str, points_at: &str) -> StepError {
+    tracing::warn!(
+        record = domain,
+        "the tenant's name is taken in the central zone; leaving the record alone"
+    );
+    StepError::permanent(
+        "RecordConflict",
+        format!(
+            "the record {domain} already exists in the central zone and points at {points_at}, which is \
+             not this tenant's domain; vend leaves it unchanged. Remove it (or pick another slug), then retry"
+        ),
+    )
 }
 
 /// The tenant account's own certificate for `domain` once ACM has issued it; `Err(note)` while it is
@@ -112,7 +199,9 @@ async fn issued_certificate(
                 Some(arn) => arn,
                 None => {
                     let token = idempotency_token(ctx.tenant.id, recorded.as_deref());
-                    acm.request(domain, &token).await?
+                    let arn = acm.request(domain, &token).await?;
+                    CERTIFICATE.start(ctx);
+                    arn
                 }
             };
             // Recorded once ACM shows it, not before: a certificate not visible yet would read as
@@ -167,7 +256,30 @@ fn idempotency_token(tenant: uuid::Uuid, replacing: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::idempotency_token;
+    use super::{RecordAction, idempotency_token, record_action};
+
+    #[test]
+    fn a_record_is_created_kept_or_repointed_only_when_it_is_the_tenants() {
+        let t = "d-new.execute-api.us-east-1.amazonaws.com";
+        assert_eq!(record_action(None, t, None), RecordAction::Create);
+        assert_eq!(record_action(Some(t), t, None), RecordAction::Keep);
+        assert_eq!(
+            record_action(Some("D-NEW.execute-api.us-east-1.amazonaws.com."), t, None),
+            RecordAction::Keep
+        );
+        assert_eq!(
+            record_action(Some("d-old.x"), t, Some("d-old.x")),
+            RecordAction::Replace
+        );
+        assert_eq!(
+            record_action(Some("www.saas.example"), t, None),
+            RecordAction::Refuse("www.saas.example".into())
+        );
+        assert_eq!(
+            record_action(Some("192.0.2.1"), t, Some("d-old.x")),
+            RecordAction::Refuse("192.0.2.1".into())
+        );
+    }
 
     #[test]
     fn idempotency_tokens_fit_acm_and_change_only_with_what_they_replace() {

@@ -9,6 +9,7 @@ mod deploy_stack;
 mod map_domain;
 mod move_account;
 mod stack;
+mod timing;
 
 use std::sync::Arc;
 

@@ -1,18 +1,27 @@
 //! Converging a CloudFormation stack to its template: create, update when the template or parameters
 //! changed, wait while in progress (as a durable timer), and turn failures into clear step errors.
 
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 
 use crate::aws::cloudformation::{Cfn, StackInfo, StackSpec};
-use crate::domain::StepError;
+use crate::domain::{StepError, waits};
 use crate::engine::StepContext;
+
+use super::timing::Timed;
 
 /// Tag carrying the hash of what a stack was deployed from, so a changed template is an update.
 const HASH_TAG: &str = "vend:template-sha256";
 
 pub enum StackProgress {
     Ready(StackInfo),
-    InProgress(String),
+    /// Still changing: look again after `after`.
+    InProgress {
+        note: String,
+        after: Duration,
+    },
 }
 
 fn spec_hash(spec: &StackSpec) -> String {
@@ -32,13 +41,33 @@ fn spec_hash(spec: &StackSpec) -> String {
 }
 
 /// Drives the stack `spec` one step towards its template. `key` names it in the tenant's resources
-/// (`<key>_stack_id`, `<key>_failed`).
+/// (`<key>_stack_id`, `<key>_failed`, and `<key>_op_*` timing the change in progress). How long a
+/// change takes is learned (`stack:<key>`), and the looks at it are timed by that.
 pub async fn converge(
     ctx: &mut StepContext,
+    pool: &PgPool,
     cfn: &Cfn,
     mut spec: StackSpec,
     key: &str,
 ) -> Result<StackProgress, StepError> {
+    let (kind, started_key, seen_key) = (
+        format!("stack:{key}"),
+        format!("{key}_op_started_at"),
+        format!("{key}_op_seen_s"),
+    );
+    let timer = Timed {
+        kind: &kind,
+        started_key: &started_key,
+        seen_key: &seen_key,
+    };
+    let expected = timer.expected(pool).await?;
+    let started = |ctx: &mut StepContext, status: &str| {
+        timer.start(ctx);
+        StackProgress::InProgress {
+            note: status.to_owned(),
+            after: waits::next_look(Duration::ZERO, expected, ctx.poll_interval),
+        }
+    };
     let hash = spec_hash(&spec);
     spec.tags.push((HASH_TAG.into(), hash.clone()));
     // The same token for the same (stack, content): a repeated call after a crash is a no-op at AWS.
@@ -51,7 +80,7 @@ pub async fn converge(
         if let Some(s) = cfn.describe(&spec.name).await? {
             ctx.save_resource(&id_key, s.stack_id).await?;
         }
-        return Ok(StackProgress::InProgress("CREATE_IN_PROGRESS".into()));
+        return Ok(started(ctx, "CREATE_IN_PROGRESS"));
     };
     if ctx.resource_str(&id_key) != Some(stack.stack_id.as_str()) {
         ctx.set_resource(&id_key, stack.stack_id.clone());
@@ -60,11 +89,18 @@ pub async fn converge(
     // Seen and reported before: an operator has asked to try again.
     let retrying = ctx.resource_str(&failed_key) == Some(&format!("{}:{status}", stack.stack_id));
     match status {
-        s if s.ends_with("_IN_PROGRESS") => Ok(StackProgress::InProgress(s.to_owned())),
+        s if s.ends_with("_IN_PROGRESS") => {
+            let (after, note) = timer.unfinished(ctx, expected);
+            Ok(StackProgress::InProgress {
+                note: format!("{s}: {note}"),
+                after,
+            })
+        }
         "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
             if stack.tags.get(HASH_TAG) != Some(&hash) && cfn.update(&spec, &token).await? {
-                return Ok(StackProgress::InProgress("UPDATE_IN_PROGRESS".into()));
+                return Ok(started(ctx, "UPDATE_IN_PROGRESS"));
             }
+            timer.finished(pool, ctx).await?;
             ctx.set_resource(&failed_key, serde_json::Value::Null);
             Ok(StackProgress::Ready(stack))
         }
@@ -73,7 +109,10 @@ pub async fn converge(
         "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" | "CREATE_FAILED" if retrying => {
             cfn.delete(&spec.name, &format!("{token}-delete")).await?;
             ctx.set_resource(&failed_key, serde_json::Value::Null);
-            Ok(StackProgress::InProgress("DELETE_IN_PROGRESS".into()))
+            Ok(StackProgress::InProgress {
+                note: "DELETE_IN_PROGRESS".into(),
+                after: ctx.poll_interval,
+            })
         }
         // A failed update rolled back to the last good state: on an operator retry, update again.
         "UPDATE_ROLLBACK_COMPLETE" if retrying => {
@@ -82,7 +121,7 @@ pub async fn converge(
                 .update(&spec, &format!("{token}-retry-{}", ctx.attempt))
                 .await?
             {
-                Ok(StackProgress::InProgress("UPDATE_IN_PROGRESS".into()))
+                Ok(started(ctx, "UPDATE_IN_PROGRESS"))
             } else {
                 Ok(StackProgress::Ready(stack))
             }

@@ -518,15 +518,17 @@ async fn running_every_step_again_changes_nothing_in_aws() {
 }
 
 #[tokio::test]
-async fn an_account_that_already_has_the_tenants_email_is_adopted() {
+async fn the_tenants_own_tagged_account_is_adopted_not_created_again() {
     let moto = moto::start().await;
     let sdk = moto::sdk(&moto.url).await;
     moto::prepare_management(&sdk).await;
     let org = aws_sdk_organizations::Client::new(&sdk);
+    // What a crash-recovered CreateAccount of vend's leaves: the account with vend's tenant tag.
     let pre = org
         .create_account()
         .email(format!("aws+acme@{BASE_DOMAIN}"))
         .account_name("made by hand")
+        .tags(tag("vend:tenant", "acme"))
         .send()
         .await
         .unwrap();
@@ -559,6 +561,108 @@ async fn an_account_that_already_has_the_tenants_email_is_adopted() {
     assert_eq!(same_email, 1, "a second account was created");
     // Adopted accounts get the tenant's tags too.
     assert_eq!(assert_contract_holds(&sdk, "acme").await, pre_id);
+}
+
+fn tag(k: &str, v: &str) -> aws_sdk_organizations::types::Tag {
+    aws_sdk_organizations::types::Tag::builder()
+        .key(k)
+        .value(v)
+        .build()
+        .unwrap()
+}
+
+/// An account made outside vend, with tags and a parent, as it stands in AWS.
+async fn account_state(
+    org: &aws_sdk_organizations::Client,
+    id: &str,
+) -> (Vec<(String, String)>, String) {
+    let tags = org
+        .list_tags_for_resource()
+        .resource_id(id)
+        .send()
+        .await
+        .unwrap()
+        .tags()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    let parent = org
+        .list_parents()
+        .child_id(id)
+        .send()
+        .await
+        .unwrap()
+        .parents()[0]
+        .id()
+        .unwrap()
+        .to_owned();
+    (tags, parent)
+}
+
+#[tokio::test]
+async fn an_account_with_the_tenants_email_or_name_but_not_its_tag_is_left_alone() {
+    // (root e-mail, account name, tags) of an account someone else made.
+    let cases = [
+        (
+            format!("aws+secops@{BASE_DOMAIN}"),
+            "Security".to_owned(),
+            vec![],
+        ),
+        (
+            "audit-team@corp.example".to_owned(),
+            "tenant-secops".to_owned(),
+            vec![tag("team", "audit")],
+        ),
+        (
+            format!("aws+secops@{BASE_DOMAIN}"),
+            "sec".to_owned(),
+            vec![tag("vend:tenant", "other")],
+        ),
+    ];
+    for (email, name, tags) in cases {
+        let moto = moto::start().await;
+        let sdk = moto::sdk(&moto.url).await;
+        moto::prepare_management(&sdk).await;
+        let org = aws_sdk_organizations::Client::new(&sdk);
+        let pre_id = org
+            .create_account()
+            .email(&email)
+            .account_name(&name)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .unwrap()
+            .create_account_status()
+            .unwrap()
+            .account_id()
+            .unwrap()
+            .to_owned();
+        let before = account_state(&org, &pre_id).await;
+
+        let (app, _rt) = spawn_silo(&moto.url, |_| {}, None).await;
+        app.signup(&signup_body("secops")).await;
+        let engine = app.start_engine(app.engine_config("w1"));
+        let t = app
+            .wait_for_state("secops", &["active", "failed"], WITHIN)
+            .await;
+        engine.stop().await;
+        assert_eq!(t["state"], "failed", "{email} {name}: {t:#}");
+        let step = &t["steps"][0];
+        assert_eq!(step["name"], "create_account");
+        let err = step["last_error"].to_string();
+        assert!(err.contains(&pre_id), "{err} does not name {pre_id}");
+        assert!(t["account_id"].is_null(), "{t:#}");
+        assert_eq!(
+            account_state(&org, &pre_id).await,
+            before,
+            "the account was touched"
+        );
+        assert_eq!(
+            org.list_accounts().send().await.unwrap().accounts().len(),
+            2,
+            "no account was created for the tenant"
+        );
+    }
 }
 
 /// Delegates to the real Organizations (moto) but, once, never returns from `create_account` after
@@ -607,8 +711,11 @@ impl Organizations for CrashAfterCreate {
     async fn list_accounts(&self) -> Result<Vec<Account>, AwsError> {
         self.inner.list_accounts().await
     }
-    async fn find_account_by_email(&self, e: &str) -> Result<Option<Account>, AwsError> {
-        self.inner.find_account_by_email(e).await
+    async fn find_accounts(&self, e: &str, n: &str) -> Result<Vec<Account>, AwsError> {
+        self.inner.find_accounts(e, n).await
+    }
+    async fn account_tags(&self, a: &str) -> Result<Vec<(String, String)>, AwsError> {
+        self.inner.account_tags(a).await
     }
     async fn find_create_request(&self, n: &str) -> Result<Option<CreateRequest>, AwsError> {
         self.inner.find_create_request(n).await
@@ -679,7 +786,7 @@ async fn a_crash_between_create_account_and_recording_its_id_ends_with_one_accou
     assert_eq!(t["account_id"], account);
     assert_eq!(
         t["resources"]["account_adopted"],
-        "found by e-mail after an unknown outcome"
+        "found after an unknown outcome"
     );
 }
 
@@ -812,30 +919,218 @@ async fn an_invalid_scp_file_stops_start_up_with_its_name() {
 }
 
 #[tokio::test]
-async fn start_up_explains_a_missing_organization_and_a_missing_zone() {
+async fn start_up_explains_a_missing_organization_and_a_missing_zone_and_waits_for_them() {
     let moto = moto::start().await;
     let sdk = moto::sdk(&moto.url).await;
     let (pool, _) = crate::support::postgres::fresh_database().await;
-    let start = || {
-        vend::app::AwsRuntime::start(
-            crate::support::silo_settings(),
-            sdk.clone(),
-            pool.clone(),
-            vend::telemetry::Metrics::new(),
-            None,
-        )
+    let readiness = vend::readiness::Readiness::starting("start");
+    let unprepared = vend::app::AwsRuntime::prepare(
+        crate::support::silo_settings(),
+        sdk.clone(),
+        pool.clone(),
+        vend::telemetry::Metrics::new(),
+        None,
+    )
+    .unwrap();
+    let seen = readiness.clone();
+    let start = tokio::spawn(async move { unprepared.until_ready(&readiness).await });
+    let wait_for = |needles: Vec<String>| {
+        let seen = seen.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WITHIN;
+            loop {
+                let why = seen.waiting_for().unwrap_or_default();
+                if needles.iter().all(|n| why.contains(n.as_str())) {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{why}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     };
-    let e = format!("{:#}", start().await.err().unwrap());
-    assert!(e.contains("not in an AWS Organization"), "{e}");
+    // Not an ending: the reason is reported, and start-up goes on once ops fix it.
+    wait_for(vec!["not in an AWS Organization".into()]).await;
     aws_sdk_organizations::Client::new(&sdk)
         .create_organization()
         .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
         .send()
         .await
         .unwrap();
-    let e = format!("{:#}", start().await.err().unwrap());
+    wait_for(vec!["VEND_BASE_DOMAIN".into(), BASE_DOMAIN.into()]).await;
+    assert!(!start.is_finished());
+    aws_sdk_route53::Client::new(&sdk)
+        .create_hosted_zone()
+        .name(BASE_DOMAIN)
+        .caller_reference("late")
+        .send()
+        .await
+        .unwrap();
+    let rt = tokio::time::timeout(WITHIN, start)
+        .await
+        .expect("ready once the zone exists")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.waiting_for(), None);
+    assert!(!rt.silo.management.hosted_zone_id.is_empty());
+}
+
+#[tokio::test]
+async fn a_record_someone_else_made_for_the_tenants_name_is_left_unchanged() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let r53 = aws_sdk_route53::Client::new(&sdk);
+    let zone = r53
+        .list_hosted_zones_by_name()
+        .dns_name(BASE_DOMAIN)
+        .send()
+        .await
+        .unwrap()
+        .hosted_zones()[0]
+        .id()
+        .to_owned();
+    let name = format!("shop.{BASE_DOMAIN}.");
+    let record = aws_sdk_route53::types::ResourceRecordSet::builder()
+        .name(&name)
+        .r#type(aws_sdk_route53::types::RrType::Cname)
+        .ttl(300)
+        .resource_records(
+            aws_sdk_route53::types::ResourceRecord::builder()
+                .value("storefront.saas.example")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(
+            aws_sdk_route53::types::ChangeBatch::builder()
+                .changes(
+                    aws_sdk_route53::types::Change::builder()
+                        .action(aws_sdk_route53::types::ChangeAction::Create)
+                        .resource_record_set(record)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let records = || async {
+        r53.list_resource_record_sets()
+            .hosted_zone_id(&zone)
+            .send()
+            .await
+            .unwrap()
+            .resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let before = records().await;
+
+    let (app, _rt) = spawn_silo(&moto.url, |_| {}, None).await;
+    app.signup(&signup_body("shop")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app
+        .wait_for_state("shop", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "failed", "{t:#}");
+    let step = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "failed")
+        .unwrap();
+    assert_eq!(step["name"], "map_domain");
     assert!(
-        e.contains("VEND_BASE_DOMAIN") && e.contains(BASE_DOMAIN),
-        "{e}"
+        step["last_error"]
+            .to_string()
+            .contains("storefront.saas.example"),
+        "{step:#}"
+    );
+    assert_eq!(records().await, before, "the record was changed");
+}
+
+#[tokio::test]
+async fn past_the_creation_budget_a_tenant_waits_visibly_without_calling_aws() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, rt) = spawn_silo(
+        &moto.url,
+        |s| {
+            s.creation_budget = vend::config::CreationBudget {
+                accounts: 2,
+                window: Duration::from_secs(3600),
+            }
+        },
+        None,
+    )
+    .await;
+    for slug in ["first", "second"] {
+        app.signup(&signup_body(slug)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["first", "second"] {
+        let t = app
+            .wait_for_state(slug, &["active", "failed"], WITHIN)
+            .await;
+        assert_eq!(t["state"], "active", "{t:#}");
+    }
+    app.signup(&signup_body("third")).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let step = loop {
+        let t = app.tenant("third").await;
+        let step = t["steps"][0].clone();
+        if step["last_error_code"] == "AccountCreationBudget" {
+            break step;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{t:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    engine.stop().await;
+    assert_eq!(step["state"], "waiting", "{step:#}");
+    assert_eq!(step["attempts"], 1, "waiting spends no attempts: {step:#}");
+    assert!(
+        step["last_error"].as_str().unwrap().contains("2 per 1h"),
+        "{step:#}"
+    );
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(step["next_attempt_at"].clone()).unwrap();
+    assert!(
+        next > chrono::Utc::now() + chrono::Duration::minutes(50),
+        "{next}"
+    );
+    assert_eq!(
+        moto::tagged_accounts(&sdk).await.len(),
+        2,
+        "no account was requested for the third tenant"
+    );
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT e.type FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = 'third'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|t| *t == "tenant.creation_budget.exhausted")
+            .count(),
+        1,
+        "{events:?}"
+    );
+    let metrics = rt.silo.aws.metrics().encode();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("vend_account_creation_budget_waits_total ") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
     );
 }

@@ -168,7 +168,7 @@ async fn two_workers_keep_create_account_within_its_cap_and_use_all_of_it() {
 }
 
 #[tokio::test]
-async fn an_account_created_between_index_syncs_is_refused_by_aws_and_adopted() {
+async fn the_tenants_account_created_between_index_syncs_is_refused_by_aws_and_adopted() {
     let c = chaos(Duration::from_millis(200)).await;
     // The index was synced at start; someone creates the tenant's account afterwards, through AWS
     // (the proxy), which from then on refuses its e-mail as AWS does.
@@ -177,6 +177,13 @@ async fn an_account_created_between_index_syncs_is_refused_by_aws_and_adopted() 
         .create_account()
         .email(format!("aws+late@{BASE_DOMAIN}"))
         .account_name("by hand")
+        .tags(
+            aws_sdk_organizations::types::Tag::builder()
+                .key("vend:tenant")
+                .value("late")
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -211,6 +218,62 @@ async fn an_account_created_between_index_syncs_is_refused_by_aws_and_adopted() 
         .accounts()
         .len();
     assert_eq!(n, 2, "the management account and the adopted one");
+}
+
+#[tokio::test]
+async fn a_foreign_account_refused_by_aws_as_a_duplicate_fails_the_tenant_untouched() {
+    let c = chaos(Duration::from_millis(200)).await;
+    let org = aws_sdk_organizations::Client::new(&moto::sdk(&c.proxy_url).await);
+    let pre = org
+        .create_account()
+        .email(format!("aws+late@{BASE_DOMAIN}"))
+        .account_name("someone else's")
+        .send()
+        .await
+        .unwrap();
+    let pre_id = loop {
+        let s = org
+            .describe_create_account_status()
+            .create_account_request_id(pre.create_account_status().unwrap().id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if let Some(id) = s.create_account_status().unwrap().account_id() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    c.app.signup(&signup_body("late")).await;
+    let engine = c.app.start_engine(c.app.engine_config("w1"));
+    let t = c
+        .app
+        .wait_for_state("late", &["active", "failed"], WITHIN)
+        .await;
+    engine.stop().await;
+    assert_eq!(t["state"], "failed", "{t:#}");
+    assert!(t["account_id"].is_null());
+    assert!(
+        t["steps"][1]["last_error"].to_string().contains(&pre_id),
+        "{t:#}"
+    );
+    let moto_org = aws_sdk_organizations::Client::new(&c.moto_sdk);
+    let tags = moto_org
+        .list_tags_for_resource()
+        .resource_id(&pre_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(tags.tags().is_empty(), "the foreign account was tagged");
+    let parent = moto_org
+        .list_parents()
+        .child_id(&pre_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        parent.parents()[0].id().unwrap().starts_with("r-"),
+        "the foreign account was moved"
+    );
 }
 
 #[tokio::test]

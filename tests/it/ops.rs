@@ -65,6 +65,55 @@ async fn every_ops_route_needs_the_token() {
 }
 
 #[tokio::test]
+async fn a_token_without_the_scope_a_route_needs_gets_403() {
+    use crate::support::{METRICS_TOKEN, READ_TOKEN};
+    let app = plain_app().await;
+    app.signup(&signup_body("acme")).await;
+    let paths = vend::http::protected_paths();
+    for (path, methods) in paths {
+        let path = path.replace("{slug}", "acme").replace("{id}", "0");
+        for m in methods {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            let needs = if path == "/metrics" {
+                "metrics"
+            } else if m == "GET" {
+                "read"
+            } else {
+                "write"
+            };
+            for (token, has) in [(READ_TOKEN, "read"), (METRICS_TOKEN, "metrics")] {
+                let r = app
+                    .http
+                    .request(method.clone(), format!("{}{path}", app.base))
+                    .bearer_auth(token)
+                    .json(&json!({"from_step": "a"}))
+                    .send()
+                    .await
+                    .unwrap();
+                if has == needs {
+                    assert!(
+                        ![401, 403].contains(&r.status().as_u16()),
+                        "{m} {path} with the {has} token: {}",
+                        r.status()
+                    );
+                } else {
+                    assert_eq!(r.status(), 403, "{m} {path} with the {has} token");
+                    let body: Value = r.json().await.unwrap();
+                    assert_eq!(body["error"]["code"], "forbidden");
+                }
+            }
+        }
+    }
+    // A refused write changed nothing.
+    let h = app.history("acme").await;
+    assert!(
+        h.iter()
+            .all(|e| !e["kind"].as_str().unwrap().starts_with("operator.")),
+        "{h:?}"
+    );
+}
+
+#[tokio::test]
 async fn listing_pages_newest_first_with_a_cursor_and_filters_by_state() {
     let app = plain_app().await;
     for i in 0..7 {
@@ -157,8 +206,7 @@ async fn retry_resumes_a_failed_tenant_and_refuses_when_there_is_nothing_to_retr
     let r = app
         .http
         .post(format!("{}/v1/tenants/acme/retry", app.base))
-        .bearer_auth(crate::support::OPS_TOKEN)
-        .header("x-vend-actor", "alice")
+        .bearer_auth(crate::support::ALICE_TOKEN)
         .send()
         .await
         .unwrap();
@@ -171,7 +219,7 @@ async fn retry_resumes_a_failed_tenant_and_refuses_when_there_is_nothing_to_retr
     assert_eq!(calls.get("acme"), 2);
     let h = app.history("acme").await;
     let op = h.iter().find(|e| e["kind"] == "operator.retry").unwrap();
-    assert_eq!(op["actor"], "ops:alice");
+    assert_eq!(op["actor"], "alice");
     assert_eq!(op["step"], "b");
 
     let r = app.ops(Method::POST, "/v1/tenants/acme/retry", None).await;

@@ -156,6 +156,14 @@ async fn events_are_delivered_signed_and_retried_with_a_stable_id() {
         ["tenant.active".to_string(), "tenant.step.succeeded".into()]
     );
     assert_eq!(types[0], "tenant.created");
+    // No personal data in events unless configured: the owner's e-mail stays in vend.
+    for r in &got {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            !body.contains("owner_email") && !body.contains("ops@"),
+            "{body}"
+        );
+    }
 
     let d: Value = app
         .ops(Method::GET, "/v1/deliveries?tenant=acme", None)

@@ -256,6 +256,16 @@ async fn three_replicas_share_the_work_never_overlap_and_survive_losing_one() {
             .await
             .unwrap();
     assert!(actors.len() >= 2, "the work was not shared: {actors:?}");
+    // The replicas split the management account's budgets: together they stayed within AWS's quotas.
+    let over_quota: Vec<(String, u64)> = w
+        .proxy
+        .stats()
+        .operations
+        .iter()
+        .filter(|(_, o)| o.quota_throttles > 0)
+        .map(|(op, o)| (op.clone(), o.quota_throttles))
+        .collect();
+    assert!(over_quota.is_empty(), "AWS quotas exceeded: {over_quota:?}");
     for r in replicas {
         r.kill().await;
     }
@@ -275,6 +285,7 @@ async fn a_database_outage_is_reported_waited_out_and_recovered_from() {
         async move {
             let out = tokio::process::Command::new(&script)
                 .args([cmd, pg_dir.to_str().unwrap(), &port.to_string()])
+                .env("VEND_PG_UNSAFE_FAST", "1")
                 .output()
                 .await
                 .unwrap();
@@ -372,4 +383,70 @@ fn count_claim_warnings(log: &std::path::Path) -> usize {
         .lines()
         .filter(|l| l.contains("could not claim steps"))
         .count()
+}
+
+#[tokio::test]
+async fn start_up_outlasts_an_aws_that_throttles_from_the_first_request() {
+    let w = world(Duration::from_millis(300)).await;
+    // Every AWS answer throttled before vend sends its first request.
+    w.proxy.set_faults(1.0, 0.0, 0.0);
+    let (pool, db_url) = postgres::fresh_database().await;
+    let env = serve::env(&db_url, &w.proxy_url, w.workflows.path(), None);
+    let listen = Served::free_listen();
+    let log = w.logs.path().join("vend.log");
+    let mut vend = Served::start_until(&env, &listen, &log, "/healthz").await;
+    let http = reqwest::Client::new();
+
+    // Not ready, and it says why; signups are taken all the same.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = http
+        .get(format!("{}/readyz", vend.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "starting", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("management account"), "{message}");
+    assert_eq!(post_signup(&vend.url, "early").await, 202);
+    // Once a call has spent its retries, the reason names what AWS answered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let body: Value = http
+            .get(format!("{}/readyz", vend.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if message.contains("TooManyRequests") || message.contains("Throttl") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{message}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(vend.is_running(), "vend serve exited on throttling");
+
+    // AWS as a fleet sees it: 30 % throttled, 5 % failing. Start-up completes and the tenant is vended.
+    w.proxy.set_faults(0.30, 0.05, 0.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while http
+        .get(format!("{}/readyz", vend.url))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_all_active(&pool, 1, WITHIN).await;
+    assert_exactly_one_of_everything(&w.moto_sdk, &["early".to_owned()]).await;
+    vend.kill().await;
 }

@@ -169,6 +169,10 @@ async fn every_bad_request_gets_its_code_and_stores_nothing() {
         ("slug", json!("acme-")),
         ("slug", json!("1acme")),
         ("slug", json!(7)),
+        ("slug", json!("xn--acme")),
+        ("slug", json!("ac--me")),
+        // aws+<40 characters>@tenants.example.test is 65 characters: AWS takes at most 64.
+        ("slug", json!("a".repeat(40))),
         ("name", json!("")),
         ("name", json!("x".repeat(201))),
         ("owner_email", json!("nobody")),
@@ -187,6 +191,31 @@ async fn every_bad_request_gets_its_code_and_stores_nothing() {
             signed(&app, "msg_1", now, body, None),
             400,
             "invalid_body",
+        )
+        .await;
+    }
+
+    // 400 reserved_slug: built in, and configured (VEND_RESERVED_SLUGS).
+    for slug in [
+        "www",
+        "api",
+        "admin",
+        "status",
+        "pool",
+        "login",
+        "globex-reserved",
+    ] {
+        expect_refused(
+            &app,
+            signed(
+                &app,
+                "msg_1",
+                now,
+                serde_json::to_vec(&signup_body(slug)).unwrap(),
+                None,
+            ),
+            400,
+            "reserved_slug",
         )
         .await;
     }

@@ -22,6 +22,23 @@ use vend::standard_webhooks::Secret;
 use vend::telemetry::Metrics;
 
 pub const OPS_TOKEN: &str = "test-ops-token-0123456789";
+/// Named `alice`, with read and write.
+pub const ALICE_TOKEN: &str = "test-alice-token-0123456789";
+/// Named `reader`, read only.
+pub const READ_TOKEN: &str = "test-read-token-0123456789";
+/// Named `prometheus`, metrics only.
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
+
+/// The ops tokens every test app accepts: `OPS_TOKEN` as `VEND_OPS_TOKEN` gives it, and named ones.
+pub fn ops_tokens() -> OpsTokens {
+    use vend::config::{OpsToken, Scope};
+    OpsTokens::from_tokens(vec![
+        OpsToken::new("ops", OPS_TOKEN, &Scope::ALL),
+        OpsToken::new("alice", ALICE_TOKEN, &[Scope::Read, Scope::Write]),
+        OpsToken::new("reader", READ_TOKEN, &[Scope::Read]),
+        OpsToken::new("prometheus", METRICS_TOKEN, &[Scope::Metrics]),
+    ])
+}
 pub const SIGNUP_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A workflow of test step kinds; `steps` are `(name, kind)` pairs, policies fast for tests.
@@ -142,8 +159,14 @@ pub async fn spawn_app_with_limits(
         pool: pool.clone(),
         workflows: workflows.clone(),
         signup_secret: Secret::parse(SIGNUP_SECRET).unwrap(),
-        ops_tokens: OpsTokens::new(vec![OPS_TOKEN.into()]),
+        ops_tokens: ops_tokens(),
+        slug_rules: Arc::new(vend::domain::SlugRules::new(
+            &["globex-reserved".to_owned()],
+            Some(silo_settings().naming()),
+        )),
         metrics: metrics.clone(),
+        readiness: vend::readiness::Readiness::ready(),
+        events_include_owner_email: false,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -56,6 +56,8 @@ pub fn cluster() -> &'static Cluster {
         let port = free_port();
         let out = Command::new(&script)
             .args(["start", dir.to_str().unwrap(), &port.to_string()])
+            // A throwaway cluster: tests check behaviour, not durability figures, so they run fast.
+            .env("VEND_PG_UNSAFE_FAST", "1")
             .output()
             .expect("running scripts/pg");
         assert!(

@@ -80,6 +80,16 @@ impl Served {
     /// Starts `vend serve` listening on `listen` (a fixed address survives restarts) and waits until
     /// it is ready. The log is appended to `log`.
     pub async fn start(env: &[(String, String)], listen: &str, log: &Path) -> Served {
+        Self::start_until(env, listen, log, "/readyz").await
+    }
+
+    /// As [`Served::start`], but waits only until `probe` answers 200 (`/healthz`: the process serves).
+    pub async fn start_until(
+        env: &[(String, String)],
+        listen: &str,
+        log: &Path,
+        probe: &str,
+    ) -> Served {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,7 +114,7 @@ impl Served {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if http
-                .get(format!("{url}/readyz"))
+                .get(format!("{url}{probe}"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200)
