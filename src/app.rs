@@ -71,7 +71,7 @@ impl AwsRuntime {
         metrics: Arc<Metrics>,
         orgs: Option<Arc<dyn Organizations>>,
     ) -> anyhow::Result<Unprepared> {
-        let scps = reconcile::load_scps(&settings.scp_dir)?;
+        let scps = reconcile::load_scps(&settings.scp_dir, &settings.access_role)?;
         let templates = Templates::load(&settings.templates_dir).map_err(anyhow::Error::msg)?;
         let limiter = Arc::new(aws::Limiter::new(settings.budgets.clone()));
         let aws = Aws::with_limiter(sdk, metrics, limiter);
@@ -415,9 +415,12 @@ async fn run_background(
                 .map(|rt| rt.bus.clone() as Arc<dyn crate::engine::dispatcher::EventBus>),
             retry_schedule: config.webhook_retry_schedule.clone(),
             timeout: config.webhook_timeout,
-            lease: config.webhook_timeout * 2,
+            lease: config.webhook_timeout * 3,
             poll_interval: config.poll_interval,
-            batch: 100,
+            batch: crate::engine::dispatcher::batch_within_lease(
+                config.webhook_timeout * 3,
+                config.webhook_timeout,
+            ),
         },
         metrics.clone(),
     );

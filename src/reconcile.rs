@@ -53,9 +53,14 @@ pub enum ReconcileError {
     Db(#[from] sqlx::Error),
 }
 
+/// The placeholder an SCP file writes for the role vend reaches tenant accounts through, so the
+/// guardrails exempt the role vend really uses (`VEND_ACCOUNT_ROLE_NAME`) and never lock vend out.
+pub const ROLE_PLACEHOLDER: &str = "${VEND_ACCOUNT_ROLE_NAME}";
+
 /// Reads and validates every `*.json` in `dir`: JSON, an IAM policy shape, at most 5,120 characters
-/// once minified. The first invalid file stops everything, named.
-pub fn load_scps(dir: &Path) -> Result<Vec<ScpDocument>, ReconcileError> {
+/// once minified, with [`ROLE_PLACEHOLDER`] replaced by `access_role` and no other `${...}` left. The
+/// first invalid file stops everything, named.
+pub fn load_scps(dir: &Path, access_role: &str) -> Result<Vec<ScpDocument>, ReconcileError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ReconcileError::ScpDir {
         dir: dir.display().to_string(),
         source,
@@ -72,7 +77,15 @@ pub fn load_scps(dir: &Path) -> Result<Vec<ScpDocument>, ReconcileError> {
             file: file.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad(format!("cannot read: {e}")))?
+            .replace(ROLE_PLACEHOLDER, access_role);
+        if let Some(i) = text.find("${") {
+            let name: String = text[i..].chars().take_while(|c| *c != '}').collect();
+            return Err(bad(format!(
+                "unknown placeholder {name}}} (only {ROLE_PLACEHOLDER} is replaced)"
+            )));
+        }
         let v: Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let statements = v
@@ -310,15 +323,39 @@ mod tests {
 
     #[test]
     fn shipped_policies_are_valid() {
-        let docs = load_scps(&Path::new(env!("CARGO_MANIFEST_DIR")).join("scp-policies")).unwrap();
+        let docs = load_scps(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("scp-policies"),
+            "OrganizationAccountAccessRole",
+        )
+        .unwrap();
         assert!(docs.len() >= 3);
         assert!(docs.iter().all(|d| d.name.starts_with(SCP_PREFIX)));
     }
 
     #[test]
+    fn the_guardrails_exempt_the_configured_access_role() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scp-policies");
+        let docs = load_scps(&dir, "VendAccess").unwrap();
+        let protect = docs
+            .iter()
+            .find(|d| d.name == "vend-protect-baseline")
+            .unwrap();
+        assert!(
+            protect.content.contains("role/VendAccess"),
+            "{}",
+            protect.content
+        );
+        assert!(!protect.content.contains("OrganizationAccountAccessRole"));
+        assert!(docs.iter().all(|d| !d.content.contains("${")));
+        let d = dir_with(&[("x.json", &OK.replace("ec2:RunInstances", "${OTHER}"))]);
+        let e = load_scps(d.path(), "R").unwrap_err().to_string();
+        assert!(e.contains("${OTHER}"), "{e}");
+    }
+
+    #[test]
     fn a_valid_file_is_minified_and_named_after_itself() {
         let d = dir_with(&[("deny-ec2.json", OK)]);
-        let docs = load_scps(d.path()).unwrap();
+        let docs = load_scps(d.path(), "R").unwrap();
         assert_eq!(docs[0].name, "vend-deny-ec2");
         assert!(!docs[0].content.contains(' '));
     }
@@ -344,7 +381,7 @@ mod tests {
             ("long.json", long.as_str(), "5120"),
         ] {
             let d = dir_with(&[("good.json", OK), (name, body)]);
-            let e = load_scps(d.path()).unwrap_err().to_string();
+            let e = load_scps(d.path(), "R").unwrap_err().to_string();
             assert!(e.contains(name) && e.contains(needle), "{e}");
         }
     }

@@ -34,6 +34,11 @@ impl AwsError {
     pub fn during(mut self, operation: &'static str) -> Self {
         if self.operation.is_empty() {
             self.operation = operation;
+            if self.code == "LimitExceededException" && is_quota_service(operation) {
+                // A count quota (certificates, stacks, roles, rules), not a rate: waiting does not
+                // free it, ops must raise it or clean up, so the step fails with AWS's message.
+                self.class = ErrorClass::Permanent;
+            }
             if !self.message.starts_with(operation) {
                 self.message = format!("{operation}: {}", self.message);
             }
@@ -62,6 +67,15 @@ const THROTTLING: &[&str] = &[
     "BandwidthLimitExceeded",
     "EC2ThrottledException",
 ];
+
+/// Services whose `LimitExceededException` is a quota on how many of something exist. API Gateway's
+/// (HTTP 429) is its request rate, and stays throttling.
+fn is_quota_service(operation: &str) -> bool {
+    matches!(
+        operation.split('.').next(),
+        Some("acm" | "cloudformation" | "iam" | "eventbridge" | "organizations")
+    )
+}
 
 /// Codes that are worth retrying as they are. `ConcurrentModificationException` must never fail a
 /// tenant: one public operator that did so created accounts in a loop.
@@ -194,6 +208,24 @@ pub fn outcome_unknown(e: &AwsError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_exceeded_is_a_quota_or_a_rate_depending_on_the_service() {
+        let e = |op| {
+            AwsError::new(
+                class_of("LimitExceededException", Some(400)),
+                "LimitExceededException",
+                "x",
+            )
+            .during(op)
+        };
+        assert_eq!(e("acm.RequestCertificate").class, ErrorClass::Permanent);
+        assert_eq!(e("cloudformation.CreateStack").class, ErrorClass::Permanent);
+        assert_eq!(
+            e("apigateway.CreateDomainName").class,
+            ErrorClass::Throttled
+        );
+    }
 
     #[test]
     fn throttling_codes_and_429_are_throttled() {

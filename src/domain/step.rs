@@ -271,10 +271,13 @@ pub fn decide(
                 ErrorClass::Throttled => {
                     // Throttling is AWS pacing us, not the step failing: it backs off on its own
                     // exponent and never spends an attempt.
-                    let after =
+                    let after = until_timeout(
+                        rules,
+                        progress,
                         rules
                             .retry
-                            .delay(progress.throttles + 1, error.retry_after, jitter);
+                            .delay(progress.throttles + 1, error.retry_after, jitter),
+                    );
                     Decision::Wait {
                         after,
                         reason: WaitReason::Throttle,
@@ -292,9 +295,13 @@ pub fn decide(
                     }
                 }
                 _ => {
-                    let after = rules
-                        .retry
-                        .delay(progress.attempts, error.retry_after, jitter);
+                    let after = until_timeout(
+                        rules,
+                        progress,
+                        rules
+                            .retry
+                            .delay(progress.attempts, error.retry_after, jitter),
+                    );
                     Decision::Wait {
                         after,
                         reason: WaitReason::Backoff,
@@ -308,6 +315,18 @@ pub fn decide(
                 }
             }
         }
+    }
+}
+
+/// A backoff never reaches past the step's timeout: the step runs once more when the timeout is
+/// due, and fails there if it still cannot go on (a throttle must not outlast the timeout).
+fn until_timeout(rules: &StepRules, progress: StepProgress, after: Duration) -> Duration {
+    match rules.timeout {
+        Some(t) => after.min(
+            t.saturating_sub(progress.elapsed)
+                .max(Duration::from_secs(1)),
+        ),
+        None => after,
     }
 }
 
@@ -471,6 +490,31 @@ mod tests {
             .with_retry_after(Duration::from_secs(30));
         let d = decide(&rules(), progress(1), StepOutcome::Failed(e), 0.0);
         assert!(matches!(d, Decision::Wait { after, .. } if after == Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_throttle_or_a_backoff_never_waits_past_the_timeout() {
+        let r = rules();
+        let limit = r.timeout.unwrap();
+        let p = StepProgress {
+            attempts: 1,
+            throttles: 0,
+            elapsed: limit - Duration::from_secs(10),
+        };
+        let e = StepError::throttled("Throttling", "slow down")
+            .with_retry_after(Duration::from_secs(3600));
+        let d = decide(&r, p, StepOutcome::Failed(e), 0.5);
+        assert!(
+            matches!(d, Decision::Wait { after, .. } if after == Duration::from_secs(10)),
+            "{d:?}"
+        );
+        let e = StepError::transient("ServiceException", "later")
+            .with_retry_after(Duration::from_secs(600));
+        let d = decide(&r, p, StepOutcome::Failed(e), 0.5);
+        assert!(
+            matches!(d, Decision::Wait { after, .. } if after == Duration::from_secs(10)),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -54,6 +54,16 @@ pub trait EventBus: Send + Sync {
 /// EventBridge `PutEvents` takes at most 10 entries.
 pub const BUS_BATCH: usize = 10;
 
+/// Webhook deliveries of one batch in flight at once.
+pub const PARALLEL_DELIVERIES: usize = 16;
+
+/// The largest batch that is surely sent within `lease` when every delivery takes its whole `timeout`:
+/// whole rounds of [`PARALLEL_DELIVERIES`], one round of margin kept for recording and the bus.
+pub fn batch_within_lease(lease: Duration, timeout: Duration) -> usize {
+    let rounds = (lease.as_secs_f64() / timeout.as_secs_f64().max(0.001)).floor() as usize;
+    PARALLEL_DELIVERIES * rounds.saturating_sub(1).max(1)
+}
+
 pub struct DispatcherConfig {
     pub webhooks: Vec<WebhookEndpoint>,
     pub bus: Option<Arc<dyn EventBus>>,
@@ -162,6 +172,8 @@ impl Dispatcher {
     }
 
     /// Claims one batch of due deliveries and sends them; returns how many were claimed.
+    /// The batch must be sent before its lease ends (see [`batch_within_lease`]), or another
+    /// dispatcher would claim and send it again.
     pub async fn dispatch_once(&self) -> Result<usize, sqlx::Error> {
         let claimed =
             db::outbox::claim(&self.pool, self.config.batch as i64, self.config.lease).await?;
@@ -178,7 +190,7 @@ impl Dispatcher {
                 let r = self.send_webhook(&d).await;
                 (d, r)
             })
-            .buffer_unordered(16)
+            .buffer_unordered(PARALLEL_DELIVERIES)
             .collect::<Vec<_>>()
             .await;
         let mut results = webhook_results;
@@ -445,6 +457,17 @@ impl WithoutUrl for reqwest::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_sent_well_within_its_lease() {
+        let t = Duration::from_secs(15);
+        for lease in [t * 2, t * 3, t * 10] {
+            let b = batch_within_lease(lease, t);
+            let rounds = b.div_ceil(PARALLEL_DELIVERIES) as u32;
+            assert!(t * (rounds + 1) <= lease, "{lease:?}: {b}");
+        }
+        assert_eq!(batch_within_lease(t * 3, t), 32);
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {

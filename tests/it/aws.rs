@@ -21,11 +21,14 @@ use crate::support::{signup_body, spawn_silo};
 const WITHIN: Duration = Duration::from_secs(60);
 
 fn scp_names() -> BTreeSet<String> {
-    vend::reconcile::load_scps(&crate::support::postgres::repo_root().join("scp-policies"))
-        .unwrap()
-        .into_iter()
-        .map(|d| d.name)
-        .collect()
+    vend::reconcile::load_scps(
+        &crate::support::postgres::repo_root().join("scp-policies"),
+        "OrganizationAccountAccessRole",
+    )
+    .unwrap()
+    .into_iter()
+    .map(|d| d.name)
+    .collect()
 }
 
 /// Every account of the organization tagged for `slug`.
