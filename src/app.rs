@@ -417,6 +417,7 @@ async fn run_background(
             timeout: config.webhook_timeout,
             lease: config.webhook_timeout * 3,
             poll_interval: config.poll_interval,
+            allow_loopback: config.allow_http_webhooks,
             batch: crate::engine::dispatcher::batch_within_lease(
                 config.webhook_timeout * 3,
                 config.webhook_timeout,

@@ -351,6 +351,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub db_max_connections: u32,
     pub progress_webhooks: Vec<WebhookEndpoint>,
+    /// `VEND_ALLOW_HTTP_WEBHOOKS`: development receivers on loopback are allowed.
+    pub allow_http_webhooks: bool,
     pub webhook_retry_schedule: Vec<Duration>,
     pub webhook_timeout: Duration,
     pub worker_id: Option<String>,
@@ -372,6 +374,7 @@ struct OpsTokenSpec {
 struct WebhookSpec {
     url: String,
     secret: String,
+    name: Option<String>,
 }
 
 impl Config {
@@ -465,6 +468,7 @@ impl Config {
             poll_interval: duration(env, "VEND_POLL_INTERVAL", Duration::from_secs(1))?,
             db_max_connections: number(env, "VEND_DB_MAX_CONNECTIONS", 20, 2, 1000)? as u32,
             progress_webhooks,
+            allow_http_webhooks: allow_http,
             webhook_retry_schedule,
             webhook_timeout: duration(env, "VEND_WEBHOOK_TIMEOUT", Duration::from_secs(15))?,
             worker_id: env.get("VEND_WORKER_ID"),
@@ -641,6 +645,14 @@ fn parse_webhooks(v: &str, allow_http: bool) -> Result<Vec<WebhookEndpoint>, Con
             "must be a JSON array of {\"url\": \"https://...\", \"secret\": \"whsec_...\"}",
         )
     })?;
+    let mut names = std::collections::BTreeSet::new();
+    for (i, s) in specs.iter().enumerate() {
+        if let Some(n) = &s.name
+            && !names.insert(n.clone())
+        {
+            return Err(err(VAR, format!("entry {i}: the name {n:?} is used twice")));
+        }
+    }
     specs
         .into_iter()
         .enumerate()
@@ -649,7 +661,23 @@ fn parse_webhooks(v: &str, allow_http: bool) -> Result<Vec<WebhookEndpoint>, Con
                 .map_err(|m| err(VAR, format!("entry {i}: {m}")))?;
             let secret =
                 Secret::parse(&s.secret).map_err(|m| err(VAR, format!("entry {i}: secret {m}")))?;
-            Ok(WebhookEndpoint { url: s.url, secret })
+            if let Some(n) = &s.name
+                && (n.is_empty()
+                    || n.len() > 64
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            {
+                return Err(err(
+                    VAR,
+                    format!("entry {i}: name must be 1-64 letters, digits or -_."),
+                ));
+            }
+            Ok(WebhookEndpoint {
+                url: s.url,
+                secret,
+                name: s.name,
+            })
         })
         .collect()
 }
@@ -660,6 +688,18 @@ pub fn check_webhook_url(url: &str, allow_http: bool) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|_| "url is not a valid URL".to_string())?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("url must not carry credentials".into());
+    }
+    let literal = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    };
+    if let Some(ip) = literal
+        && !crate::net::allowed(ip, allow_http)
+    {
+        return Err(
+            "url must not point at a private, loopback, link-local or reserved address".into(),
+        );
     }
     match parsed.scheme() {
         "https" => Ok(()),
@@ -795,6 +835,10 @@ mod tests {
         assert!(check_webhook_url("http://169.254.169.254/latest", true).is_err());
         assert!(check_webhook_url("https://user:pw@example.com/", false).is_err());
         assert!(check_webhook_url("file:///etc/passwd", true).is_err());
+        assert!(check_webhook_url("https://10.0.0.8/hook", false).is_err());
+        assert!(check_webhook_url("https://169.254.169.254/latest", true).is_err());
+        assert!(check_webhook_url("https://[fd00::1]/hook", false).is_err());
+        assert!(check_webhook_url("https://93.184.216.34/hook", false).is_ok());
     }
 
     #[test]

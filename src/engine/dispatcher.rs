@@ -25,11 +25,22 @@ use crate::telemetry::{Metrics, StepLabels};
 pub struct WebhookEndpoint {
     pub url: String,
     pub secret: Secret,
+    /// What logs, history and `/v1/deliveries` call it; URLs can carry tokens, so they never show.
+    pub name: Option<String>,
 }
 
 impl WebhookEndpoint {
+    /// `webhook:<name>`, or `webhook:<first 12 hex digits of the URL's SHA-256>` without a name:
+    /// stable across restarts, and never the URL itself.
     pub fn endpoint_id(&self) -> String {
-        format!("webhook:{}", self.url)
+        match &self.name {
+            Some(n) => format!("webhook:{n}"),
+            None => {
+                use sha2::{Digest, Sha256};
+                let h = Sha256::digest(self.url.as_bytes());
+                format!("webhook:{}", &crate::steps::hex(&h)[..12])
+            }
+        }
     }
 }
 
@@ -73,6 +84,8 @@ pub struct DispatcherConfig {
     pub lease: Duration,
     pub poll_interval: Duration,
     pub batch: usize,
+    /// Development only (`VEND_ALLOW_HTTP_WEBHOOKS`): loopback receivers are allowed.
+    pub allow_loopback: bool,
 }
 
 /// The Standard Webhooks retry schedule: after the first attempt, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
@@ -95,6 +108,10 @@ impl Dispatcher {
         let http = reqwest::Client::builder()
             // Never follow a redirect: a receiver must not be able to point vend at another address.
             .redirect(reqwest::redirect::Policy::none())
+            // Names resolve to global addresses only (literal addresses are checked at start).
+            .dns_resolver(Arc::new(crate::net::AllowedOnly {
+                allow_loopback: config.allow_loopback,
+            }))
             .timeout(config.timeout)
             .user_agent(concat!("vend/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -116,7 +133,8 @@ impl Dispatcher {
             .map(|w| EndpointSpec {
                 id: w.endpoint_id(),
                 kind: "webhook",
-                target: w.url.clone(),
+                // The table names the endpoint as everything else does: the URL stays in config.
+                target: w.endpoint_id(),
             })
             .collect();
         if let Some(bus) = &self.config.bus {
@@ -434,6 +452,14 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
+        // The resolver's refusal says why better than "could not connect".
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if s.to_string().contains(crate::net::REFUSED) {
+                return crate::net::REFUSED.into();
+            }
+            source = s.source();
+        }
         "could not connect".into()
     } else {
         e.without_url_ref().to_string()

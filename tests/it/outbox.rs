@@ -91,6 +91,7 @@ fn endpoint(url: &str) -> WebhookEndpoint {
     WebhookEndpoint {
         url: url.to_owned(),
         secret: Secret::parse(RECEIVER_SECRET).unwrap(),
+        name: None,
     }
 }
 
@@ -110,7 +111,11 @@ async fn events_are_delivered_signed_and_retried_with_a_stable_id() {
         &workflow_toml(&[("a", "ok")], ""),
     )
     .await;
-    let dispatcher = app.dispatcher(vec![endpoint(&url)], vec![Duration::from_millis(50); 5]);
+    let named = WebhookEndpoint {
+        name: Some("receiver".into()),
+        ..endpoint(&url)
+    };
+    let dispatcher = app.dispatcher(vec![named], vec![Duration::from_millis(50); 5]);
     dispatcher.sync_endpoints().await.unwrap();
     let token = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(dispatcher.clone().run(token.clone()));
@@ -179,6 +184,11 @@ async fn events_are_delivered_signed_and_retried_with_a_stable_id() {
         .find(|x| x["event_type"] == "tenant.created")
         .unwrap();
     assert_eq!(created["attempts"], 3);
+    // Endpoints are named, never shown by URL (a URL may carry a token).
+    assert!(
+        d.iter().all(|x| x["endpoint"] == "webhook:receiver"),
+        "{d:?}"
+    );
     assert_eq!(created["webhook_id"], got[0].id.as_str());
 }
 
@@ -233,8 +243,8 @@ async fn retry_after_is_honoured_and_gone_disables_the_endpoint() {
         .unwrap();
     assert_eq!(d["deliveries"].as_array().unwrap().len(), 1);
     let disabled: Option<String> =
-        sqlx::query_scalar("SELECT disabled_reason FROM endpoints WHERE target = $1")
-            .bind(&gone_url)
+        sqlx::query_scalar("SELECT disabled_reason FROM endpoints WHERE id = $1")
+            .bind(endpoint(&gone_url).endpoint_id())
             .fetch_one(&app.pool)
             .await
             .unwrap();
@@ -277,4 +287,64 @@ async fn an_endpoint_that_never_accepts_is_given_up_after_the_schedule() {
         .unwrap();
     assert_eq!(d["deliveries"][0]["state"], "failed");
     assert_eq!(d["deliveries"][0]["last_status"], 503);
+}
+
+#[tokio::test]
+async fn a_webhook_host_that_resolves_to_a_non_global_address_is_never_sent_to() {
+    let (receiver, url) = start_receiver(vec![]).await;
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    // `localhost` resolves to loopback: refused unless development allows loopback.
+    let port = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let by_name = WebhookEndpoint {
+        url: format!("http://localhost:{port}/hook"),
+        secret: Secret::parse(RECEIVER_SECRET).unwrap(),
+        name: Some("internal".into()),
+    };
+    let dispatcher = vend::engine::dispatcher::Dispatcher::new(
+        app.pool.clone(),
+        vend::engine::dispatcher::DispatcherConfig {
+            webhooks: vec![by_name],
+            bus: None,
+            retry_schedule: vec![Duration::from_secs(60)],
+            timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(15),
+            poll_interval: Duration::from_millis(50),
+            batch: 10,
+            allow_loopback: false,
+        },
+        vend::telemetry::Metrics::new(),
+    );
+    dispatcher.sync_endpoints().await.unwrap();
+    app.signup(&signup_body("acme")).await;
+    assert_eq!(dispatcher.dispatch_once().await.unwrap(), 1);
+    assert!(
+        receiver.got.lock().unwrap().is_empty(),
+        "sent to a loopback address"
+    );
+    let d: Value = app
+        .ops(Method::GET, "/v1/deliveries?tenant=acme", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let d = &d["deliveries"][0];
+    assert_eq!(d["endpoint"], "webhook:internal");
+    assert!(
+        d["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("resolves only"),
+        "{d}"
+    );
 }

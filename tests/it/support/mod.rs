@@ -253,6 +253,7 @@ impl TestApp {
                 lease: Duration::from_secs(10),
                 poll_interval: Duration::from_millis(50),
                 batch: 50,
+                allow_loopback: true,
             },
             self.metrics.clone(),
         )
