@@ -2,7 +2,7 @@
 //! At start (and every `VEND_RECONCILE_INTERVAL`, one replica at a time) it makes the management side
 //! match what vend needs: the organization exists, SCPs are enabled, the tenant OU exists under the root,
 //! every SCP in `scp-policies/` exists with the file's content and is attached to the OU, the central bus
-//! exists and accepts the organization's events, and the hosted zone of the base domain exists.
+//! exists and accepts events from the tenant accounts only, and the hosted zone of the base domain exists.
 //! Separately, it refreshes the index of the organization's accounts.
 
 use std::path::Path;
@@ -193,9 +193,13 @@ impl Reconciler {
             .await?
             .ok_or_else(|| ReconcileError::NoHostedZone(self.settings.base_domain.clone()))?;
         let event_bus_arn = self.bus.ensure_bus().await?;
-        if let Err(e) = self.bus.allow_organization(&organization_id).await {
+        if let Err(e) = self
+            .bus
+            .allow_tenant_accounts(&event_bus_arn, &organization_id, &root_id, &tenant_ou_id)
+            .await
+        {
             // Progress events still reach the bus from vend; only the baselines' forwarding needs this.
-            warn!(error = %e, "could not let the organization's accounts put events on the central bus");
+            warn!(error = %e, "could not let the tenant accounts put events on the central bus");
         }
         Ok(Management {
             organization_id,

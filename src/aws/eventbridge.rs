@@ -60,36 +60,54 @@ impl EventBridge {
 }
 
 impl EventBridge {
-    /// Lets every account of the organization put events on the bus (the baselines forward to it).
-    pub async fn allow_organization(&self, organization_id: &str) -> Result<(), AwsError> {
-        use aws_sdk_eventbridge::types::Condition;
-        let condition = Condition::builder()
-            .r#type("StringEquals")
-            .key("aws:PrincipalOrgID")
-            .value(organization_id)
-            .build()
-            .map_err(|e| {
-                AwsError::new(
-                    crate::domain::ErrorClass::Permanent,
-                    "InvalidRequest",
-                    e.to_string(),
-                )
-            })?;
+    /// Lets the accounts under the tenant OU, and no other, put events on the bus (the baselines
+    /// forward their accounts' events to it). The policy is the bus's whole resource policy (vend
+    /// owns the bus), keyed on the accounts' organization path so it stays one statement however many
+    /// tenants there are.
+    pub async fn allow_tenant_accounts(
+        &self,
+        bus_arn: &str,
+        organization_id: &str,
+        root_id: &str,
+        tenant_ou_id: &str,
+    ) -> Result<(), AwsError> {
+        let policy = tenant_accounts_policy(bus_arn, organization_id, root_id, tenant_ou_id);
         self.aws
             .call(
                 "eventbridge.PutPermission",
                 self.client
                     .put_permission()
                     .event_bus_name(&self.bus)
-                    .action("events:PutEvents")
-                    .principal("*")
-                    .statement_id("vend-organization-accounts")
-                    .condition(condition)
+                    .policy(policy.to_string())
                     .send(),
             )
             .await
             .map(|_| ())
     }
+}
+
+/// The bus policy: `events:PutEvents` for principals whose organization path is under the tenant OU.
+pub fn tenant_accounts_policy(
+    bus_arn: &str,
+    organization_id: &str,
+    root_id: &str,
+    tenant_ou_id: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "vend-tenant-accounts",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "events:PutEvents",
+            "Resource": bus_arn,
+            "Condition": {
+                "ForAnyValue:StringLike": {
+                    "aws:PrincipalOrgPaths": [format!("{organization_id}/{root_id}/{tenant_ou_id}/*")]
+                }
+            }
+        }]
+    })
 }
 
 #[async_trait]

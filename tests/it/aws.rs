@@ -1137,3 +1137,28 @@ async fn past_the_creation_budget_a_tenant_waits_visibly_without_calling_aws() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn only_accounts_under_the_tenant_ou_may_put_events_on_the_central_bus() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (_app, rt) = spawn_silo(&moto.url, |_| {}, None).await;
+    let m = &rt.silo.management;
+    let bus = aws_sdk_eventbridge::Client::new(&sdk)
+        .describe_event_bus()
+        .name("vend")
+        .send()
+        .await
+        .unwrap();
+    let policy: Value = serde_json::from_str(bus.policy().expect("the bus has a policy")).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 1, "{policy:#}");
+    let paths = &statements[0]["Condition"]["ForAnyValue:StringLike"]["aws:PrincipalOrgPaths"];
+    assert_eq!(
+        paths[0],
+        format!("{}/{}/{}/*", m.organization_id, m.root_id, m.tenant_ou_id),
+        "{policy:#}"
+    );
+    assert!(!policy.to_string().contains("PrincipalOrgID"), "{policy:#}");
+}
