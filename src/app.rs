@@ -71,7 +71,14 @@ impl AwsRuntime {
         metrics: Arc<Metrics>,
         orgs: Option<Arc<dyn Organizations>>,
     ) -> anyhow::Result<Unprepared> {
-        let scps = reconcile::load_scps(&settings.scp_dir, &settings.access_role)?;
+        let vars = reconcile::ScpVars {
+            access_role: settings.access_role.clone(),
+            region: sdk
+                .region()
+                .map(|r| r.to_string())
+                .ok_or_else(|| anyhow::anyhow!("AWS_REGION: is required"))?,
+        };
+        let scps = reconcile::load_scps(&settings.scp_dir, &vars)?;
         let templates = Templates::load(&settings.templates_dir).map_err(anyhow::Error::msg)?;
         let limiter = Arc::new(aws::Limiter::new(settings.budgets.clone()));
         let aws = Aws::with_limiter(sdk, metrics, limiter);

@@ -53,14 +53,28 @@ pub enum ReconcileError {
     Db(#[from] sqlx::Error),
 }
 
-/// The placeholder an SCP file writes for the role vend reaches tenant accounts through, so the
-/// guardrails exempt the role vend really uses (`VEND_ACCOUNT_ROLE_NAME`) and never lock vend out.
-pub const ROLE_PLACEHOLDER: &str = "${VEND_ACCOUNT_ROLE_NAME}";
+/// What SCP files may refer to, filled in from configuration: the role vend reaches tenant accounts
+/// through (so the guardrails exempt the role vend really uses and never lock vend out) and the
+/// region tenants live in.
+#[derive(Debug, Clone)]
+pub struct ScpVars {
+    /// `${VEND_ACCOUNT_ROLE_NAME}`
+    pub access_role: String,
+    /// `${VEND_REGION}`
+    pub region: String,
+}
+
+impl ScpVars {
+    fn render(&self, text: &str) -> String {
+        text.replace("${VEND_ACCOUNT_ROLE_NAME}", &self.access_role)
+            .replace("${VEND_REGION}", &self.region)
+    }
+}
 
 /// Reads and validates every `*.json` in `dir`: JSON, an IAM policy shape, at most 5,120 characters
-/// once minified, with [`ROLE_PLACEHOLDER`] replaced by `access_role` and no other `${...}` left. The
-/// first invalid file stops everything, named.
-pub fn load_scps(dir: &Path, access_role: &str) -> Result<Vec<ScpDocument>, ReconcileError> {
+/// once minified, with [`ScpVars`] filled in and no other `${...}` left. The first invalid file stops
+/// everything, named.
+pub fn load_scps(dir: &Path, vars: &ScpVars) -> Result<Vec<ScpDocument>, ReconcileError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ReconcileError::ScpDir {
         dir: dir.display().to_string(),
         source,
@@ -77,13 +91,12 @@ pub fn load_scps(dir: &Path, access_role: &str) -> Result<Vec<ScpDocument>, Reco
             file: file.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| bad(format!("cannot read: {e}")))?
-            .replace(ROLE_PLACEHOLDER, access_role);
+        let text = vars
+            .render(&std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?);
         if let Some(i) = text.find("${") {
             let name: String = text[i..].chars().take_while(|c| *c != '}').collect();
             return Err(bad(format!(
-                "unknown placeholder {name}}} (only {ROLE_PLACEHOLDER} is replaced)"
+                "unknown placeholder {name}}} (known: ${{VEND_ACCOUNT_ROLE_NAME}}, ${{VEND_REGION}})"
             )));
         }
         let v: Value =
@@ -315,6 +328,13 @@ impl Reconciler {
 mod tests {
     use super::*;
 
+    fn vars(role: &str) -> ScpVars {
+        ScpVars {
+            access_role: role.into(),
+            region: "eu-central-1".into(),
+        }
+    }
+
     fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         for (name, body) in files {
@@ -329,7 +349,7 @@ mod tests {
     fn shipped_policies_are_valid() {
         let docs = load_scps(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("scp-policies"),
-            "OrganizationAccountAccessRole",
+            &vars("OrganizationAccountAccessRole"),
         )
         .unwrap();
         assert!(docs.len() >= 3);
@@ -339,7 +359,7 @@ mod tests {
     #[test]
     fn the_guardrails_exempt_the_configured_access_role() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scp-policies");
-        let docs = load_scps(&dir, "VendAccess").unwrap();
+        let docs = load_scps(&dir, &vars("VendAccess")).unwrap();
         let protect = docs
             .iter()
             .find(|d| d.name == "vend-protect-baseline")
@@ -351,15 +371,24 @@ mod tests {
         );
         assert!(!protect.content.contains("OrganizationAccountAccessRole"));
         assert!(docs.iter().all(|d| !d.content.contains("${")));
+        let regions = docs
+            .iter()
+            .find(|d| d.name == "vend-deny-other-regions")
+            .unwrap();
+        assert!(
+            regions.content.contains("\"eu-central-1\""),
+            "{}",
+            regions.content
+        );
         let d = dir_with(&[("x.json", &OK.replace("ec2:RunInstances", "${OTHER}"))]);
-        let e = load_scps(d.path(), "R").unwrap_err().to_string();
+        let e = load_scps(d.path(), &vars("R")).unwrap_err().to_string();
         assert!(e.contains("${OTHER}"), "{e}");
     }
 
     #[test]
     fn a_valid_file_is_minified_and_named_after_itself() {
         let d = dir_with(&[("deny-ec2.json", OK)]);
-        let docs = load_scps(d.path(), "R").unwrap();
+        let docs = load_scps(d.path(), &vars("R")).unwrap();
         assert_eq!(docs[0].name, "vend-deny-ec2");
         assert!(!docs[0].content.contains(' '));
     }
@@ -385,7 +414,7 @@ mod tests {
             ("long.json", long.as_str(), "5120"),
         ] {
             let d = dir_with(&[("good.json", OK), (name, body)]);
-            let e = load_scps(d.path(), "R").unwrap_err().to_string();
+            let e = load_scps(d.path(), &vars("R")).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains(needle), "{e}");
         }
     }

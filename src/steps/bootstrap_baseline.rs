@@ -33,10 +33,6 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         parameters: vec![
             ("TenantSlug".into(), ctx.tenant.slug.clone()),
             (
-                "ManagementAccountId".into(),
-                silo.management.management_account_id.clone(),
-            ),
-            (
                 "CentralEventBusArn".into(),
                 silo.management.event_bus_arn.clone(),
             ),

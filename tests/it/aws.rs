@@ -23,7 +23,10 @@ const WITHIN: Duration = Duration::from_secs(60);
 fn scp_names() -> BTreeSet<String> {
     vend::reconcile::load_scps(
         &crate::support::postgres::repo_root().join("scp-policies"),
-        "OrganizationAccountAccessRole",
+        &vend::reconcile::ScpVars {
+            access_role: "OrganizationAccountAccessRole".into(),
+            region: "us-east-1".into(),
+        },
     )
     .unwrap()
     .into_iter()
@@ -98,6 +101,39 @@ async fn assert_contract_holds(sdk: &SdkConfig, slug: &str) -> String {
             .await
             .unwrap_or_else(|e| panic!("{slug}: no role {role}: {e}"));
     }
+    // Only CloudFormation may act as vend-deployment, and the tenant stack's roles carry the boundary.
+    let trust = iam
+        .get_role()
+        .role_name("vend-deployment")
+        .send()
+        .await
+        .unwrap()
+        .role()
+        .unwrap()
+        .assume_role_policy_document()
+        .unwrap_or_default()
+        .to_owned();
+    let trust = urlencoding_decode(&trust);
+    assert!(
+        trust.contains("cloudformation.amazonaws.com") && !trust.contains(":root"),
+        "{slug}: vend-deployment trusts more than CloudFormation: {trust}"
+    );
+    let function_role = iam
+        .get_role()
+        .role_name(format!("tenant-{slug}-function"))
+        .send()
+        .await
+        .unwrap();
+    let boundary = function_role
+        .role()
+        .unwrap()
+        .permissions_boundary()
+        .and_then(|b| b.permissions_boundary_arn())
+        .unwrap_or_default();
+    assert!(
+        boundary.ends_with(":policy/vend-tenant-boundary"),
+        "{slug}: the tenant stack's role has no boundary ({boundary:?})"
+    );
     let cfn = aws_sdk_cloudformation::Client::new(&inside);
     let stacks = cfn
         .describe_stacks()
@@ -564,6 +600,26 @@ async fn the_tenants_own_tagged_account_is_adopted_not_created_again() {
     assert_eq!(same_email, 1, "a second account was created");
     // Adopted accounts get the tenant's tags too.
     assert_eq!(assert_contract_holds(&sdk, "acme").await, pre_id);
+}
+
+/// IAM returns policy documents URL-encoded.
+fn urlencoding_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn tag(k: &str, v: &str) -> aws_sdk_organizations::types::Tag {
