@@ -481,6 +481,11 @@ impl Config {
                     Duration::from_secs(10),
                 )?,
                 max_header_bytes: 64 * 1024,
+                max_connection_age: duration(
+                    env,
+                    "VEND_HTTP_MAX_CONNECTION_AGE",
+                    Duration::from_secs(300),
+                )?,
             },
             request_limits: crate::http::RequestLimits {
                 max_in_flight: number(env, "VEND_HTTP_MAX_IN_FLIGHT", 256, 1, 100_000)?,

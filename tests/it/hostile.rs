@@ -109,6 +109,50 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_or_half_a_preface_is_closed_at_the_header_deadline() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let app = app(limits, RequestLimits::default()).await;
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let a = addr(&app);
+        let opening = opening.to_vec();
+        let held = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let start = Instant::now();
+            s.write_all(&opening).unwrap();
+            let mut b = [0u8; 64];
+            // Closed by the server: read returns 0 (or an error), long before our own timeout.
+            let _ = s.read(&mut b);
+            start.elapsed()
+        })
+        .await
+        .unwrap();
+        assert!(
+            held < Duration::from_secs(4),
+            "a silent or half-opened connection was held for {held:?}"
+        );
+    }
+    // A whole preface is HTTP/2 with prior knowledge: the server answers with its SETTINGS frame.
+    let a = addr(&app);
+    let frame_type = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // an empty SETTINGS frame
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).unwrap();
+        head[3]
+    })
+    .await
+    .unwrap();
+    assert_eq!(frame_type, 4, "no SETTINGS frame from the server");
+    healthy(&app).await;
+}
+
+#[tokio::test]
 async fn a_body_that_trickles_in_times_out_with_a_json_408() {
     let app = app(
         Limits::default(),
