@@ -329,6 +329,11 @@ pub async fn serve(
         });
     }
 
+    tasks.spawn(keep_within_retention(
+        pool.clone(),
+        config.retention,
+        shutdown.clone(),
+    ));
     let background = run_background(
         config,
         worker_id,
@@ -349,6 +354,47 @@ pub async fn serve(
     pool.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Once an hour, one replica removes what is past `VEND_RETENTION` (see `db::retention`).
+async fn keep_within_retention(
+    pool: sqlx::PgPool,
+    keep: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    const BATCH: i64 = 5000;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match db::org::claim_periodic(&pool, "retention", std::time::Duration::from_secs(3600))
+            .await
+        {
+            Ok(true) => loop {
+                match db::retention::purge(&pool, keep, BATCH).await {
+                    Ok(p) => {
+                        if p.signup_answers + p.events > 0 {
+                            info!(
+                                signup_answers = p.signup_answers,
+                                events = p.events,
+                                "removed what is past retention"
+                            );
+                        }
+                        if p.signup_answers < BATCH as u64 && p.events < BATCH as u64 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention pass failed; will try again");
+                        break;
+                    }
+                }
+            },
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot schedule the retention pass"),
+        }
+    }
 }
 
 /// How often a replica says it is alive, and how long one that stopped saying so still counts.

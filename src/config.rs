@@ -345,6 +345,8 @@ pub struct Config {
     pub reserved_slugs: Vec<String>,
     /// `VEND_EVENTS_INCLUDE_OWNER_EMAIL`: progress events carry the owner's e-mail (default no).
     pub events_include_owner_email: bool,
+    /// `VEND_RETENTION`: how long stored signup answers and finished events are kept (default 30d).
+    pub retention: Duration,
     pub workflows_dir: PathBuf,
     pub worker_concurrency: usize,
     pub lease: Duration,
@@ -450,6 +452,15 @@ impl Config {
             signup_secret,
             ops_tokens,
             events_include_owner_email: flag(env, "VEND_EVENTS_INCLUDE_OWNER_EMAIL")?,
+            retention: match duration(env, "VEND_RETENTION", Duration::from_secs(30 * 86_400))? {
+                d if d >= Duration::from_secs(86_400) => d,
+                _ => {
+                    return Err(err(
+                        "VEND_RETENTION",
+                        "must be at least 1d (signup senders retry a webhook-id for about a day)",
+                    ));
+                }
+            },
             reserved_slugs: env
                 .get("VEND_RESERVED_SLUGS")
                 .map(|v| {

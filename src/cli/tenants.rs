@@ -126,15 +126,34 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         TenantsCommand::History { slug } => {
-            let h: HistoryView = api
+            // Every page, so the CLI shows the whole history however long it is.
+            let mut h: HistoryView = api
                 .call(Method::GET, &tenant_path(&slug, "/history"), None)
                 .await?;
+            while let Some(cursor) = h.next_cursor.take() {
+                let next: HistoryView = api
+                    .call(
+                        Method::GET,
+                        &tenant_path(&slug, &format!("/history?cursor={cursor}")),
+                        None,
+                    )
+                    .await?;
+                h.history.extend(next.history);
+                h.next_cursor = next.next_cursor;
+            }
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&h)?);
             } else {
                 for e in &h.history {
+                    let times = e
+                        .detail
+                        .as_ref()
+                        .and_then(|d| d.get("count"))
+                        .and_then(serde_json::Value::as_u64)
+                        .map(|n| format!(" (x{n})"))
+                        .unwrap_or_default();
                     println!(
-                        "{}  {:<16} {:<20} {}{}",
+                        "{}  {:<16} {:<20} {}{times}{}",
                         e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
                         e.kind,
                         e.step.as_deref().unwrap_or("-"),

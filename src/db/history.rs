@@ -42,6 +42,38 @@ pub async fn append(
     Ok(())
 }
 
+/// Appends `e`, or, when the tenant's latest entry is the same kind for the same step and attempt
+/// (a poll after a poll, a throttle after a throttle), folds it into that entry: its time, message and
+/// detail become the new ones and `detail.count` says how many it stands for. A tenant waiting for a
+/// week keeps one entry, not ten thousand.
+pub async fn append_folded(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    e: &NewEntry<'_>,
+) -> Result<(), sqlx::Error> {
+    let folded = sqlx::query_scalar!(
+        r#"UPDATE history h SET at = clock_timestamp(), message = $5,
+               detail = coalesce($6, '{}'::jsonb)
+                   || jsonb_build_object('count', coalesce((h.detail->>'count')::int, 1) + 1)
+           WHERE h.tenant_id = $1
+             AND h.id = (SELECT max(id) FROM history WHERE tenant_id = $1)
+             AND h.kind = $2 AND h.step IS NOT DISTINCT FROM $3 AND h.attempt IS NOT DISTINCT FROM $4
+           RETURNING h.id"#,
+        tenant_id,
+        e.kind,
+        e.step,
+        e.attempt,
+        e.message,
+        e.detail,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if folded.is_none() {
+        append(&mut *conn, tenant_id, e).await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: i64,
@@ -56,16 +88,20 @@ pub struct Entry {
     pub started_at: Option<DateTime<Utc>>,
 }
 
-/// The tenant's history, oldest first.
-pub async fn for_tenant(
+/// At most `limit` entries after the entry `after` (0: from the start), oldest first.
+pub async fn page(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
+    after: i64,
+    limit: i64,
 ) -> Result<Vec<Entry>, sqlx::Error> {
     sqlx::query_as!(
         Entry,
         r#"SELECT id, at, kind, step, attempt, lease_token, actor, message, detail, started_at
-           FROM history WHERE tenant_id = $1 ORDER BY id"#,
-        tenant_id
+           FROM history WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"#,
+        tenant_id,
+        after,
+        limit
     )
     .fetch_all(db)
     .await

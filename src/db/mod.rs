@@ -6,6 +6,7 @@ pub mod history;
 pub mod org;
 pub mod outbox;
 pub mod replicas;
+pub mod retention;
 pub mod slots;
 pub mod steps;
 pub mod tenants;

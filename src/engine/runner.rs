@@ -332,8 +332,16 @@ impl Engine {
                     Some(e) => format!("{note}: {}", e.display()),
                     None => note.clone(),
                 };
-                db::history::append(&mut *tx, claim.tenant_id, &entry(kind, &message, detail))
-                    .await?;
+                let e = entry(kind, &message, detail);
+                match reason {
+                    // Polls, throttles and queueing repeat for as long as AWS takes: one entry each.
+                    WaitReason::Poll | WaitReason::Throttle | WaitReason::Slot => {
+                        db::history::append_folded(&mut tx, claim.tenant_id, &e).await?
+                    }
+                    WaitReason::Backoff => {
+                        db::history::append(&mut *tx, claim.tenant_id, &e).await?
+                    }
+                }
             }
             Decision::Fail { error, reason } => {
                 let update = StepUpdate::Failed {

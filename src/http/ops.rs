@@ -132,17 +132,51 @@ pub async fn show_tenant(
     Ok(Json(detail(&state, &slug).await?))
 }
 
-/// Every transition, attempt, error and operator action, oldest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Stored entries per page, 1 to 1000; default 1000.
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Every transition, attempt, error and operator action, oldest first, a page at a time. Repeated
+/// polls and throttles of one attempt are one entry with `detail.count`.
 #[utoipa::path(
     get, path = "/v1/tenants/{slug}/history", tag = "ops",
-    params(("slug" = String, Path)),
-    responses((status = 200, body = HistoryView), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("slug" = String, Path), HistoryParams),
+    responses((status = 200, body = HistoryView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn tenant_history(
     State(state): State<AppState>,
     Path(slug): Path<String>,
+    ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> Result<Json<HistoryView>, ApiError> {
+    let limit = match p.limit.as_deref() {
+        None => 1000,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    "limit must be a whole number from 1 to 1000",
+                )
+            })?,
+    };
+    let after = match p.cursor.as_deref() {
+        None => 0,
+        Some(c) => c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor must be a next_cursor this API gave",
+            )
+        })?,
+    };
     let tenant = db::tenants::by_slug(&state.pool, &slug)
         .await?
         .ok_or_else(|| no_tenant(&slug))?;
@@ -152,11 +186,23 @@ pub async fn tenant_history(
         Some(run) => db::steps::for_run(&state.pool, run.id).await?,
         None => Vec::new(),
     };
-    let entries = db::history::for_tenant(&state.pool, tenant.id).await?;
-    let running = steps.iter().find(|s| s.state == StepState::Running);
+    // One more than asked: whether there is a next page.
+    let mut entries = db::history::page(&state.pool, tenant.id, after, limit + 1).await?;
+    let next_cursor = if entries.len() as i64 > limit {
+        entries.truncate(limit as usize);
+        entries.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
+    // The attempt running now belongs after the last stored entry: on the last page only.
+    let running = match next_cursor {
+        None => steps.iter().find(|s| s.state == StepState::Running),
+        Some(_) => None,
+    };
     Ok(Json(HistoryView {
         slug: tenant.slug,
         history: super::views::history(entries, running),
+        next_cursor,
     }))
 }
 

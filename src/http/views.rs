@@ -196,6 +196,8 @@ pub fn history(
 pub struct HistoryView {
     pub slug: String,
     pub history: Vec<HistoryEntryView>,
+    /// Pass back as `cursor` for the entries after these; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

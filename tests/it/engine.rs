@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 use vend::domain::StepError;
 use vend::engine::{Finished, Registry};
@@ -219,6 +220,81 @@ async fn a_durable_wait_holds_no_worker_and_resumes() {
         .await
         .unwrap();
     assert_eq!(polls, 30);
+}
+
+#[tokio::test]
+async fn repeated_polls_are_one_history_entry_and_history_pages_with_a_cursor() {
+    let calls = Calls::default();
+    let registry = Registry::new()
+        .with(
+            "poll",
+            WaitTimes {
+                times: 25,
+                after: Duration::from_millis(10),
+                calls: calls.clone(),
+            },
+        )
+        .with("ok", Succeed::default());
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("a", "ok"), ("b", "poll"), ("c", "ok")], ""),
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("acme", &["active"], WITHIN).await;
+    engine.stop().await;
+
+    let whole = app.history("acme").await;
+    let waits: Vec<&Value> = whole
+        .iter()
+        .filter(|e| e["kind"] == "step.waiting")
+        .collect();
+    assert_eq!(waits.len(), 1, "25 polls fold into one entry: {whole:#?}");
+    assert_eq!(waits[0]["detail"]["count"], 25);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM history")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        stored < 12,
+        "{stored} history rows for 3 steps and 25 polls"
+    );
+
+    // Page by page, the same history.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => "/v1/tenants/acme/history?limit=2".to_owned(),
+            Some(c) => format!("/v1/tenants/acme/history?limit=2&cursor={c}"),
+        };
+        let page: Value = app
+            .ops(Method::GET, &path, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        paged.extend(page["history"].as_array().unwrap().iter().cloned());
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert!(pages >= 3, "{pages} pages");
+    assert_eq!(paged, whole);
+    for bad in ["limit=0", "limit=1001", "cursor=x", "other=1"] {
+        let r = app
+            .ops(
+                Method::GET,
+                &format!("/v1/tenants/acme/history?{bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
 }
 
 #[tokio::test]

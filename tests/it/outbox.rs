@@ -348,3 +348,62 @@ async fn a_webhook_host_that_resolves_to_a_non_global_address_is_never_sent_to()
         "{d}"
     );
 }
+
+#[tokio::test]
+async fn past_retention_signup_answers_and_finished_events_go_and_the_audit_trail_stays() {
+    let (_receiver, url) = start_receiver(vec![]).await;
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    let dispatcher = app.dispatcher(vec![endpoint(&url)], vec![Duration::from_secs(60)]);
+    dispatcher.sync_endpoints().await.unwrap();
+    app.signup(&signup_body("done")).await;
+    app.signup(&signup_body("waiting")).await;
+    sqlx::query(
+        "UPDATE deliveries SET state = 'delivered', due_at = NULL WHERE event_id IN
+         (SELECT e.id FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.slug = 'done')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let count = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let history_before = count("SELECT count(*) FROM history").await;
+
+    // Nothing is old enough yet.
+    let keep = Duration::from_secs(30 * 86_400);
+    let p = vend::db::retention::purge(&app.pool, keep, 100)
+        .await
+        .unwrap();
+    assert_eq!((p.signup_answers, p.events), (0, 0));
+
+    for sql in [
+        "UPDATE signup_requests SET created_at = now() - interval '40 days'",
+        "UPDATE events SET created_at = now() - interval '40 days'",
+        "UPDATE deliveries SET created_at = now() - interval '40 days'",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    let p = vend::db::retention::purge(&app.pool, keep, 100)
+        .await
+        .unwrap();
+    assert_eq!((p.signup_answers, p.events), (2, 1), "{p:?}");
+    assert_eq!(count("SELECT count(*) FROM signup_requests").await, 0);
+    // The event still being delivered stays until its delivery ends.
+    assert_eq!(count("SELECT count(*) FROM events").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM deliveries WHERE state = 'pending'").await,
+        1
+    );
+    assert_eq!(count("SELECT count(*) FROM tenants").await, 2);
+    assert_eq!(count("SELECT count(*) FROM history").await, history_before);
+}
