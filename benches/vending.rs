@@ -135,6 +135,20 @@ async fn main() {
     .await
     .unwrap();
     let utilization = creations.1 * delay.as_secs_f64() / (cap as f64 * creations.0.max(0.001));
+    // Where a slot's time goes: held from taking it to seeing the account (D plus the detection lag),
+    // and idle between one release and the next take.
+    let held: f64 = sqlx::query_scalar(
+        "SELECT avg(extract(epoch FROM finished_at - started_at))::float8 FROM account_creations",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let learned: Option<f64> = sqlx::query_scalar(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) FROM wait_durations WHERE kind = 'create_account'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
 
     println!("tenants                       {n} ({active} active, {failed} failed)");
     println!("replicas                      {replicas}");
@@ -154,6 +168,10 @@ async fn main() {
     println!(
         "CreateAccount slot use        {:.1} % (during the creation phase)",
         utilization * 100.0
+    );
+    println!(
+        "slot held per account         {held:.2} s (learned duration {:.2} s)",
+        learned.unwrap_or(0.0)
     );
     println!(
         "CreateAccount max in flight   {} (over cap: {})",

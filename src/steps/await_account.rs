@@ -14,7 +14,8 @@ use crate::domain::{ErrorClass, StepError, StepOutcome};
 use crate::engine::{Step, StepContext};
 
 use super::create_account::{
-    Requested, TENANT_TAG, conflict, ensure_requested, owned_account, queued, release_slot,
+    OWN_REQUEST, Requested, TENANT_TAG, conflict, ensure_requested, owned_account, queued,
+    release_slot,
 };
 use super::timing::{Timed, secs};
 use super::{Silo, finish};
@@ -93,16 +94,22 @@ async fn finish_account(
 ) -> Result<StepOutcome, StepError> {
     release_slot(silo, ctx).await?;
     let slug = ctx.tenant.slug.clone();
-    let have = silo.orgs.account_tags(account_id).await?;
-    if !have.iter().any(|(k, v)| k == TENANT_TAG && *v == slug) {
-        for key in ["account_id", "create_request_id", "create_intent_at"] {
-            ctx.save_resource(key, Value::Null).await?;
+    // Made by vend's own request (which passed every tag) or adopted after its tag was checked: the
+    // proof is in hand. Otherwise (a request found by name after an unknown outcome) look.
+    let proven = ctx.resource(OWN_REQUEST) == Some(&Value::Bool(true))
+        || ctx.resource_str("account_adopted").is_some();
+    if !proven {
+        let have = silo.orgs.account_tags(account_id).await?;
+        if !have.iter().any(|(k, v)| k == TENANT_TAG && *v == slug) {
+            for key in ["account_id", "create_request_id", "create_intent_at"] {
+                ctx.save_resource(key, Value::Null).await?;
+            }
+            return Err(conflict(silo, &slug, account_id));
         }
-        return Err(conflict(silo, &slug, account_id));
-    }
-    let want = silo.account_tags(&slug, ctx.tenant.tier.as_str());
-    if !want.iter().all(|t| have.contains(t)) {
-        silo.orgs.tag_account(account_id, &want).await?;
+        let want = silo.account_tags(&slug, ctx.tenant.tier.as_str());
+        if !want.iter().all(|t| have.contains(t)) {
+            silo.orgs.tag_account(account_id, &want).await?;
+        }
     }
     let email = silo.settings.account_email(&ctx.tenant.slug);
     let entry = OrgAccount {
@@ -136,6 +143,7 @@ async fn failed(
                 return finish_account(silo, ctx, &id).await;
             }
             if let Some(r) = silo.orgs.find_create_request(&name).await? {
+                ctx.set_resource(OWN_REQUEST, Value::Null);
                 ctx.save_resource("create_request_id", r.id).await?;
                 return Ok(StepOutcome::Wait {
                     after: ctx.poll_interval,
@@ -152,6 +160,7 @@ async fn failed(
             // This request is finished for good; a later attempt (or an operator's retry) starts a new one.
             release_slot(silo, ctx).await?;
             ctx.set_resource("create_request_id", Value::Null);
+            ctx.set_resource(OWN_REQUEST, Value::Null);
             ctx.set_resource("create_intent_at", Value::Null);
             ctx.set_resource("create_seen_in_progress_s", Value::Null);
             let (class, what) = failure_reason(reason);

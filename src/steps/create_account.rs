@@ -132,6 +132,10 @@ async fn over_budget(
     Ok(e)
 }
 
+/// Set when the recorded request is the answer to vend's own `CreateAccount` (which passed the tags),
+/// not one found by name: its account needs no look at its tags.
+pub(crate) const OWN_REQUEST: &str = "create_request_ours";
+
 /// The tag that proves an account is vend's for a tenant.
 pub(crate) const TENANT_TAG: &str = "vend:tenant";
 
@@ -216,6 +220,7 @@ pub(crate) async fn ensure_requested(
         }
         if let Some(r) = silo.orgs.find_create_request(&name).await? {
             tracing::info!(request.id = %r.id, "found the tenant's CreateAccount request after an unknown outcome");
+            ctx.set_resource(OWN_REQUEST, Value::Null);
             ctx.save_resource("create_request_id", r.id.clone()).await?;
             if let CreateState::Succeeded { account_id } = &r.state {
                 ctx.save_resource("account_id", account_id.clone()).await?;
@@ -264,6 +269,8 @@ pub(crate) async fn ensure_requested(
     let tags = silo.account_tags(&slug, ctx.tenant.tier.as_str());
     match silo.orgs.create_account(&email, &name, &tags).await {
         Ok(r) => {
+            // The account this request makes carries vend's tags from the start: no need to look.
+            ctx.set_resource(OWN_REQUEST, true);
             ctx.save_resource("create_request_id", r.id.clone()).await?;
             if let CreateState::Succeeded { account_id } = &r.state {
                 ctx.save_resource("account_id", account_id.clone()).await?;

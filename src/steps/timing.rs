@@ -65,7 +65,7 @@ impl Timed<'_> {
     /// before the expected time, so the look would be a wasted call.
     pub fn too_early(&self, ctx: &StepContext, expected: Option<Duration>) -> Option<Duration> {
         let (elapsed, e) = (self.elapsed(ctx)?, expected?);
-        if self.seen_unfinished(ctx).is_none() && elapsed < e.mul_f64(0.9) {
+        if self.seen_unfinished(ctx).is_none() && elapsed < e.mul_f64(0.97) {
             return Some(waits::next_look(elapsed, expected, ctx.poll_interval));
         }
         None
