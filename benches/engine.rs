@@ -301,6 +301,7 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
         metrics: metrics.clone(),
         readiness: vend::readiness::Readiness::ready(),
         events_include_owner_email: false,
+        nudges: vend::http::Nudges::new(&pool),
     });
 
     eprintln!(

@@ -306,6 +306,7 @@ pub async fn serve(
             metrics: metrics.clone(),
             events_include_owner_email: config.events_include_owner_email,
             readiness: readiness.clone(),
+            nudges: http::Nudges::new(&pool),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

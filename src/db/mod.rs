@@ -51,6 +51,46 @@ pub async fn notify(conn: &mut PgConnection, channel: &str) -> Result<(), sqlx::
         .map(|_| ())
 }
 
+/// Wakes the listeners of a channel after a commit rather than inside it. A NOTIFY in a transaction
+/// takes a database-wide lock at commit and holds it across the WAL flush, so every notifying commit
+/// waits for the one before it to reach the disk: with durability on, that serializes the signup
+/// webhook. Sent on its own, a notification writes no WAL and holds the lock for a moment. Coalesced:
+/// while one is on its way, further nudges add nothing (listeners look at everything due anyway).
+/// Only a hint: a lost one is covered by the workers' and dispatcher's polling.
+pub struct Nudge {
+    pool: PgPool,
+    channel: &'static str,
+    pending: std::sync::atomic::AtomicBool,
+}
+
+impl Nudge {
+    pub fn new(pool: PgPool, channel: &'static str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            pool,
+            channel,
+            pending: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn nudge(self: &std::sync::Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.pending.store(false, Ordering::Release);
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(me.channel)
+                .execute(&me.pool)
+                .await
+            {
+                tracing::debug!(error = %e, channel = me.channel, "notification not sent; pollers will see the work");
+            }
+        });
+    }
+}
+
 /// Parses a state column into its enum; an unknown value means the schema and code disagree.
 pub(crate) fn decode<T>(
     column: &str,

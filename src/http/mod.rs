@@ -44,6 +44,24 @@ pub struct AppState {
     pub events_include_owner_email: bool,
     /// Whether the AWS side is ready (`/readyz`).
     pub readiness: crate::readiness::Readiness,
+    /// Wakes workers and the dispatcher after a signup commits.
+    pub nudges: Nudges,
+}
+
+/// The post-commit notifications of the signup path.
+#[derive(Clone)]
+pub struct Nudges {
+    pub steps: Arc<crate::db::Nudge>,
+    pub outbox: Arc<crate::db::Nudge>,
+}
+
+impl Nudges {
+    pub fn new(pool: &PgPool) -> Self {
+        Self {
+            steps: crate::db::Nudge::new(pool.clone(), crate::db::STEPS_CHANNEL),
+            outbox: crate::db::Nudge::new(pool.clone(), crate::db::OUTBOX_CHANNEL),
+        }
+    }
 }
 
 /// The operator behind an ops request: its token's name, recorded in history.

@@ -180,9 +180,10 @@ async fn accept(state: &AppState, signup: &Signup, webhook_id: &str) -> Result<R
             "this webhook-id was already used",
         ));
     }
-    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
-    db::notify(&mut tx, db::OUTBOX_CHANNEL).await?;
     tx.commit().await?;
+    // After the commit, not in it (see `db::Nudge`).
+    state.nudges.steps.nudge();
+    state.nudges.outbox.nudge();
     info!(tenant.slug = %tenant.slug, tier = signup.tier.as_str(), "signup accepted");
     Ok(answer_response(answer))
 }

@@ -167,6 +167,7 @@ pub async fn spawn_app_with_limits(
         metrics: metrics.clone(),
         readiness: vend::readiness::Readiness::ready(),
         events_include_owner_email: false,
+        nudges: vend::http::Nudges::new(&pool),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
