@@ -1039,15 +1039,7 @@ async fn a_record_someone_else_made_for_the_tenants_name_is_left_unchanged() {
     let sdk = moto::sdk(&moto.url).await;
     moto::prepare_management(&sdk).await;
     let r53 = aws_sdk_route53::Client::new(&sdk);
-    let zone = r53
-        .list_hosted_zones_by_name()
-        .dns_name(BASE_DOMAIN)
-        .send()
-        .await
-        .unwrap()
-        .hosted_zones()[0]
-        .id()
-        .to_owned();
+    let zone = moto::base_zone_id(&r53).await;
     let name = format!("shop.{BASE_DOMAIN}.");
     let record = aws_sdk_route53::types::ResourceRecordSet::builder()
         .name(&name)

@@ -55,6 +55,35 @@ async fn chaos_with(delay: Duration, tune: impl FnOnce(&mut vend::config::AwsSet
     }
 }
 
+/// An account with tenant `late`'s root e-mail, made through AWS (the proxy) after vend indexed the
+/// organization; its id once AWS has made it.
+async fn made_by_hand(
+    org: &aws_sdk_organizations::Client,
+    name: &str,
+    tag: Option<aws_sdk_organizations::types::Tag>,
+) -> String {
+    let pre = org
+        .create_account()
+        .email(format!("aws+late@{BASE_DOMAIN}"))
+        .account_name(name)
+        .set_tags(tag.map(|t| vec![t]))
+        .send()
+        .await
+        .unwrap();
+    loop {
+        let s = org
+            .describe_create_account_status()
+            .create_account_request_id(pre.create_account_status().unwrap().id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if let Some(id) = s.create_account_status().unwrap().account_id() {
+            return id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn report(stats: &ProxyStats, tenants: usize) -> f64 {
     let per_tenant = stats.total_calls() as f64 / tenants as f64;
     eprintln!(
@@ -173,32 +202,12 @@ async fn the_tenants_account_created_between_index_syncs_is_refused_by_aws_and_a
     // The index was synced at start; someone creates the tenant's account afterwards, through AWS
     // (the proxy), which from then on refuses its e-mail as AWS does.
     let org = aws_sdk_organizations::Client::new(&moto::sdk(&c.proxy_url).await);
-    let pre = org
-        .create_account()
-        .email(format!("aws+late@{BASE_DOMAIN}"))
-        .account_name("by hand")
-        .tags(
-            aws_sdk_organizations::types::Tag::builder()
-                .key("vend:tenant")
-                .value("late")
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
+    let tag = aws_sdk_organizations::types::Tag::builder()
+        .key("vend:tenant")
+        .value("late")
+        .build()
         .unwrap();
-    let pre_id = loop {
-        let s = org
-            .describe_create_account_status()
-            .create_account_request_id(pre.create_account_status().unwrap().id().unwrap())
-            .send()
-            .await
-            .unwrap();
-        if let Some(id) = s.create_account_status().unwrap().account_id() {
-            break id.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pre_id = made_by_hand(&org, "by hand", Some(tag)).await;
     c.app.signup(&signup_body("late")).await;
     let engine = c.app.start_engine(c.app.engine_config("w1"));
     let t = c
@@ -224,25 +233,7 @@ async fn the_tenants_account_created_between_index_syncs_is_refused_by_aws_and_a
 async fn a_foreign_account_refused_by_aws_as_a_duplicate_fails_the_tenant_untouched() {
     let c = chaos(Duration::from_millis(200)).await;
     let org = aws_sdk_organizations::Client::new(&moto::sdk(&c.proxy_url).await);
-    let pre = org
-        .create_account()
-        .email(format!("aws+late@{BASE_DOMAIN}"))
-        .account_name("someone else's")
-        .send()
-        .await
-        .unwrap();
-    let pre_id = loop {
-        let s = org
-            .describe_create_account_status()
-            .create_account_request_id(pre.create_account_status().unwrap().id().unwrap())
-            .send()
-            .await
-            .unwrap();
-        if let Some(id) = s.create_account_status().unwrap().account_id() {
-            break id.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pre_id = made_by_hand(&org, "someone else's", None).await;
     c.app.signup(&signup_body("late")).await;
     let engine = c.app.start_engine(c.app.engine_config("w1"));
     let t = c

@@ -194,15 +194,7 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
     assert_eq!(m.items().len(), 1);
     assert_eq!(m.items()[0].rest_api_id(), Some(api.as_str()));
     let r53 = aws_sdk_route53::Client::new(&sdk);
-    let zone = r53
-        .list_hosted_zones_by_name()
-        .dns_name(BASE_DOMAIN)
-        .send()
-        .await
-        .unwrap()
-        .hosted_zones()[0]
-        .id()
-        .to_owned();
+    let zone = crate::support::moto::base_zone_id(&r53).await;
     let records = |r53: aws_sdk_route53::Client, zone: String, domain: String| async move {
         r53.list_resource_record_sets()
             .hosted_zone_id(zone)

@@ -111,6 +111,18 @@ pub async fn sdk_in(base: &SdkConfig, account_id: &str) -> SdkConfig {
         .build()
 }
 
+/// The id of the base domain's hosted zone.
+pub async fn base_zone_id(r53: &aws_sdk_route53::Client) -> String {
+    r53.list_hosted_zones_by_name()
+        .dns_name(BASE_DOMAIN)
+        .send()
+        .await
+        .unwrap()
+        .hosted_zones()[0]
+        .id()
+        .to_owned()
+}
+
 /// What vend expects to exist before it starts: an organization, and the public zone of the base domain.
 pub async fn prepare_management(sdk: &SdkConfig) {
     let org = aws_sdk_organizations::Client::new(sdk);
@@ -194,15 +206,7 @@ pub async fn assert_exactly_one_of_everything(sdk: &SdkConfig, slugs: &[String])
         assert_eq!(apis.items().len(), 1, "{slug}: APIs");
     }
     let r53 = aws_sdk_route53::Client::new(sdk);
-    let zone = r53
-        .list_hosted_zones_by_name()
-        .dns_name(BASE_DOMAIN)
-        .send()
-        .await
-        .unwrap()
-        .hosted_zones()[0]
-        .id()
-        .to_owned();
+    let zone = base_zone_id(&r53).await;
     let records = r53
         .list_resource_record_sets()
         .hosted_zone_id(&zone)
