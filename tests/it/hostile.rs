@@ -153,6 +153,48 @@ async fn a_connection_that_sends_nothing_or_half_a_preface_is_closed_at_the_head
 }
 
 #[tokio::test]
+async fn an_idle_http2_connection_is_closed_when_it_reaches_its_age() {
+    let limits = Limits {
+        max_connection_age: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let app = app(limits, RequestLimits::default()).await;
+    let a = addr(&app);
+    let (held, goaway) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let start = Instant::now();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+        // Read frames (and answer nothing) until the server says GOAWAY or closes.
+        let mut goaway = false;
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).is_err() {
+                break;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).is_err() {
+                break;
+            }
+            if head[3] == 7 {
+                goaway = true;
+                break;
+            }
+        }
+        (start.elapsed(), goaway)
+    })
+    .await
+    .unwrap();
+    assert!(goaway, "no GOAWAY from the server");
+    assert!(
+        held < Duration::from_secs(5),
+        "an idle HTTP/2 connection was held for {held:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_body_that_trickles_in_times_out_with_a_json_408() {
     let app = app(
         Limits::default(),
