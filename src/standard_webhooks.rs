@@ -51,11 +51,6 @@ impl Secret {
         Self(key)
     }
 
-    /// The `whsec_` form, for handing a generated secret to a peer.
-    pub fn to_whsec(&self) -> String {
-        format!("whsec_{}", B64.encode(&self.0))
-    }
-
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
             .expect("HMAC accepts keys of any length");

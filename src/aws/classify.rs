@@ -45,10 +45,6 @@ impl AwsError {
         }
         self
     }
-
-    pub fn is_code(&self, code: &str) -> bool {
-        self.code == code
-    }
 }
 
 /// Codes AWS uses for "slow down". `PriorRequestNotComplete` (Route53: the zone's previous change is

@@ -197,20 +197,6 @@ pub async fn lock_by_slug(
     .transpose()
 }
 
-pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
-    sqlx::query_as!(
-        TenantRecord,
-        r#"SELECT id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
-                  created_at, updated_at
-           FROM tenants WHERE id = $1"#,
-        id
-    )
-    .fetch_optional(db)
-    .await?
-    .map(Tenant::try_from)
-    .transpose()
-}
-
 /// A page of tenants, newest first. `before` is the id of the last tenant of the previous page.
 /// Two statements rather than one with `$1 IS NULL OR ...`: a prepared statement gets a generic plan,
 /// and only the filtered form can walk the `(state, id)` index.

@@ -144,10 +144,6 @@ impl Registry {
         self
     }
 
-    pub fn insert(&mut self, kind: &str, step: Arc<dyn Step>) {
-        self.steps.insert(kind.to_owned(), step);
-    }
-
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Step>> {
         self.steps.get(kind).cloned()
     }

@@ -86,8 +86,12 @@ pub async fn converge(
         ctx.set_resource(&id_key, stack.stack_id.clone());
     }
     let status = stack.status.as_str();
-    // Seen and reported before: an operator has asked to try again.
-    let retrying = ctx.resource_str(&failed_key) == Some(&format!("{}:{status}", stack.stack_id));
+    // This stack's failure was seen and reported before: an operator has asked to try again. By the
+    // stack, not its exact status: a failed creation may be reported at CREATE_FAILED and read again at
+    // ROLLBACK_COMPLETE once the emulator (or AWS) has finished rolling back.
+    let retrying = ctx
+        .resource_str(&failed_key)
+        .is_some_and(|v| v.starts_with(&format!("{}:", stack.stack_id)));
     match status {
         s if s.ends_with("_IN_PROGRESS") => {
             let (after, note) = timer.unfinished(ctx, expected);
