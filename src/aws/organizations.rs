@@ -108,10 +108,9 @@ impl SdkOrganizations {
         Self { aws, client }
     }
 
-    /// Pages through the organization's accounts until `visit` answers `true` (or the last page).
-    async fn scan_accounts(&self, mut visit: impl FnMut(Account) -> bool) -> Result<(), AwsError> {
-        let mut token = None;
-        loop {
+    /// Every account of the organization: O(n) pages.
+    async fn all_accounts(&self) -> Result<Vec<Account>, AwsError> {
+        collect_pages(|token| async move {
             let out = self
                 .aws
                 .call(
@@ -119,15 +118,29 @@ impl SdkOrganizations {
                     self.client.list_accounts().set_next_token(token).send(),
                 )
                 .await?;
-            for a in out.accounts() {
-                if visit(account(a)) {
-                    return Ok(());
-                }
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(());
-            }
+            let items = out.accounts().iter().map(account).collect();
+            Ok((items, out.next_token().map(str::to_owned)))
+        })
+        .await
+    }
+}
+
+/// Every item of a paged listing, each page one budgeted `Aws::call` (the SDK's paginators would
+/// send their pages past the rate budget). `page(token)` fetches one page: its items and the next
+/// token.
+async fn collect_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, AwsError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), AwsError>>,
+{
+    let mut all = Vec::new();
+    let mut token = None;
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        match next {
+            Some(t) => token = Some(t),
+            None => return Ok(all),
         }
     }
 }
@@ -273,8 +286,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn find_ou(&self, parent_id: &str, name: &str) -> Result<Option<String>, AwsError> {
-        let mut token = None;
-        loop {
+        let ous = collect_pages(|token| async move {
             let out = self
                 .aws
                 .call(
@@ -286,18 +298,18 @@ impl Organizations for SdkOrganizations {
                         .send(),
                 )
                 .await?;
-            if let Some(ou) = out
+            let items = out
                 .organizational_units()
                 .iter()
-                .find(|o| o.name() == Some(name))
-            {
-                return Ok(ou.id().map(str::to_owned));
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(None);
-            }
-        }
+                .map(|o| (o.name().map(str::to_owned), o.id().map(str::to_owned)))
+                .collect();
+            Ok((items, out.next_token().map(str::to_owned)))
+        })
+        .await?;
+        Ok(ous
+            .into_iter()
+            .find(|(n, _)| n.as_deref() == Some(name))
+            .and_then(|(_, id)| id))
     }
 
     async fn create_ou(&self, parent_id: &str, name: &str) -> Result<String, AwsError> {
@@ -320,9 +332,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn list_scps(&self) -> Result<Vec<PolicySummary>, AwsError> {
-        let mut all = Vec::new();
-        let mut token = None;
-        loop {
+        collect_pages(|token| async move {
             let out = self
                 .aws
                 .call(
@@ -334,15 +344,17 @@ impl Organizations for SdkOrganizations {
                         .send(),
                 )
                 .await?;
-            all.extend(out.policies().iter().map(|p| PolicySummary {
-                id: p.id().unwrap_or_default().to_owned(),
-                name: p.name().unwrap_or_default().to_owned(),
-            }));
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(all);
-            }
-        }
+            let items = out
+                .policies()
+                .iter()
+                .map(|p| PolicySummary {
+                    id: p.id().unwrap_or_default().to_owned(),
+                    name: p.name().unwrap_or_default().to_owned(),
+                })
+                .collect();
+            Ok((items, out.next_token().map(str::to_owned)))
+        })
+        .await
     }
 
     async fn scp_content(&self, policy_id: &str) -> Result<String, AwsError> {
@@ -412,9 +424,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn scps_attached_to(&self, target_id: &str) -> Result<Vec<String>, AwsError> {
-        let mut all = Vec::new();
-        let mut token = None;
-        loop {
+        collect_pages(|token| async move {
             let out = self
                 .aws
                 .call(
@@ -427,16 +437,14 @@ impl Organizations for SdkOrganizations {
                         .send(),
                 )
                 .await?;
-            all.extend(
-                out.policies()
-                    .iter()
-                    .filter_map(|p| p.id().map(str::to_owned)),
-            );
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(all);
-            }
-        }
+            let items = out
+                .policies()
+                .iter()
+                .filter_map(|p| p.id().map(str::to_owned))
+                .collect();
+            Ok((items, out.next_token().map(str::to_owned)))
+        })
+        .await
     }
 
     async fn attach_scp(&self, policy_id: &str, target_id: &str) -> Result<(), AwsError> {
@@ -459,31 +467,17 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn list_accounts(&self) -> Result<Vec<Account>, AwsError> {
-        let mut all = Vec::new();
-        self.scan_accounts(|a| {
-            all.push(a);
-            false
-        })
-        .await?;
-        Ok(all)
+        self.all_accounts().await
     }
 
     async fn find_accounts(&self, email: &str, name: &str) -> Result<Vec<Account>, AwsError> {
-        let mut found = Vec::new();
-        self.scan_accounts(|a| {
-            if a.email.eq_ignore_ascii_case(email) || a.name == name {
-                found.push(a);
-            }
-            false
-        })
-        .await?;
-        Ok(found)
+        let mut all = self.all_accounts().await?;
+        all.retain(|a| a.email.eq_ignore_ascii_case(email) || a.name == name);
+        Ok(all)
     }
 
     async fn account_tags(&self, account_id: &str) -> Result<Vec<(String, String)>, AwsError> {
-        let mut all = Vec::new();
-        let mut token = None;
-        loop {
+        collect_pages(|token| async move {
             let out = self
                 .aws
                 .call(
@@ -495,24 +489,20 @@ impl Organizations for SdkOrganizations {
                         .send(),
                 )
                 .await?;
-            all.extend(
-                out.tags()
-                    .iter()
-                    .map(|t| (t.key().to_owned(), t.value().to_owned())),
-            );
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(all);
-            }
-        }
+            let items = out
+                .tags()
+                .iter()
+                .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                .collect();
+            Ok((items, out.next_token().map(str::to_owned)))
+        })
+        .await
     }
     async fn find_create_request(
         &self,
         account_name: &str,
     ) -> Result<Option<CreateRequest>, AwsError> {
-        let mut token = None;
-        let mut found: Option<(Option<aws_smithy_types::DateTime>, CreateRequest)> = None;
-        loop {
+        let statuses = collect_pages(|token| async move {
             let out = self
                 .aws
                 .call(
@@ -525,24 +515,21 @@ impl Organizations for SdkOrganizations {
                         .send(),
                 )
                 .await?;
-            for s in out.create_account_statuses() {
-                if s.account_name() != Some(account_name) {
-                    continue;
-                }
-                let r = request(s);
-                if matches!(r.state, CreateState::Failed { .. }) {
-                    continue;
-                }
-                let at = s.requested_timestamp().copied();
-                if found.as_ref().is_none_or(|(t, _)| at > *t) {
-                    found = Some((at, r));
-                }
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(found.map(|(_, r)| r));
-            }
-        }
+            let items = out
+                .create_account_statuses()
+                .iter()
+                .filter(|s| s.account_name() == Some(account_name))
+                .map(|s| (s.requested_timestamp().copied(), request(s)))
+                .collect();
+            Ok((items, out.next_token().map(str::to_owned)))
+        })
+        .await?;
+        // The newest request for the name that has not failed.
+        Ok(statuses
+            .into_iter()
+            .filter(|(_, r)| !matches!(r.state, CreateState::Failed { .. }))
+            .max_by(|(a, _), (b, _)| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(_, r)| r))
     }
 
     async fn create_account(
