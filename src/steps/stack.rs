@@ -40,6 +40,21 @@ fn spec_hash(spec: &StackSpec) -> String {
     super::hex(&h.finalize())
 }
 
+/// A change of the stack has just been asked for: time it, and look first when such changes usually end.
+async fn started(
+    ctx: &mut StepContext,
+    timer: &Timed<'_>,
+    pool: &PgPool,
+    status: &str,
+) -> Result<StackProgress, StepError> {
+    let expected = timer.expected(pool).await?;
+    timer.start(ctx);
+    Ok(StackProgress::InProgress {
+        note: status.to_owned(),
+        after: waits::next_look(Duration::ZERO, expected, ctx.poll_interval),
+    })
+}
+
 /// Drives the stack `spec` one step towards its template. `key` names it in the tenant's resources
 /// (`<key>_stack_id`, `<key>_failed`, and `<key>_op_*` timing the change in progress). How long a
 /// change takes is learned (`stack:<key>`), and the looks at it are timed by that.
@@ -60,14 +75,6 @@ pub async fn converge(
         started_key: &started_key,
         seen_key: &seen_key,
     };
-    let expected = timer.expected(pool).await?;
-    let started = |ctx: &mut StepContext, status: &str| {
-        timer.start(ctx);
-        StackProgress::InProgress {
-            note: status.to_owned(),
-            after: waits::next_look(Duration::ZERO, expected, ctx.poll_interval),
-        }
-    };
     let hash = spec_hash(&spec);
     spec.tags.push((HASH_TAG.into(), hash.clone()));
     // The same token for the same (stack, content): a repeated call after a crash is a no-op at AWS.
@@ -80,7 +87,7 @@ pub async fn converge(
         if let Some(s) = cfn.describe(&spec.name).await? {
             ctx.save_resource(&id_key, s.stack_id).await?;
         }
-        return Ok(started(ctx, "CREATE_IN_PROGRESS"));
+        return started(ctx, &timer, pool, "CREATE_IN_PROGRESS").await;
     };
     if ctx.resource_str(&id_key) != Some(stack.stack_id.as_str()) {
         ctx.set_resource(&id_key, stack.stack_id.clone());
@@ -94,6 +101,7 @@ pub async fn converge(
         .is_some_and(|v| v.starts_with(&format!("{}:", stack.stack_id)));
     match status {
         s if s.ends_with("_IN_PROGRESS") => {
+            let expected = timer.expected(pool).await?;
             let (after, note) = timer.unfinished(ctx, expected);
             Ok(StackProgress::InProgress {
                 note: format!("{s}: {note}"),
@@ -102,7 +110,7 @@ pub async fn converge(
         }
         "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
             if stack.tags.get(HASH_TAG) != Some(&hash) && cfn.update(&spec, &token).await? {
-                return Ok(started(ctx, "UPDATE_IN_PROGRESS"));
+                return started(ctx, &timer, pool, "UPDATE_IN_PROGRESS").await;
             }
             timer.finished(pool, ctx).await?;
             ctx.set_resource(&failed_key, serde_json::Value::Null);
@@ -125,7 +133,7 @@ pub async fn converge(
                 .update(&spec, &format!("{token}-retry-{}", ctx.attempt))
                 .await?
             {
-                Ok(started(ctx, "UPDATE_IN_PROGRESS"))
+                started(ctx, &timer, pool, "UPDATE_IN_PROGRESS").await
             } else {
                 Ok(StackProgress::Ready(stack))
             }
