@@ -302,6 +302,7 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
         readiness: vend::readiness::Readiness::ready(),
         events_include_owner_email: false,
         nudges: vend::http::Nudges::new(&pool),
+        offboard_grace: std::time::Duration::ZERO,
     });
 
     eprintln!(

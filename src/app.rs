@@ -36,6 +36,7 @@ pub struct Parts {
 pub fn known_kinds(registry: &Registry) -> BTreeSet<String> {
     let mut k = registry.kinds();
     k.extend(steps::SILO_KINDS.iter().map(|s| s.to_string()));
+    k.extend(steps::OFFBOARD_KINDS.iter().map(|s| s.to_string()));
     k
 }
 
@@ -307,6 +308,7 @@ pub async fn serve(
             events_include_owner_email: config.events_include_owner_email,
             readiness: readiness.clone(),
             nudges: http::Nudges::new(&pool),
+            offboard_grace: config.offboard_grace,
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -211,6 +211,12 @@ pub struct AwsSettings {
     pub creation_budget: CreationBudget,
     /// Rate budgets per AWS service or operation.
     pub budgets: std::collections::HashMap<String, crate::aws::limiter::Budget>,
+    /// At most this many CloseAccount requests per `close_account_window` across every replica
+    /// (`VEND_CLOSE_ACCOUNT_QUOTA`). Unset: AWS's own quota, 10 % of the organization's member
+    /// accounts, at least 10 and at most 1,000.
+    pub close_account_quota: Option<i64>,
+    /// `VEND_CLOSE_ACCOUNT_WINDOW`: AWS's rolling window for that quota (30 days).
+    pub close_account_window: Duration,
 }
 
 impl AwsSettings {
@@ -242,6 +248,8 @@ impl AwsSettings {
             create_account_concurrency: 5,
             creation_budget: CreationBudget::default(),
             budgets: crate::aws::limiter::default_budgets(),
+            close_account_quota: None,
+            close_account_window: Duration::from_secs(30 * 86_400),
         }
     }
 
@@ -264,6 +272,12 @@ impl AwsSettings {
 
     pub fn tenant_domain(&self, slug: &str) -> String {
         format!("{slug}.{}", self.base_domain)
+    }
+
+    /// How many accounts may be closed per window, for an organization of `members` accounts.
+    pub fn close_account_quota(&self, members: i64) -> i64 {
+        self.close_account_quota
+            .unwrap_or_else(|| (members / 10).clamp(10, 1000))
     }
 
     fn from_env(
@@ -323,6 +337,18 @@ impl AwsSettings {
             crate::aws::limiter::parse_overrides(&v, &mut s.budgets)
                 .map_err(|m| err("VEND_AWS_RATE_LIMITS", m))?;
         }
+        if env.get("VEND_CLOSE_ACCOUNT_QUOTA").is_some() {
+            s.close_account_quota =
+                Some(number(env, "VEND_CLOSE_ACCOUNT_QUOTA", 10, 1, 1000)? as i64);
+        }
+        s.close_account_window =
+            duration(env, "VEND_CLOSE_ACCOUNT_WINDOW", s.close_account_window)?;
+        if s.close_account_window.is_zero() {
+            return Err(err(
+                "VEND_CLOSE_ACCOUNT_WINDOW",
+                "must be greater than zero",
+            ));
+        }
         if let Some(v) = env.get("VEND_ACCOUNT_CREATION_BUDGET") {
             s.creation_budget = parse_creation_budget(&v).ok_or_else(|| {
                 err(
@@ -347,6 +373,9 @@ pub struct Config {
     pub events_include_owner_email: bool,
     /// `VEND_RETENTION`: how long stored signup answers and finished events are kept (default 30d).
     pub retention: Duration,
+    /// `VEND_OFFBOARD_GRACE`: how long an offboarding tenant stays restorable, its endpoint dark,
+    /// before anything of it is deleted (default 7d; 0s tears down at once).
+    pub offboard_grace: Duration,
     pub workflows_dir: PathBuf,
     pub worker_concurrency: usize,
     pub lease: Duration,
@@ -452,6 +481,7 @@ impl Config {
             signup_secret,
             ops_tokens,
             events_include_owner_email: flag(env, "VEND_EVENTS_INCLUDE_OWNER_EMAIL")?,
+            offboard_grace: duration(env, "VEND_OFFBOARD_GRACE", Duration::from_secs(7 * 86_400))?,
             retention: match duration(env, "VEND_RETENTION", Duration::from_secs(30 * 86_400))? {
                 d if d >= Duration::from_secs(86_400) => d,
                 _ => {

@@ -10,6 +10,7 @@ pub mod devtools;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod lifecycle;
 pub mod net;
 pub mod readiness;
 pub mod reconcile;

@@ -88,6 +88,42 @@ impl ApiGateway {
         ))
     }
 
+    /// Deletes the domain's root mapping; `Ok(false)` if there was none.
+    pub async fn delete_root_mapping(&self, domain: &str) -> Result<bool, AwsError> {
+        match self
+            .aws
+            .call(
+                "apigateway.DeleteBasePathMapping",
+                self.client
+                    .delete_base_path_mapping()
+                    .domain_name(domain)
+                    .base_path("(none)")
+                    .send(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == "NotFoundException" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the custom domain; `Ok(false)` if there was none.
+    pub async fn delete_domain(&self, domain: &str) -> Result<bool, AwsError> {
+        match self
+            .aws
+            .call(
+                "apigateway.DeleteDomainName",
+                self.client.delete_domain_name().domain_name(domain).send(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == "NotFoundException" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The mapping of the domain's root (`(none)` base path), if any.
     pub async fn root_mapping(&self, domain: &str) -> Result<Option<Mapping>, AwsError> {
         match self

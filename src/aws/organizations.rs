@@ -95,6 +95,11 @@ pub trait Organizations: Send + Sync {
     ) -> Result<(), AwsError>;
     async fn parent_of(&self, account_id: &str) -> Result<String, AwsError>;
     async fn move_account(&self, account_id: &str, from: &str, to: &str) -> Result<(), AwsError>;
+    /// The account's status (`ACTIVE`, `SUSPENDED`, `PENDING_CLOSURE`); `None` if the organization
+    /// does not have it (any more).
+    async fn account_status(&self, account_id: &str) -> Result<Option<String>, AwsError>;
+    /// `CloseAccount`. An account already closed counts as done.
+    async fn close_account(&self, account_id: &str) -> Result<(), AwsError>;
 }
 
 pub struct SdkOrganizations {
@@ -187,6 +192,37 @@ fn request(s: &CreateAccountStatus) -> CreateRequest {
         account_name: s.account_name().unwrap_or_default().to_owned(),
         state,
     }
+}
+
+/// `CLOSE_ACCOUNT_QUOTA_EXCEEDED` (and the rate of closures) are a quota to wait out, not a failure.
+fn close_account_error(
+    err: SdkError<
+        aws_sdk_organizations::operation::close_account::CloseAccountError,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> AwsError {
+    use aws_sdk_organizations::operation::close_account::CloseAccountError;
+    if let SdkError::ServiceError(s) = &err
+        && let CloseAccountError::ConstraintViolationException(c) = s.err()
+    {
+        let reason = c
+            .reason()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default();
+        let message = c.message().unwrap_or("constraint violation").to_owned();
+        if reason.starts_with("CLOSE_ACCOUNT") {
+            let mut e = AwsError::new(ErrorClass::Throttled, reason, message);
+            e.retry_after = Some(std::time::Duration::from_secs(3600));
+            return e;
+        }
+        let code = if reason.is_empty() {
+            "ConstraintViolationException".to_owned()
+        } else {
+            reason
+        };
+        return AwsError::new(ErrorClass::Permanent, code, message);
+    }
+    err.into()
 }
 
 /// `ConstraintViolationException` carries a reason that decides its class: the daily creation cap is
@@ -636,6 +672,45 @@ impl Organizations for SdkOrganizations {
         match r {
             // Already there: a move that happened before a crash.
             Err(e) if e.code == "DuplicateAccountException" => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn account_status(&self, account_id: &str) -> Result<Option<String>, AwsError> {
+        let r = self
+            .aws
+            .call(
+                "organizations.DescribeAccount",
+                self.client.describe_account().account_id(account_id).send(),
+            )
+            .await;
+        match r {
+            Ok(out) => Ok(Some(
+                out.account()
+                    .and_then(|a| a.status())
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            )),
+            Err(e) if e.code == "AccountNotFoundException" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn close_account(&self, account_id: &str) -> Result<(), AwsError> {
+        let r = self
+            .aws
+            .call("organizations.CloseAccount", async {
+                self.client
+                    .close_account()
+                    .account_id(account_id)
+                    .send()
+                    .await
+                    .map_err(close_account_error)
+            })
+            .await;
+        match r {
+            // Closed before (a crash after the call, or an operator in the console).
+            Err(e) if e.code == "AccountAlreadyClosedException" => Ok(()),
             other => other.map(|_| ()),
         }
     }

@@ -175,6 +175,61 @@ impl Route53 {
             .unwrap_or_default())
     }
 
+    /// Deletes the record `name` if, and only if, it points at `target` (vend's own record for a
+    /// tenant); `Ok(false)` when there is no such record. A record pointing elsewhere is not vend's
+    /// to delete and is left alone.
+    pub async fn delete_if_points_at(
+        &self,
+        zone_id: &str,
+        name: &str,
+        target: &str,
+    ) -> Result<bool, AwsError> {
+        let want = absolute(name);
+        let out = self
+            .aws
+            .call(
+                "route53.ListResourceRecordSets",
+                self.client
+                    .list_resource_record_sets()
+                    .hosted_zone_id(zone_id)
+                    .start_record_name(&want)
+                    .max_items(4)
+                    .send(),
+            )
+            .await?;
+        let same = |a: &str| {
+            a.trim_end_matches('.')
+                .eq_ignore_ascii_case(target.trim_end_matches('.'))
+        };
+        let ours = out.resource_record_sets().iter().find(|r| {
+            r.name().eq_ignore_ascii_case(&want)
+                && matches!(r.r#type(), RrType::A | RrType::Aaaa | RrType::Cname)
+                && (r.alias_target().is_some_and(|a| same(a.dns_name()))
+                    || r.resource_records()
+                        .first()
+                        .is_some_and(|v| same(v.value())))
+        });
+        let Some(set) = ours.cloned() else {
+            return Ok(false);
+        };
+        match self
+            .change(
+                ChangeAction::Delete,
+                zone_id,
+                Ok(set),
+                "vend: tenant offboarded",
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Gone between the look and the delete (an earlier attempt's delete landing late).
+            Err(e) if e.code == "InvalidChangeBatch" && e.message.contains("not found") => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Where the record `name` points (an alias's target, a CNAME's value or an address), if an A,
     /// AAAA or CNAME record of that name exists.
     pub async fn target_of(&self, zone_id: &str, name: &str) -> Result<Option<String>, AwsError> {

@@ -1,4 +1,5 @@
-//! `vend tenants ...`: list, show, history, retry, requeue and watch, over the ops API.
+//! `vend tenants ...`: list, show, history, retry, requeue, offboard, restore and watch, over the
+//! ops API.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -62,6 +63,16 @@ enum TenantsCommand {
         #[arg(long = "from")]
         from: String,
     },
+    /// Offboard the tenant: its endpoint goes dark now; after the grace period (VEND_OFFBOARD_GRACE)
+    /// its resources are deleted and its account closed.
+    Offboard {
+        slug: String,
+        /// Why the tenant leaves (kept in its history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Bring an offboarding tenant back while its grace period lasts.
+    Restore { slug: String },
     /// Follow a tenant's steps until it is active (exit 0) or failed (exit 1).
     Watch {
         slug: String,
@@ -186,6 +197,29 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&t)?);
             } else {
                 println!("requeued {slug} from {from}");
+                print_detail(&t);
+            }
+        }
+        TenantsCommand::Offboard { slug, reason } => {
+            let body = json!({ "reason": reason });
+            let t: TenantDetail = api
+                .call(Method::POST, &tenant_path(&slug, "/offboard"), Some(&body))
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("offboarding {slug}");
+                print_detail(&t);
+            }
+        }
+        TenantsCommand::Restore { slug } => {
+            let t: TenantDetail = api
+                .call(Method::POST, &tenant_path(&slug, "/restore"), None)
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("restored {slug}");
                 print_detail(&t);
             }
         }

@@ -1,6 +1,7 @@
 //! The only place with SQL. Functions take an executor or a connection so callers own the transaction;
 //! writes that may be retried are idempotent or fenced by a lease token.
 
+pub mod closures;
 pub mod durations;
 pub mod history;
 pub mod org;

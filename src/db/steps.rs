@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{StepState, Tier, WaitReason};
+use crate::domain::{Purpose, StepState, Tier, WaitReason};
 
 use super::decode;
 
@@ -191,10 +191,12 @@ pub struct Success {
     pub patch: Value,
     pub event_id: Uuid,
     pub payload: Value,
-    /// The last step of the workflow: the run succeeds, the tenant becomes active, and `active_event`
-    /// is written too. Otherwise the tenant's next step is claimed for the batch's owner.
+    /// The last step of the workflow: the run succeeds, the tenant takes the purpose's done state
+    /// (`active`, `closed`), and `done_event` is written too. Otherwise the tenant's next step is
+    /// claimed for the batch's owner.
     pub last: bool,
-    pub active_event: Uuid,
+    pub purpose: Purpose,
+    pub done_event: Uuid,
 }
 
 /// What [`succeed_many`] wrote for one [`Success`], in input order.
@@ -229,7 +231,12 @@ pub async fn succeed_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut payloads, mut lasts, mut active_events) = (
+    let (mut payloads, mut lasts, mut done_events) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut done_states, mut done_types, mut done_messages) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -245,15 +252,25 @@ pub async fn succeed_many(
         events.push(s.event_id);
         payloads.push(s.payload);
         lasts.push(s.last);
-        active_events.push(s.active_event);
+        done_events.push(s.done_event);
+        let done = s.purpose.done_state();
+        done_states.push(done.as_str());
+        done_types.push(s.purpose.done_event().as_str());
+        done_messages.push(format!(
+            "{} → {}",
+            s.purpose.running_state().as_str(),
+            done.as_str()
+        ));
     }
     let rows = sqlx::query!(
         r#"
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::uuid[], $5::text[], $6::int[],
-                                 $7::jsonb[], $8::uuid[], $9::jsonb[], $10::bool[], $11::uuid[])
+                                 $7::jsonb[], $8::uuid[], $9::jsonb[], $10::bool[], $11::uuid[],
+                                 $14::text[], $15::text[], $16::text[])
                 WITH ORDINALITY AS i(run_id, position, token, tenant_id, step, attempt, patch, event_id,
-                                     payload, last, active_event, ord)
+                                     payload, last, done_event, done_state, done_type, done_message,
+                                     ord)
         ),
         -- Joined on the key, not on an address looked up first (`ctid`, as the claim does for rows it
         -- has just locked): a row whose heartbeat commits while this waits for it is then followed to
@@ -266,11 +283,12 @@ pub async fn succeed_many(
             WHERE s.run_id = i.run_id AND s.position = i.position AND s.lease_token = i.token
               AND s.state = 'running'
             RETURNING i.ord, i.run_id, i.position, i.token, i.tenant_id, i.step, i.attempt, i.patch,
-                      i.event_id, i.payload, i.last, i.active_event, s.attempt_started_at
+                      i.event_id, i.payload, i.last, i.done_event, i.done_state, i.done_type,
+                      i.done_message, s.attempt_started_at
         ),
         tenant AS (
             UPDATE tenants t SET resources = t.resources || f.patch,
-                   state = CASE WHEN f.last THEN 'active' ELSE t.state END, updated_at = now()
+                   state = CASE WHEN f.last THEN f.done_state ELSE t.state END, updated_at = now()
             FROM fenced f
             WHERE t.id = f.tenant_id AND (f.last OR f.patch <> '{}'::jsonb)
         ),
@@ -305,7 +323,7 @@ pub async fn succeed_many(
                 FROM fenced f
                 UNION ALL
                 SELECT f.ord, 2, f.tenant_id, 'tenant.state', NULL, NULL, NULL, NULL,
-                       'provisioning → active', NULL
+                       f.done_message, NULL
                 FROM fenced f WHERE f.last
             ) h
             ORDER BY h.ord, h.sub
@@ -318,7 +336,7 @@ pub async fn succeed_many(
                        f.payload
                 FROM fenced f
                 UNION ALL
-                SELECT f.ord, 2, f.active_event, f.tenant_id, 'tenant.active', f.payload
+                SELECT f.ord, 2, f.done_event, f.tenant_id, f.done_type, f.payload
                 FROM fenced f WHERE f.last
             ) e
             ORDER BY e.ord, e.sub
@@ -347,9 +365,12 @@ pub async fn succeed_many(
         &events,
         &payloads,
         &lasts,
-        &active_events,
+        &done_events,
         owner,
         next_lease.as_secs_f64(),
+        &done_states as &[&str],
+        &done_types as &[&str],
+        &done_messages,
     )
     .fetch_all(db)
     .await?;

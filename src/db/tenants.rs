@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{Signup, TenantState, Tier, Workflow};
+use crate::domain::{TenantState, Tier, Workflow};
 
 use super::decode;
 
@@ -90,43 +90,14 @@ pub async fn find_signup_answer(
     }))
 }
 
-/// Inserts the tenant unless its slug is taken; `None` means taken (the caller tells a replay from a
-/// conflict by the existing tenant's `signup_id`).
-pub async fn insert_tenant(
-    conn: &mut PgConnection,
-    id: Uuid,
-    signup: &Signup,
-    workflow: &str,
-    webhook_id: &str,
-) -> Result<Option<Tenant>, sqlx::Error> {
-    let rec = sqlx::query_as!(
-        TenantRecord,
-        r#"INSERT INTO tenants (id, slug, name, owner_email, tier, workflow, state, signup_id)
-           VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)
-           ON CONFLICT (slug) DO NOTHING
-           RETURNING id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
-                     created_at, updated_at"#,
-        id,
-        signup.slug.as_str(),
-        signup.name.as_str(),
-        signup.owner_email.as_str(),
-        signup.tier.as_str(),
-        workflow,
-        webhook_id,
-    )
-    .fetch_optional(conn)
-    .await?;
-    rec.map(Tenant::try_from).transpose()
-}
-
-/// Records the answer for `webhook_id`; `false` if another request stored one first.
-pub async fn insert_signup_answer(
-    conn: &mut PgConnection,
+/// Stores the answer to an inbound webhook unless one is stored for its id already.
+pub async fn store_answer(
+    db: impl PgExecutor<'_>,
     webhook_id: &str,
     tenant_id: Uuid,
     answer: &StoredAnswer,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query!(
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
         r#"INSERT INTO signup_requests (webhook_id, tenant_id, status, response)
            VALUES ($1, $2, $3, $4) ON CONFLICT (webhook_id) DO NOTHING"#,
         webhook_id,
@@ -134,35 +105,103 @@ pub async fn insert_signup_answer(
         answer.status as i16,
         answer.response,
     )
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
-}
-
-/// Creates the tenant's run with a row for every step; the first step is due now.
-pub async fn insert_run(
-    conn: &mut PgConnection,
-    run_id: Uuid,
-    tenant_id: Uuid,
-    workflow: &Workflow,
-) -> Result<(), sqlx::Error> {
-    let names: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
-    sqlx::query!(
-        r#"WITH run AS (
-               INSERT INTO runs (id, tenant_id, workflow, state) VALUES ($1, $2, $3, 'running')
-               RETURNING id
-           )
-           INSERT INTO steps (run_id, position, name, state, due_at)
-           SELECT run.id, s.ord - 1, s.name, 'pending', CASE WHEN s.ord = 1 THEN now() END
-           FROM run, unnest($4::text[]) WITH ORDINALITY AS s(name, ord)"#,
-        run_id,
-        tenant_id,
-        workflow.name,
-        &names,
-    )
-    .execute(conn)
+    .execute(db)
     .await?;
     Ok(())
+}
+
+/// Everything a signup writes, prepared by the caller so that one statement can write it.
+pub struct NewSignup<'a> {
+    pub tenant: &'a Tenant,
+    pub run_id: Uuid,
+    pub steps: &'a [String],
+    pub history_kind: &'a str,
+    pub history_message: &'a str,
+    pub history_detail: &'a Value,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub event_payload: &'a Value,
+    pub answer: &'a StoredAnswer,
+}
+
+/// What [`insert_signup`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignupInsert {
+    Inserted,
+    /// Nothing written: the slug is taken (by this same webhook-id or by another tenant).
+    SlugTaken,
+    /// Nothing written: the webhook-id already has an answer (it carried another slug).
+    WebhookIdTaken,
+}
+
+/// Writes a signup whole — tenant, run, steps (the first due now), history entry, event with its
+/// deliveries, and the stored answer — in one statement, which is one round trip and one commit.
+/// The statement writes nothing when the slug is taken, and fails whole when the webhook-id is.
+pub async fn insert_signup(
+    db: impl PgExecutor<'_>,
+    n: &NewSignup<'_>,
+) -> Result<SignupInsert, sqlx::Error> {
+    let t = n.tenant;
+    let r = sqlx::query_scalar!(
+        r#"WITH t AS (
+               INSERT INTO tenants (id, slug, name, owner_email, tier, workflow, state, signup_id,
+                                    created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+               ON CONFLICT (slug) DO NOTHING
+               RETURNING id
+           ), r AS (
+               INSERT INTO runs (id, tenant_id, workflow, state)
+               SELECT $10, t.id, $6, 'running' FROM t
+               RETURNING id
+           ), s AS (
+               INSERT INTO steps (run_id, position, name, state, due_at)
+               SELECT r.id, n.ord - 1, n.name, 'pending', CASE WHEN n.ord = 1 THEN now() END
+               FROM r, unnest($11::text[]) WITH ORDINALITY AS n(name, ord)
+           ), h AS (
+               INSERT INTO history (tenant_id, kind, actor, message, detail)
+               SELECT t.id, $12, 'signup', $13, $14 FROM t
+           ), e AS (
+               INSERT INTO events (id, tenant_id, type, payload)
+               SELECT $15, t.id, $16, $17 FROM t
+               RETURNING id
+           ), d AS (
+               INSERT INTO deliveries (event_id, endpoint_id, state, due_at)
+               SELECT e.id, ep.id, 'pending', now() FROM e, endpoints ep WHERE ep.disabled_at IS NULL
+           ), a AS (
+               INSERT INTO signup_requests (webhook_id, tenant_id, status, response)
+               SELECT $8, t.id, $18, $19 FROM t
+           )
+           SELECT count(*) AS "inserted!" FROM t"#,
+        t.id,
+        t.slug,
+        t.name,
+        t.owner_email,
+        t.tier.as_str(),
+        t.workflow,
+        t.state.as_str(),
+        t.signup_id,
+        t.created_at,
+        n.run_id,
+        n.steps,
+        n.history_kind,
+        n.history_message,
+        n.history_detail,
+        n.event_id,
+        n.event_type,
+        n.event_payload,
+        n.answer.status as i16,
+        n.answer.response,
+    )
+    .fetch_one(db)
+    .await;
+    match r {
+        Ok(1) => Ok(SignupInsert::Inserted),
+        Ok(_) => Ok(SignupInsert::SlugTaken),
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("signup_requests_pkey") => {
+            Ok(SignupInsert::WebhookIdTaken)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<Tenant>, sqlx::Error> {
@@ -177,6 +216,20 @@ pub async fn by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<Tenan
     .await?
     .map(Tenant::try_from)
     .transpose()
+}
+
+/// The tenant as this connection sees it now (within a transaction: with its own writes).
+pub async fn by_id_locked(conn: &mut PgConnection, id: Uuid) -> Result<Tenant, sqlx::Error> {
+    sqlx::query_as!(
+        TenantRecord,
+        r#"SELECT id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
+                  created_at, updated_at
+           FROM tenants WHERE id = $1 FOR UPDATE"#,
+        id
+    )
+    .fetch_one(conn)
+    .await
+    .and_then(Tenant::try_from)
 }
 
 /// Locks the tenant row for the rest of the transaction (operator actions serialize on it).
@@ -279,18 +332,87 @@ pub struct Run {
     pub state: String,
 }
 
-/// The tenant's current (latest) run.
+/// The tenant's current run: its latest one that was not cancelled.
 pub async fn current_run(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
 ) -> Result<Option<Run>, sqlx::Error> {
     sqlx::query_as!(
         Run,
-        r#"SELECT id, workflow, state FROM runs WHERE tenant_id = $1
+        r#"SELECT id, workflow, state FROM runs WHERE tenant_id = $1 AND state <> 'cancelled'
            ORDER BY created_at DESC LIMIT 1"#,
         tenant_id
     )
     .fetch_optional(db)
+    .await
+}
+
+/// The tenant's latest run of one of `workflows`, whatever its state.
+pub async fn latest_run_of(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    workflows: &[String],
+) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id, workflow, state FROM runs WHERE tenant_id = $1 AND workflow = ANY($2)
+           ORDER BY created_at DESC LIMIT 1"#,
+        tenant_id,
+        workflows
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Starts a run of `workflow` for the tenant with a row for every step; the first is due now.
+pub async fn insert_run(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    tenant_id: Uuid,
+    workflow: &Workflow,
+) -> Result<(), sqlx::Error> {
+    let names: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
+    sqlx::query!(
+        r#"WITH run AS (
+               INSERT INTO runs (id, tenant_id, workflow, state) VALUES ($1, $2, $3, 'running')
+               RETURNING id
+           )
+           INSERT INTO steps (run_id, position, name, state, due_at)
+           SELECT run.id, s.ord - 1, s.name, 'pending', CASE WHEN s.ord = 1 THEN now() END
+           FROM run, unnest($4::text[]) WITH ORDINALITY AS s(name, ord)"#,
+        run_id,
+        tenant_id,
+        workflow.name,
+        &names,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Cancels a run: none of its steps is due any more, and clearing their lease tokens fences out a
+/// worker still running one (its outcome and resource writes are refused). Returns when the lease of
+/// the step that was running ends, if one was: until then its worker may still be inside an AWS call.
+pub async fn cancel_run(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"WITH run AS (
+               UPDATE runs SET state = 'cancelled', updated_at = now() WHERE id = $1
+           ), old AS (
+               SELECT position, state, due_at FROM steps
+               WHERE run_id = $1 AND state IN ('pending', 'waiting', 'running')
+               FOR UPDATE
+           ), cancelled AS (
+               UPDATE steps s SET state = 'pending', due_at = NULL, wait_reason = NULL,
+                      lease_owner = NULL, lease_token = NULL, updated_at = now()
+               FROM old WHERE s.run_id = $1 AND s.position = old.position
+           )
+           SELECT max(due_at) FILTER (WHERE state = 'running') AS "lease_ends" FROM old"#,
+        run_id
+    )
+    .fetch_one(conn)
     .await
 }
 

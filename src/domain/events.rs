@@ -17,6 +17,15 @@ pub enum EventType {
     /// The account creation budget is spent; the tenant waits for it (once per tenant).
     #[serde(rename = "tenant.creation_budget.exhausted")]
     CreationBudgetExhausted,
+    /// Offboarding was asked for: the endpoint goes dark, the grace period starts.
+    #[serde(rename = "tenant.offboarding")]
+    TenantOffboarding,
+    /// An offboarding tenant was brought back within its grace period.
+    #[serde(rename = "tenant.restored")]
+    TenantRestored,
+    /// Offboarding is done: the tenant's AWS resources are gone and its account closed.
+    #[serde(rename = "tenant.closed")]
+    TenantClosed,
 }
 
 impl EventType {
@@ -28,6 +37,9 @@ impl EventType {
             EventType::TenantActive => "tenant.active",
             EventType::TenantFailed => "tenant.failed",
             EventType::CreationBudgetExhausted => "tenant.creation_budget.exhausted",
+            EventType::TenantOffboarding => "tenant.offboarding",
+            EventType::TenantRestored => "tenant.restored",
+            EventType::TenantClosed => "tenant.closed",
         }
     }
 }

@@ -17,4 +17,4 @@ pub use tenant::{
     AccountNamingTemplates, OwnerEmail, Signup, Slug, SlugRefusal, SlugRules, TenantName,
     TenantState, Tier, ValidationError,
 };
-pub use workflow::{StepDef, Workflow, WorkflowError, Workflows};
+pub use workflow::{Purpose, StepDef, Workflow, WorkflowError, Workflows};

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::events::EventType;
 use super::retry::{Jitter, RetryPolicy};
 use super::step::StepRules;
-use super::tenant::Tier;
+use super::tenant::{TenantState, Tier};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepDef {
@@ -24,8 +25,53 @@ pub struct StepDef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workflow {
     pub name: String,
+    pub purpose: Purpose,
     pub tiers: Vec<Tier>,
     pub steps: Vec<StepDef>,
+}
+
+/// What a run of a workflow does to its tenant: the state the tenant is in while it runs, the state
+/// and event its last step's success brings, and what a failed step makes of the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// Builds the tenant's home (silo, pool): `provisioning` → `active`, a failure → `failed`.
+    #[default]
+    Provision,
+    /// Takes it down: `offboarding` → `closed`; a failed step leaves the tenant `offboarding`.
+    Offboard,
+}
+
+impl Purpose {
+    pub fn running_state(self) -> TenantState {
+        match self {
+            Purpose::Provision => TenantState::Provisioning,
+            Purpose::Offboard => TenantState::Offboarding,
+        }
+    }
+
+    pub fn done_state(self) -> TenantState {
+        match self {
+            Purpose::Provision => TenantState::Active,
+            Purpose::Offboard => TenantState::Closed,
+        }
+    }
+
+    pub fn done_event(self) -> EventType {
+        match self {
+            Purpose::Provision => EventType::TenantActive,
+            Purpose::Offboard => EventType::TenantClosed,
+        }
+    }
+
+    /// The tenant's state once a step has failed for good.
+    pub fn failed_state(self) -> TenantState {
+        match self {
+            Purpose::Provision => TenantState::Failed,
+            // The account may be half torn down: the tenant stays visibly offboarding until ops retry.
+            Purpose::Offboard => TenantState::Offboarding,
+        }
+    }
 }
 
 impl Workflow {
@@ -39,6 +85,7 @@ impl Workflow {
 pub struct Workflows {
     by_name: BTreeMap<String, Workflow>,
     by_tier: BTreeMap<&'static str, String>,
+    offboard: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +112,9 @@ pub enum WorkflowError {
 #[serde(deny_unknown_fields)]
 struct WorkflowFile {
     name: String,
+    #[serde(default)]
+    purpose: Purpose,
+    #[serde(default)]
     tiers: Vec<String>,
     #[serde(default)]
     defaults: Defaults,
@@ -147,6 +197,9 @@ impl Workflow {
         if file.steps.is_empty() {
             return Err("a workflow needs at least one step".into());
         }
+        if file.purpose == Purpose::Offboard && !tiers.is_empty() {
+            return Err("an offboard workflow serves no tier (tiers = [])".into());
+        }
         let base = file.defaults.retry.over(&RetryPolicy::default())?;
         base.validate()
             .map_err(|e| format!("defaults.retry: {e}"))?;
@@ -197,6 +250,7 @@ impl Workflow {
         }
         Ok(Self {
             name: file.name,
+            purpose: file.purpose,
             tiers,
             steps,
         })
@@ -208,7 +262,16 @@ impl Workflows {
     pub fn new(workflows: Vec<Workflow>) -> Result<Self, WorkflowError> {
         let mut by_name = BTreeMap::new();
         let mut by_tier: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut offboard = None;
         for w in workflows {
+            if w.purpose == Purpose::Offboard
+                && let Some(other) = offboard.replace(w.name.clone())
+            {
+                return Err(WorkflowError::Set(format!(
+                    "two offboard workflows: {other:?} and {:?}",
+                    w.name
+                )));
+            }
             for t in &w.tiers {
                 if let Some(other) = by_tier.insert(t.as_str(), w.name.clone()) {
                     return Err(WorkflowError::Set(format!(
@@ -233,7 +296,11 @@ impl Workflows {
                 )));
             }
         }
-        Ok(Self { by_name, by_tier })
+        Ok(Self {
+            by_name,
+            by_tier,
+            offboard,
+        })
     }
 
     /// Loads every `*.toml` in `dir`.
@@ -270,6 +337,11 @@ impl Workflows {
 
     pub fn get(&self, name: &str) -> Option<&Workflow> {
         self.by_name.get(name)
+    }
+
+    /// The workflow that offboards a tenant, if one is loaded.
+    pub fn offboard(&self) -> Option<&Workflow> {
+        self.offboard.as_ref().map(|n| &self.by_name[n])
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Workflow> {
@@ -364,6 +436,7 @@ mod tests {
     fn shipped_workflows_are_valid() {
         let kinds: BTreeSet<String> = crate::steps::SILO_KINDS
             .iter()
+            .chain(crate::steps::OFFBOARD_KINDS.iter())
             .map(|s| s.to_string())
             .collect();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
@@ -381,5 +454,9 @@ mod tests {
                 "map_domain"
             ]
         );
+        let offboard = ws.offboard().expect("an offboard workflow ships");
+        assert_eq!(offboard.purpose, Purpose::Offboard);
+        let kinds: Vec<&str> = offboard.steps.iter().map(|s| s.kind.as_str()).collect();
+        assert_eq!(kinds, crate::steps::OFFBOARD_KINDS);
     }
 }

@@ -13,8 +13,8 @@ use crate::db;
 use crate::db::history::NewEntry;
 use crate::db::steps::{Claim, StepUpdate};
 use crate::domain::{
-    Decision, EventType, FailReason, StepDef, StepError, StepOutcome, StepProgress, TenantState,
-    WaitReason, Workflow, decide,
+    Decision, EventType, FailReason, Purpose, StepDef, StepError, StepOutcome, StepProgress,
+    TenantState, WaitReason, Workflow, decide,
 };
 
 use super::step::{StepContext, TenantInfo};
@@ -288,7 +288,7 @@ impl Engine {
                 let payload = event_payload(
                     claim,
                     resources,
-                    TenantState::Provisioning,
+                    self.purpose(claim).running_state(),
                     "succeeded",
                     None,
                 );
@@ -363,28 +363,33 @@ impl Engine {
                 )
                 .await?;
                 db::tenants::set_run_state(&mut tx, claim.run_id, "failed").await?;
-                db::tenants::set_state(&mut tx, claim.tenant_id, TenantState::Failed).await?;
-                db::history::append(
-                    &mut *tx,
-                    claim.tenant_id,
-                    &NewEntry {
-                        kind: "tenant.state",
-                        message: "provisioning → failed",
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                let payload =
-                    event_payload(claim, resources, TenantState::Failed, "failed", Some(error));
+                let purpose = self.purpose(claim);
+                let (from, to) = (purpose.running_state(), purpose.failed_state());
+                if from != to {
+                    db::tenants::set_state(&mut tx, claim.tenant_id, to).await?;
+                    db::history::append(
+                        &mut *tx,
+                        claim.tenant_id,
+                        &NewEntry {
+                            kind: "tenant.state",
+                            message: &format!("{} → {}", from.as_str(), to.as_str()),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
+                let payload = event_payload(claim, resources, to, "failed", Some(error));
                 db::outbox::insert_event(&mut tx, claim.tenant_id, EventType::StepFailed, &payload)
                     .await?;
-                db::outbox::insert_event(
-                    &mut tx,
-                    claim.tenant_id,
-                    EventType::TenantFailed,
-                    &payload,
-                )
-                .await?;
+                if to == TenantState::Failed {
+                    db::outbox::insert_event(
+                        &mut tx,
+                        claim.tenant_id,
+                        EventType::TenantFailed,
+                        &payload,
+                    )
+                    .await?;
+                }
                 notify_outbox = true;
             }
         }
@@ -397,6 +402,13 @@ impl Engine {
 }
 
 impl Engine {
+    /// What the claim's run does to its tenant (a workflow no longer loaded counts as provisioning).
+    fn purpose(&self, claim: &Claim) -> Purpose {
+        self.workflows
+            .get(&claim.workflow)
+            .map_or(Purpose::Provision, |w| w.purpose)
+    }
+
     /// The hot path: a step succeeded. Its success, history and events, and the claim of the tenant's
     /// next step for this worker (or, after the last step, the tenant's activation), go through the
     /// group commit: one statement for every step that finished meanwhile.
@@ -407,10 +419,11 @@ impl Engine {
         patch: &Map<String, Value>,
         resources: &Map<String, Value>,
     ) -> Result<Option<Option<Claim>>, sqlx::Error> {
+        let purpose = self.purpose(claim);
         let tenant_state = if last {
-            TenantState::Active
+            purpose.done_state()
         } else {
-            TenantState::Provisioning
+            purpose.running_state()
         };
         let success = db::steps::Success {
             lease: claim.lease(),
@@ -421,8 +434,9 @@ impl Engine {
             event_id: uuid::Uuid::now_v7(),
             payload: event_payload(claim, resources, tenant_state, "succeeded", None),
             last,
-            // Only the last step's commit writes `tenant.active`.
-            active_event: if last {
+            purpose,
+            // Only the last step's commit writes the run's done event (`tenant.active`, ...).
+            done_event: if last {
                 uuid::Uuid::now_v7()
             } else {
                 uuid::Uuid::nil()

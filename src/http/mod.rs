@@ -2,6 +2,7 @@
 //! the same annotated handlers, so they cannot drift apart.
 
 pub mod error;
+pub mod offboard;
 pub mod ops;
 pub mod server;
 pub mod signup;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub readiness: crate::readiness::Readiness,
     /// Wakes workers and the dispatcher after a signup commits.
     pub nudges: Nudges,
+    /// `VEND_OFFBOARD_GRACE`.
+    pub offboard_grace: std::time::Duration,
 }
 
 /// The post-commit notifications of the signup path.
@@ -121,13 +124,17 @@ fn ops_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::tenant_history))
         .routes(routes!(ops::retry_tenant))
         .routes(routes!(ops::requeue_tenant))
+        .routes(routes!(ops::offboard_tenant))
+        .routes(routes!(ops::restore_tenant))
         .routes(routes!(ops::list_deliveries))
         .routes(routes!(ops::metrics))
 }
 
 /// Routes that authenticate otherwise (the signup signature).
 fn open_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(signup::signup))
+    OpenApiRouter::new()
+        .routes(routes!(signup::signup))
+        .routes(routes!(offboard::offboard_webhook))
 }
 
 /// Unauthenticated probes. They stay outside the in-flight limit, so a flood of slow requests cannot

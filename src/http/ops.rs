@@ -12,6 +12,8 @@ use uuid::Uuid;
 use crate::db;
 use crate::db::history::NewEntry;
 use crate::domain::{StepState, TenantState};
+use crate::lifecycle;
+use crate::lifecycle::offboard::{Offboarded, Restored};
 
 use super::error::{ApiError, ErrorBody};
 use super::views::*;
@@ -112,6 +114,13 @@ async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail, ApiError> 
         steps: steps.iter().map(StepView::from).collect(),
         resources: tenant.resources.clone(),
     })
+}
+
+fn purpose_of(state: &AppState, workflow: &str) -> crate::domain::Purpose {
+    state
+        .workflows
+        .get(workflow)
+        .map_or(crate::domain::Purpose::Provision, |w| w.purpose)
 }
 
 fn no_tenant(slug: &str) -> ApiError {
@@ -230,15 +239,18 @@ pub async fn retry_tenant(
         .await?
         .ok_or_else(|| ApiError::conflict("nothing_to_retry", "the tenant has no run"))?;
     let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
+    let running = purpose_of(&state, &run.workflow).running_state();
     let (step, message) = if let Some(s) = steps.iter().find(|s| s.state == StepState::Failed) {
         db::steps::reset_failed(&mut tx, run.id, s.position).await?;
         db::tenants::set_run_state(&mut tx, run.id, "running").await?;
-        db::tenants::set_state(&mut tx, tenant.id, TenantState::Provisioning).await?;
+        db::tenants::set_state(&mut tx, tenant.id, running).await?;
         (
             s,
             format!(
-                "retry of failed step {} requested; tenant failed → provisioning",
-                s.name
+                "retry of failed step {} requested; tenant {} → {}",
+                s.name,
+                tenant.state.as_str(),
+                running.as_str()
             ),
         )
     } else if let Some(s) = steps.iter().find(|s| s.state == StepState::Waiting) {
@@ -291,10 +303,14 @@ pub async fn requeue_tenant(
     let tenant = db::tenants::lock_by_slug(&mut tx, &slug)
         .await?
         .ok_or_else(|| no_tenant(&slug))?;
-    let workflow = state.workflows.get(&tenant.workflow).ok_or_else(|| {
+    let run = db::tenants::current_run(&mut *tx, tenant.id)
+        .await?
+        .ok_or_else(|| ApiError::conflict("no_run", "the tenant has no run"))?;
+    // The current run's workflow: an offboarding tenant requeues within the offboard workflow.
+    let workflow = state.workflows.get(&run.workflow).ok_or_else(|| {
         ApiError::conflict(
             "unknown_workflow",
-            format!("workflow {:?} is not loaded", tenant.workflow),
+            format!("workflow {:?} is not loaded", run.workflow),
         )
     })?;
     let Some((position, _)) = workflow.step(&req.from_step) else {
@@ -309,9 +325,6 @@ pub async fn requeue_tenant(
             ),
         ));
     };
-    let run = db::tenants::current_run(&mut *tx, tenant.id)
-        .await?
-        .ok_or_else(|| ApiError::conflict("no_run", "the tenant has no run"))?;
     let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
     let now = chrono::Utc::now();
     if let Some(s) = steps
@@ -364,7 +377,7 @@ pub async fn requeue_tenant(
     }
     db::steps::rewind(&mut tx, run.id, position as i32).await?;
     db::tenants::set_run_state(&mut tx, run.id, "running").await?;
-    db::tenants::set_state(&mut tx, tenant.id, TenantState::Provisioning).await?;
+    db::tenants::set_state(&mut tx, tenant.id, workflow.purpose.running_state()).await?;
     db::history::append(
         &mut *tx,
         tenant.id,
@@ -385,6 +398,99 @@ pub async fn requeue_tenant(
     db::notify(&mut tx, db::STEPS_CHANNEL).await?;
     tx.commit().await?;
     tracing::info!(tenant.slug = %slug, from_step = %req.from_step, actor = %who, "operator requeue");
+    Ok(Json(detail(&state, &slug).await?))
+}
+
+/// Offboard the tenant: its endpoint goes dark now; after `VEND_OFFBOARD_GRACE` its resources are
+/// deleted and its account closed. Already offboarding: nothing changes.
+#[utoipa::path(
+    post, path = "/v1/tenants/{slug}/offboard", tag = "ops",
+    params(("slug" = String, Path)),
+    request_body = OffboardRequest,
+    responses(
+        (status = 202, description = "Offboarding (started now or before)", body = TenantDetail),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The tenant is closed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn offboard_tenant(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Extension(Operator(who)): Extension<Operator>,
+    ApiJson(req): ApiJson<OffboardRequest>,
+) -> Result<(StatusCode, Json<TenantDetail>), ApiError> {
+    let why = reason(req.reason.as_deref(), "requested by an operator")
+        .map_err(|m| ApiError::bad_request("invalid_body", m))?;
+    match lifecycle::offboard::offboard(
+        &state.pool,
+        &state.workflows,
+        &slug,
+        &why,
+        &who,
+        state.offboard_grace,
+    )
+    .await?
+    {
+        Offboarded::Started(_) => {
+            tracing::info!(tenant.slug = %slug, actor = %who, "operator offboard");
+        }
+        Offboarded::Already(_) => {}
+        Offboarded::NotFound => return Err(no_tenant(&slug)),
+        Offboarded::Closed => return Err(super::offboard::closed(&slug)),
+        Offboarded::Unavailable => return Err(super::offboard::unavailable()),
+    }
+    Ok((StatusCode::ACCEPTED, Json(detail(&state, &slug).await?)))
+}
+
+/// Bring an offboarding tenant back while its grace period lasts: the offboard stops and its endpoint
+/// is lit again. `409` once the grace period is over.
+#[utoipa::path(
+    post, path = "/v1/tenants/{slug}/restore", tag = "ops",
+    params(("slug" = String, Path)),
+    responses(
+        (status = 200, description = "Restored", body = TenantDetail),
+        (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not offboarding, or its grace period is over", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn restore_tenant(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Extension(Operator(who)): Extension<Operator>,
+) -> Result<Json<TenantDetail>, ApiError> {
+    match lifecycle::offboard::restore(&state.pool, &state.workflows, &slug, &who).await? {
+        Restored::Done(_) => {
+            tracing::info!(tenant.slug = %slug, actor = %who, "operator restore");
+        }
+        Restored::NotFound => return Err(no_tenant(&slug)),
+        Restored::NotOffboarding(s) => {
+            return Err(ApiError::conflict(
+                "not_offboarding",
+                format!("the tenant is {}, not offboarding", s.as_str()),
+            ));
+        }
+        Restored::Busy(step) => {
+            return Err(ApiError::conflict(
+                "step_running",
+                format!("step {step} is running; restore when it has finished"),
+            ));
+        }
+        Restored::TooLate(deadline) => {
+            return Err(ApiError::conflict(
+                "grace_period_over",
+                match deadline {
+                    Some(d) => format!(
+                        "the grace period ended at {}; the tenant's teardown has begun",
+                        d.to_rfc3339()
+                    ),
+                    None => "the grace period is over; the tenant's teardown has begun".into(),
+                },
+            ));
+        }
+    }
     Ok(Json(detail(&state, &slug).await?))
 }
 

@@ -1,18 +1,16 @@
-//! `POST /v1/signup`: the signed signup webhook. It never calls AWS: it commits the tenant, its run, the
-//! first due step, the history entry and the outbox event in one transaction and answers 202.
+//! `POST /v1/signup`: the signed signup webhook. It checks the request and hands the signup to
+//! `lifecycle::signup`, which stores it in one statement; it never calls AWS.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 use tracing::info;
-use uuid::Uuid;
 
-use crate::db;
-use crate::db::history::NewEntry;
 use crate::db::tenants::StoredAnswer;
-use crate::domain::{EventType, Signup, SlugRefusal};
+use crate::domain::{Signup, SlugRefusal};
+use crate::lifecycle;
+use crate::lifecycle::signup::Outcome;
 
 use super::AppState;
 use super::error::ApiError;
@@ -47,6 +45,69 @@ pub async fn signup(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let (webhook_id, bytes) = verified(&state, &headers, body).await?;
+    let signup =
+        Signup::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    state.slug_rules.check(&signup.slug).map_err(|r| match r {
+        SlugRefusal::Reserved => ApiError::bad_request(
+            "reserved_slug",
+            format!("slug: {:?} is reserved", signup.slug.as_str()),
+        ),
+        SlugRefusal::Invalid(e) => ApiError::bad_request("invalid_body", e.to_string()),
+    })?;
+
+    accept(&state, &signup, &webhook_id).await
+}
+
+async fn accept(state: &AppState, signup: &Signup, webhook_id: &str) -> Result<Response, ApiError> {
+    let workflow = state.workflows.for_tier(signup.tier);
+    let tenant = lifecycle::signup::new_tenant(signup, workflow, webhook_id);
+    let view = TenantView::from(&tenant);
+    let mut event_tenant = serde_json::to_value(&view).expect("views serialize");
+    if !state.events_include_owner_email {
+        // Personal data leaves vend only when configured to (VEND_EVENTS_INCLUDE_OWNER_EMAIL).
+        if let Some(m) = event_tenant.as_object_mut() {
+            m.remove("owner_email");
+        }
+    }
+    let answer = StoredAnswer {
+        status: StatusCode::ACCEPTED.as_u16(),
+        response: serde_json::to_value(SignupAccepted {
+            status_url: format!("/v1/tenants/{}", tenant.slug),
+            tenant: view,
+        })
+        .expect("views serialize"),
+    };
+    match lifecycle::signup::accept(&state.pool, &tenant, workflow, &answer, event_tenant).await? {
+        Outcome::Accepted(answer) => {
+            // After the commit, not in it (see `db::Nudge`).
+            state.nudges.steps.nudge();
+            state.nudges.outbox.nudge();
+            info!(tenant.slug = %tenant.slug, tier = signup.tier.as_str(), "signup accepted");
+            Ok(answer_response(answer))
+        }
+        Outcome::Replayed(answer) => Ok(replay(answer)),
+        Outcome::SlugTaken => Err(ApiError::conflict(
+            "slug_taken",
+            format!(
+                "the slug {:?} belongs to another tenant",
+                signup.slug.as_str()
+            ),
+        )),
+        Outcome::WebhookIdReused => Err(ApiError::conflict(
+            "webhook_id_reused",
+            "this webhook-id was already used",
+        )),
+    }
+}
+
+/// A signed inbound webhook's checks, shared by every such route: content type, size, Standard
+/// Webhooks signature and timestamp, webhook-id. Returns the webhook-id and the body.
+pub(super) async fn verified(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, axum::body::Bytes), ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -96,103 +157,14 @@ pub async fn signup(
         ));
     }
 
-    let signup =
-        Signup::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    state.slug_rules.check(&signup.slug).map_err(|r| match r {
-        SlugRefusal::Reserved => ApiError::bad_request(
-            "reserved_slug",
-            format!("slug: {:?} is reserved", signup.slug.as_str()),
-        ),
-        SlugRefusal::Invalid(e) => ApiError::bad_request("invalid_body", e.to_string()),
-    })?;
-
-    if let Some(answer) = db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
-        return Ok(replay(answer));
-    }
-    accept(&state, &signup, &webhook_id).await
+    Ok((webhook_id, bytes))
 }
 
-/// The transaction that makes a signup durable.
-async fn accept(state: &AppState, signup: &Signup, webhook_id: &str) -> Result<Response, ApiError> {
-    let workflow = state.workflows.for_tier(signup.tier);
-    let mut tx = state.pool.begin().await?;
-    let tenant_id = Uuid::now_v7();
-    let Some(tenant) =
-        db::tenants::insert_tenant(&mut tx, tenant_id, signup, &workflow.name, webhook_id).await?
-    else {
-        // The slug is taken. If it was taken by this same webhook-id (a concurrent duplicate that
-        // committed first), replay its answer; otherwise it is someone else's tenant.
-        drop(tx);
-        let existing = db::tenants::by_slug(&state.pool, signup.slug.as_str()).await?;
-        if existing.is_some_and(|t| t.signup_id == webhook_id)
-            && let Some(answer) = db::tenants::find_signup_answer(&state.pool, webhook_id).await?
-        {
-            return Ok(replay(answer));
-        }
-        return Err(ApiError::conflict(
-            "slug_taken",
-            format!(
-                "the slug {:?} belongs to another tenant",
-                signup.slug.as_str()
-            ),
-        ));
-    };
-
-    db::tenants::insert_run(&mut tx, Uuid::now_v7(), tenant.id, workflow).await?;
-    db::history::append(
-        &mut *tx,
-        tenant.id,
-        &NewEntry {
-            kind: "signup.accepted",
-            actor: Some("signup"),
-            message: &format!("signup accepted; workflow {}", workflow.name),
-            detail: Some(json!({"webhook_id": webhook_id, "tier": signup.tier})),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let view = TenantView::from(&tenant);
-    let mut event_tenant = serde_json::to_value(&view).expect("views serialize");
-    if !state.events_include_owner_email {
-        // Personal data leaves vend only when configured to (VEND_EVENTS_INCLUDE_OWNER_EMAIL).
-        if let Some(m) = event_tenant.as_object_mut() {
-            m.remove("owner_email");
-        }
-    }
-    let payload = json!({"tenant": event_tenant, "step": Value::Null});
-    db::outbox::insert_event(&mut tx, tenant.id, EventType::TenantCreated, &payload).await?;
-    let body = SignupAccepted {
-        status_url: format!("/v1/tenants/{}", tenant.slug),
-        tenant: view,
-    };
-    let answer = StoredAnswer {
-        status: StatusCode::ACCEPTED.as_u16(),
-        response: serde_json::to_value(&body).expect("views serialize"),
-    };
-    if !db::tenants::insert_signup_answer(&mut tx, webhook_id, tenant.id, &answer).await? {
-        // The same webhook-id carried another slug and committed first: its answer stands.
-        drop(tx);
-        if let Some(answer) = db::tenants::find_signup_answer(&state.pool, webhook_id).await? {
-            return Ok(replay(answer));
-        }
-        return Err(ApiError::conflict(
-            "webhook_id_reused",
-            "this webhook-id was already used",
-        ));
-    }
-    tx.commit().await?;
-    // After the commit, not in it (see `db::Nudge`).
-    state.nudges.steps.nudge();
-    state.nudges.outbox.nudge();
-    info!(tenant.slug = %tenant.slug, tier = signup.tier.as_str(), "signup accepted");
-    Ok(answer_response(answer))
-}
-
-fn replay(answer: StoredAnswer) -> Response {
+pub(super) fn replay(answer: StoredAnswer) -> Response {
     answer_response(answer)
 }
 
-fn answer_response(answer: StoredAnswer) -> Response {
+pub(super) fn answer_response(answer: StoredAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::ACCEPTED);
     (status, axum::Json(answer.response)).into_response()
 }

@@ -206,6 +206,34 @@ pub struct RequeueRequest {
     pub from_step: String,
 }
 
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OffboardRequest {
+    /// Why the tenant leaves (recorded in history and the `tenant.offboarding` event).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OffboardWebhook {
+    pub slug: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A reason as stored: trimmed, at most 1,000 characters; absent or empty becomes `default`.
+pub fn reason(r: Option<&str>, default: &str) -> Result<String, String> {
+    let r = r
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or(default);
+    if r.chars().count() > 1000 {
+        return Err("reason must be at most 1000 characters".into());
+    }
+    Ok(r.to_owned())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryView {
     /// The `webhook-id` receivers see is `msg_` followed by this id without dashes.

@@ -1,4 +1,5 @@
-//! The steps of the silo workflow, one file per step kind. Every step is idempotent: it first looks at
+//! The steps of the silo and offboard workflows, one file per step kind (offboard.rs holds the
+//! offboard workflow's). Every step is idempotent: it first looks at
 //! what its tenant's saved resources and AWS already say, and only then acts; external ids are saved
 //! the moment they are known.
 
@@ -8,6 +9,7 @@ mod create_account;
 mod deploy_stack;
 mod map_domain;
 mod move_account;
+mod offboard;
 mod stack;
 mod timing;
 
@@ -27,6 +29,9 @@ pub use create_account::CreateAccount;
 pub use deploy_stack::DeployStack;
 pub use map_domain::MapDomain;
 pub use move_account::MoveAccount;
+pub use offboard::{
+    CloseAccount, DarkenEndpoint, DeleteStack, GracePeriod, OFFBOARD_KINDS, UnmapDomain,
+};
 
 /// The step kinds of the silo workflow, in order (CONTRACT.md).
 pub const SILO_KINDS: [&str; 6] = [
@@ -95,7 +100,7 @@ impl Silo {
     }
 }
 
-/// The registry with every silo step.
+/// The registry with every step: the silo workflow's and the offboard workflow's.
 pub fn registry(silo: Arc<Silo>) -> Registry {
     Registry::new()
         .with("create_account", CreateAccount(silo.clone()))
@@ -103,7 +108,12 @@ pub fn registry(silo: Arc<Silo>) -> Registry {
         .with("move_account", MoveAccount(silo.clone()))
         .with("bootstrap_baseline", BootstrapBaseline(silo.clone()))
         .with("deploy_stack", DeployStack(silo.clone()))
-        .with("map_domain", MapDomain(silo))
+        .with("map_domain", MapDomain(silo.clone()))
+        .with("darken_endpoint", DarkenEndpoint(silo.clone()))
+        .with("grace_period", GracePeriod)
+        .with("unmap_domain", UnmapDomain(silo.clone()))
+        .with("delete_stack", DeleteStack(silo.clone()))
+        .with("close_account", CloseAccount(silo))
 }
 
 /// Lowercase hex of a digest (template hashes, idempotency tokens).

@@ -58,7 +58,7 @@ async fn accounts_of(sdk: &SdkConfig, slug: &str) -> Vec<String> {
 }
 
 /// The checks of CONTRACT.md's silo section, with nothing but the AWS SDK.
-async fn assert_contract_holds(sdk: &SdkConfig, slug: &str) -> String {
+pub(crate) async fn assert_contract_holds(sdk: &SdkConfig, slug: &str) -> String {
     let org = aws_sdk_organizations::Client::new(sdk);
     // Exactly one account tagged for the tenant, in the tenant OU, which carries every SCP.
     let accounts = accounts_of(sdk, slug).await;
@@ -797,6 +797,12 @@ impl Organizations for CrashAfterCreate {
     }
     async fn tag_account(&self, a: &str, t: &[(String, String)]) -> Result<(), AwsError> {
         self.inner.tag_account(a, t).await
+    }
+    async fn account_status(&self, a: &str) -> Result<Option<String>, AwsError> {
+        self.inner.account_status(a).await
+    }
+    async fn close_account(&self, a: &str) -> Result<(), AwsError> {
+        self.inner.close_account(a).await
     }
     async fn parent_of(&self, a: &str) -> Result<String, AwsError> {
         self.inner.parent_of(a).await

@@ -89,6 +89,8 @@ fn the_tenant_account_policy_covers_the_calls_made_there() {
                     "GET"
                 } else if name.starts_with("Create") {
                     "POST"
+                } else if name.starts_with("Delete") {
+                    "DELETE"
                 } else {
                     "PATCH"
                 };

@@ -701,7 +701,8 @@ async fn group_commit_keeps_a_step_whose_heartbeat_it_waited_for_but_not_a_taken
             event_id: uuid::Uuid::now_v7(),
             payload: serde_json::json!({}),
             last: false,
-            active_event: uuid::Uuid::now_v7(),
+            purpose: vend::domain::Purpose::Provision,
+            done_event: uuid::Uuid::now_v7(),
         };
         let pool = app.pool.clone();
         let commit =

@@ -9,6 +9,7 @@ mod docs;
 mod engine;
 mod hostile;
 mod localstack;
+mod offboard;
 mod ops;
 mod outbox;
 mod reliability;

@@ -67,12 +67,20 @@ jitter = "none"
 
 pub fn workflows(toml: &str, registry: &Registry) -> Arc<Workflows> {
     let kinds: BTreeSet<String> = registry.kinds();
-    Arc::new(
-        Workflows::new(vec![
-            Workflow::parse(toml, &kinds).expect("test workflow parses"),
-        ])
-        .unwrap(),
-    )
+    let mut all = vec![Workflow::parse(toml, &kinds).expect("test workflow parses")];
+    if kinds.contains("grace_period") {
+        all.push(Workflow::parse(&fast_offboard_toml(), &kinds).expect("offboard workflow parses"));
+    }
+    Arc::new(Workflows::new(all).unwrap())
+}
+
+/// The shipped offboard workflow at test speed (moto finishes everything at once).
+pub fn fast_offboard_toml() -> String {
+    std::fs::read_to_string(postgres::repo_root().join("workflows/offboard.toml"))
+        .unwrap()
+        .replace("poll_interval = \"10s\"", "poll_interval = \"50ms\"")
+        .replace("initial_interval = \"2s\"", "initial_interval = \"20ms\"")
+        .replace("maximum_interval = \"5m\"", "maximum_interval = \"100ms\"")
 }
 
 pub struct TestApp {
@@ -145,6 +153,32 @@ async fn spawn_app_on(pool: PgPool, registry: Registry, toml: &str) -> TestApp {
     spawn_app_with_limits(pool, registry, toml, Default::default(), Default::default()).await
 }
 
+/// As [`spawn_silo`], with offboarded tenants restorable for `grace` (`VEND_OFFBOARD_GRACE`).
+pub async fn spawn_silo_graced(
+    moto_url: &str,
+    tune: impl FnOnce(&mut vend::config::AwsSettings),
+    grace: Duration,
+) -> (TestApp, vend::app::AwsRuntime) {
+    let sdk = moto::sdk(moto_url).await;
+    let (pool, _) = postgres::fresh_database().await;
+    let mut settings = silo_settings();
+    tune(&mut settings);
+    let rt = vend::app::AwsRuntime::start(settings, sdk, pool.clone(), Metrics::new(), None)
+        .await
+        .expect("the management account reconciles");
+    let registry = vend::steps::registry(rt.silo.clone());
+    let app = spawn_app_full(
+        pool,
+        registry,
+        &fast_silo_toml(),
+        Default::default(),
+        Default::default(),
+        grace,
+    )
+    .await;
+    (app, rt)
+}
+
 /// The app served as `vend serve` serves it, with the given connection and request limits.
 pub async fn spawn_app_with_limits(
     pool: PgPool,
@@ -152,6 +186,17 @@ pub async fn spawn_app_with_limits(
     toml: &str,
     limits: vend::http::server::Limits,
     request_limits: vend::http::RequestLimits,
+) -> TestApp {
+    spawn_app_full(pool, registry, toml, limits, request_limits, Duration::ZERO).await
+}
+
+async fn spawn_app_full(
+    pool: PgPool,
+    registry: Registry,
+    toml: &str,
+    limits: vend::http::server::Limits,
+    request_limits: vend::http::RequestLimits,
+    offboard_grace: Duration,
 ) -> TestApp {
     let workflows = workflows(toml, &registry);
     let metrics = Metrics::new();
@@ -168,6 +213,7 @@ pub async fn spawn_app_with_limits(
         readiness: vend::readiness::Readiness::ready(),
         events_include_owner_email: false,
         nudges: vend::http::Nudges::new(&pool),
+        offboard_grace,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -267,10 +313,15 @@ impl TestApp {
     }
 
     pub async fn signup_with_id(&self, id: &str, body: &Value) -> reqwest::Response {
+        self.signed_post("/v1/signup", id, body).await
+    }
+
+    /// Posts `body` to the signed webhook at `path` (signup, offboard) with the webhook-id `id`.
+    pub async fn signed_post(&self, path: &str, id: &str, body: &Value) -> reqwest::Response {
         let raw = serde_json::to_vec(body).unwrap();
         let ts = chrono::Utc::now().timestamp();
         self.http
-            .post(format!("{}/v1/signup", self.base))
+            .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", ts.to_string())

@@ -1,0 +1,107 @@
+//! `POST /v1/offboard`: the signed offboard webhook from the SaaS frontend (signed like the signup).
+//! A repeat of the same `webhook-id` returns the first answer.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+
+use crate::db;
+use crate::db::tenants::StoredAnswer;
+use crate::lifecycle::offboard::{self, Offboarded};
+
+use super::AppState;
+use super::error::ApiError;
+use super::signup::{answer_response, replay, verified};
+use super::views::{OffboardWebhook, SignupAccepted, TenantView, reason};
+
+/// Offboard a tenant: its endpoint goes dark now; after `VEND_OFFBOARD_GRACE` its resources are
+/// deleted and its account closed.
+#[utoipa::path(
+    post,
+    path = "/v1/offboard",
+    tag = "signup",
+    request_body(content = inline(OffboardBodySchema), content_type = "application/json"),
+    params(
+        ("webhook-id" = String, Header, description = "Unique message id; the idempotency key"),
+        ("webhook-timestamp" = i64, Header, description = "Unix seconds; must be within 5 minutes of now"),
+        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`, space-separated if several"),
+    ),
+    responses(
+        (status = 202, description = "Offboarding (started now or before)", body = SignupAccepted),
+        (status = 400, description = "Invalid body", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or invalid signature, or stale timestamp", body = super::error::ErrorBody),
+        (status = 404, description = "No such tenant", body = super::error::ErrorBody),
+        (status = 409, description = "The tenant is closed", body = super::error::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = super::error::ErrorBody),
+    )
+)]
+pub async fn offboard_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (webhook_id, bytes) = verified(&state, &headers, body).await?;
+    if let Some(answer) = db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
+        return Ok(replay(answer));
+    }
+    let req: OffboardWebhook = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid body: {e}")))?;
+    let why = reason(req.reason.as_deref(), "requested by the offboard webhook")
+        .map_err(|m| ApiError::bad_request("invalid_body", m))?;
+    let outcome = offboard::offboard(
+        &state.pool,
+        &state.workflows,
+        &req.slug,
+        &why,
+        "webhook",
+        state.offboard_grace,
+    )
+    .await?;
+    let tenant = match outcome {
+        Offboarded::Started(t) | Offboarded::Already(t) => t,
+        Offboarded::NotFound => {
+            return Err(ApiError::not_found(format!("no tenant {:?}", req.slug)));
+        }
+        Offboarded::Closed => return Err(closed(&req.slug)),
+        Offboarded::Unavailable => return Err(unavailable()),
+    };
+    let answer = StoredAnswer {
+        status: StatusCode::ACCEPTED.as_u16(),
+        response: serde_json::to_value(SignupAccepted {
+            status_url: format!("/v1/tenants/{}", tenant.slug),
+            tenant: TenantView::from(&tenant),
+        })
+        .expect("views serialize"),
+    };
+    // The offboard itself is idempotent (a repeat finds the tenant offboarding); this makes the
+    // repeat's answer the first one's.
+    db::tenants::store_answer(&state.pool, &webhook_id, tenant.id, &answer).await?;
+    Ok(answer_response(answer))
+}
+
+pub(super) fn closed(slug: &str) -> ApiError {
+    ApiError::conflict(
+        "tenant_closed",
+        format!("the tenant {slug:?} is closed; there is nothing left to offboard"),
+    )
+}
+
+pub(super) fn unavailable() -> ApiError {
+    ApiError::conflict(
+        "offboarding_unavailable",
+        "no offboard workflow is loaded (workflows/offboard.toml)",
+    )
+}
+
+/// The offboard webhook's body, for the OpenAPI document.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct OffboardBodySchema {
+    #[schema(example = "acme")]
+    slug: String,
+    /// Why the tenant leaves; at most 1,000 characters.
+    #[schema(example = "contract ended")]
+    reason: Option<String>,
+}

@@ -1,0 +1,6 @@
+//! Every operation that changes a tenant's state, in one place: HTTP handlers, the CLI (through the
+//! API) and the engine call these; they decide what is written, `db` writes it, and nothing here
+//! speaks HTTP. See docs/architecture.md.
+
+pub mod offboard;
+pub mod signup;

@@ -1,0 +1,91 @@
+//! A signup: the tenant, its run with the first step due, the history entry, the `tenant.created`
+//! event and the stored answer, made durable in one statement (one round trip, one commit). It never
+//! calls AWS.
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::db;
+use crate::db::tenants::{NewSignup, SignupInsert, StoredAnswer, Tenant};
+use crate::domain::{EventType, Signup, TenantState, Workflow};
+
+/// How a signup ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored now; the answer to give.
+    Accepted(StoredAnswer),
+    /// The same webhook-id was answered before: that answer, verbatim.
+    Replayed(StoredAnswer),
+    /// The slug belongs to a tenant made by another request.
+    SlugTaken,
+    /// The webhook-id was used for another signup whose answer is gone (retention); nothing stored.
+    WebhookIdReused,
+}
+
+/// The tenant a signup makes, before it is stored. Timestamps are cut to Postgres' microseconds so
+/// the stored answer and later reads show the same instant.
+pub fn new_tenant(signup: &Signup, workflow: &Workflow, webhook_id: &str) -> Tenant {
+    let now = Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or_else(|_| Utc::now());
+    Tenant {
+        id: Uuid::now_v7(),
+        slug: signup.slug.as_str().to_owned(),
+        name: signup.name.as_str().to_owned(),
+        owner_email: signup.owner_email.as_str().to_owned(),
+        tier: signup.tier,
+        workflow: workflow.name.clone(),
+        state: TenantState::Pending,
+        resources: json!({}),
+        signup_id: webhook_id.to_owned(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Stores `tenant` (from [`new_tenant`]) with its run, answering `answer`; `event_tenant` is the
+/// tenant as events show it.
+pub async fn accept(
+    pool: &PgPool,
+    tenant: &Tenant,
+    workflow: &Workflow,
+    answer: &StoredAnswer,
+    event_tenant: Value,
+) -> Result<Outcome, sqlx::Error> {
+    let steps: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
+    let inserted = db::tenants::insert_signup(
+        pool,
+        &NewSignup {
+            tenant,
+            run_id: Uuid::now_v7(),
+            steps: &steps,
+            history_kind: "signup.accepted",
+            history_message: &format!("signup accepted; workflow {}", workflow.name),
+            history_detail: &json!({"webhook_id": tenant.signup_id, "tier": tenant.tier}),
+            event_id: Uuid::now_v7(),
+            event_type: EventType::TenantCreated.as_str(),
+            event_payload: &json!({"tenant": event_tenant, "step": Value::Null}),
+            answer,
+        },
+    )
+    .await?;
+    match inserted {
+        SignupInsert::Inserted => Ok(Outcome::Accepted(answer.clone())),
+        // A replay (or a concurrent duplicate that committed first) finds its answer; a slug taken by
+        // another request does not.
+        SignupInsert::SlugTaken => Ok(
+            match db::tenants::find_signup_answer(pool, &tenant.signup_id).await? {
+                Some(a) => Outcome::Replayed(a),
+                None => Outcome::SlugTaken,
+            },
+        ),
+        SignupInsert::WebhookIdTaken => Ok(
+            match db::tenants::find_signup_answer(pool, &tenant.signup_id).await? {
+                Some(a) => Outcome::Replayed(a),
+                None => Outcome::WebhookIdReused,
+            },
+        ),
+    }
+}

@@ -1,0 +1,338 @@
+//! The steps of the offboard workflow. Each tears down one thing that vend made for the tenant, looks
+//! before it acts, and treats "already gone" as done, so it can run any number of times. None of them
+//! removes what does not carry vend's proof for the tenant: the central record only when it points at
+//! the tenant's own domain, the stack only when tagged `vend:tenant=<slug>`, the account only when
+//! tagged so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::aws::apigateway::ApiGateway;
+use crate::aws::cloudformation::Cfn;
+use crate::aws::organizations::CreateState;
+use crate::db;
+use crate::db::closures::Closure;
+use crate::domain::{ErrorClass, StepError, StepOutcome};
+use crate::engine::{Step, StepContext};
+use crate::lifecycle::offboard::{OFFBOARD_AFTER, QUIESCE_UNTIL};
+
+use super::create_account::{TENANT_TAG, owned_account, release_slot};
+use super::deploy_stack::STACK_NAME;
+use super::{Silo, finish};
+
+/// The step kinds of the offboard workflow, in order (workflows/offboard.toml).
+pub const OFFBOARD_KINDS: [&str; 5] = [
+    "darken_endpoint",
+    "grace_period",
+    "unmap_domain",
+    "delete_stack",
+    "close_account",
+];
+
+/// How long until the RFC 3339 time `at`, if it is still ahead.
+fn time_until(at: Option<&str>) -> Option<Duration> {
+    let at = DateTime::parse_from_rfc3339(at?).ok()?.with_timezone(&Utc);
+    (at - Utc::now()).to_std().ok().filter(|d| !d.is_zero())
+}
+
+fn db_error(e: sqlx::Error) -> StepError {
+    StepError::transient("DatabaseError", e.to_string())
+}
+
+/// `darken_endpoint`: the tenant's API stops answering at its domain (the root mapping goes), while
+/// everything else stays for a restore.
+pub struct DarkenEndpoint(pub Arc<Silo>);
+
+#[async_trait]
+impl Step for DarkenEndpoint {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(darken(&self.0, ctx).await)
+    }
+}
+
+async fn darken(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    if let Some(left) = time_until(ctx.resource_str(QUIESCE_UNTIL)) {
+        return Ok(StepOutcome::Wait {
+            after: left,
+            note: "waiting for the interrupted provisioning step's lease to end".into(),
+        });
+    }
+    let (Some(account), Some(domain)) = (
+        ctx.resource_str("account_id").map(str::to_owned),
+        ctx.resource_str("domain_name").map(str::to_owned),
+    ) else {
+        return Ok(StepOutcome::Succeeded);
+    };
+    let aws = silo.accounts.in_account(&account, &ctx.tenant.slug).await?;
+    ApiGateway::new(&aws).delete_root_mapping(&domain).await?;
+    Ok(StepOutcome::Succeeded)
+}
+
+/// `grace_period`: a durable timer until the time the offboard recorded (`VEND_OFFBOARD_GRACE` after
+/// it was asked for). Until it ends the tenant can be restored.
+pub struct GracePeriod;
+
+#[async_trait]
+impl Step for GracePeriod {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        let until = ctx.resource_str(OFFBOARD_AFTER).map(str::to_owned);
+        match time_until(until.as_deref()) {
+            Some(left) => StepOutcome::Wait {
+                after: left,
+                note: format!(
+                    "grace period: restorable until {}",
+                    until.unwrap_or_default()
+                ),
+            },
+            None => StepOutcome::Succeeded,
+        }
+    }
+}
+
+/// `unmap_domain`: the tenant's record leaves the central zone (only if it still points at the
+/// tenant's domain) and the custom domain leaves the tenant account.
+pub struct UnmapDomain(pub Arc<Silo>);
+
+#[async_trait]
+impl Step for UnmapDomain {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(unmap(&self.0, ctx).await)
+    }
+}
+
+async fn unmap(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
+    if let Some(target) = ctx.resource_str("domain_target").map(str::to_owned) {
+        let zone = &silo.management.hosted_zone_id;
+        if !silo
+            .route53
+            .delete_if_points_at(zone, &domain, &target)
+            .await?
+            && let Some(other) = silo.route53.target_of(zone, &domain).await?
+        {
+            tracing::warn!(record = %domain, points_at = %other,
+                "the tenant's name in the central zone points elsewhere; leaving it alone");
+        }
+    }
+    if let Some(account) = ctx.resource_str("account_id").map(str::to_owned) {
+        let aws = silo.accounts.in_account(&account, &ctx.tenant.slug).await?;
+        let apigw = ApiGateway::new(&aws);
+        apigw.delete_root_mapping(&domain).await?;
+        apigw.delete_domain(&domain).await?;
+    }
+    ctx.set_resource("endpoint", Value::Null);
+    Ok(StepOutcome::Succeeded)
+}
+
+/// `delete_stack`: the tenant stack goes, and the step waits for CloudFormation to finish.
+pub struct DeleteStack(pub Arc<Silo>);
+
+#[async_trait]
+impl Step for DeleteStack {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(delete_stack(&self.0, ctx).await)
+    }
+}
+
+async fn delete_stack(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    let Some(account) = ctx.resource_str("account_id").map(str::to_owned) else {
+        return Ok(StepOutcome::Succeeded);
+    };
+    let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
+    let Some(stack) = cfn.describe(STACK_NAME).await? else {
+        return Ok(StepOutcome::Succeeded);
+    };
+    if stack.status == "DELETE_COMPLETE" {
+        return Ok(StepOutcome::Succeeded);
+    }
+    if stack.tags.get(TENANT_TAG).map(String::as_str) != Some(ctx.tenant.slug.as_str()) {
+        return Err(StepError::permanent(
+            "StackNotOurs",
+            format!(
+                "the stack {STACK_NAME} in account {account} is not tagged {TENANT_TAG}={}; vend \
+                 leaves it alone. Delete it yourself or requeue from close_account",
+                ctx.tenant.slug
+            ),
+        ));
+    }
+    if stack.status == "DELETE_IN_PROGRESS" {
+        return Ok(StepOutcome::Wait {
+            after: ctx.poll_interval,
+            note: "the tenant stack is being deleted".into(),
+        });
+    }
+    if stack.status.ends_with("_IN_PROGRESS") {
+        return Ok(StepOutcome::Wait {
+            after: ctx.poll_interval,
+            note: format!(
+                "the tenant stack is {}; deleting it when that ends",
+                stack.status
+            ),
+        });
+    }
+    // One token per attempt: a repeat within the attempt is the same request; a DELETE_FAILED stack
+    // gets a fresh one on the next attempt.
+    let token = format!("vend-delete-{}-{}", ctx.tenant.id.simple(), ctx.attempt);
+    cfn.delete(&stack.stack_id, &token).await?;
+    Ok(StepOutcome::Wait {
+        after: ctx.poll_interval,
+        note: "tenant stack deletion started".into(),
+    })
+}
+
+/// `close_account`: CloseAccount for the tenant's account, within AWS's quota (shared by every
+/// replica through Postgres), then a wait until AWS reports it closing.
+pub struct CloseAccount(pub Arc<Silo>);
+
+#[async_trait]
+impl Step for CloseAccount {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        finish(close(&self.0, ctx).await)
+    }
+}
+
+/// The tenant's account as far as provisioning got.
+enum Found {
+    Account(String),
+    /// No account was made (or its request failed).
+    Nothing,
+    /// A creation is still in flight: look again later.
+    Pending(Duration, String),
+}
+
+async fn tenant_account(silo: &Silo, ctx: &mut StepContext) -> Result<Found, StepError> {
+    if let Some(id) = ctx.resource_str("account_id") {
+        return Ok(Found::Account(id.to_owned()));
+    }
+    if let Some(request) = ctx.resource_str("create_request_id").map(str::to_owned) {
+        return match silo.orgs.describe_create_request(&request).await?.state {
+            CreateState::InProgress => Ok(Found::Pending(
+                ctx.poll_interval,
+                "the tenant's CreateAccount is still in progress".into(),
+            )),
+            CreateState::Succeeded { account_id } => {
+                ctx.save_resource("account_id", account_id.clone()).await?;
+                Ok(Found::Account(account_id))
+            }
+            CreateState::Failed { .. } => Ok(Found::Nothing),
+        };
+    }
+    if let Some(intent) = ctx.resource_str("create_intent_at").map(str::to_owned) {
+        // Provisioning was cut off around its CreateAccount call: find what it made, by vend's tag.
+        let slug = ctx.tenant.slug.clone();
+        let (email, name) = (
+            silo.settings.account_email(&slug),
+            silo.settings.account_name(&slug),
+        );
+        let found = silo.orgs.find_accounts(&email, &name).await?;
+        if let Some(id) = owned_account(silo, &slug, found.into_iter().map(|a| a.id)).await? {
+            ctx.save_resource("account_id", id.clone()).await?;
+            return Ok(Found::Account(id));
+        }
+        if let Some(r) = silo.orgs.find_create_request(&name).await? {
+            ctx.save_resource("create_request_id", r.id).await?;
+            return Ok(Found::Pending(
+                Duration::ZERO,
+                "found the tenant's CreateAccount request".into(),
+            ));
+        }
+        let since = DateTime::parse_from_rfc3339(&intent)
+            .map(|t| {
+                (Utc::now() - t.with_timezone(&Utc))
+                    .to_std()
+                    .unwrap_or_default()
+            })
+            .unwrap_or(Duration::MAX);
+        if since < silo.settings.unknown_outcome_grace {
+            return Ok(Found::Pending(
+                silo.settings.unknown_outcome_grace - since,
+                "an interrupted CreateAccount may still be in flight".into(),
+            ));
+        }
+    }
+    Ok(Found::Nothing)
+}
+
+fn is_closed(status: &str) -> bool {
+    matches!(status, "SUSPENDED" | "PENDING_CLOSURE")
+}
+
+async fn close(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    let account = match tenant_account(silo, ctx).await? {
+        Found::Pending(after, note) => return Ok(StepOutcome::Wait { after, note }),
+        Found::Nothing => {
+            release_slot(silo, ctx).await?;
+            return Ok(StepOutcome::Succeeded);
+        }
+        Found::Account(id) => id,
+    };
+    // Its creation is over either way: the slot goes to the next tenant.
+    release_slot(silo, ctx).await?;
+    match silo.orgs.account_status(&account).await?.as_deref() {
+        None => return Ok(StepOutcome::Succeeded),
+        Some(s) if is_closed(s) => return Ok(StepOutcome::Succeeded),
+        Some(_) => {}
+    }
+    let tags = silo.orgs.account_tags(&account).await?;
+    if !tags
+        .iter()
+        .any(|(k, v)| k == TENANT_TAG && v == &ctx.tenant.slug)
+    {
+        return Err(StepError::permanent(
+            "AccountNotOurs",
+            format!(
+                "account {account} is not tagged {TENANT_TAG}={}; vend does not close it",
+                ctx.tenant.slug
+            ),
+        ));
+    }
+    let members = db::closures::member_accounts(&silo.pool)
+        .await
+        .map_err(db_error)?;
+    let quota = silo.settings.close_account_quota(members);
+    let window = silo.settings.close_account_window;
+    match db::closures::reserve(&silo.pool, ctx.tenant.id, &account, quota, window)
+        .await
+        .map_err(db_error)?
+    {
+        Closure::Granted => {}
+        Closure::Full { used, frees_in } => {
+            let mut e = StepError::new(
+                ErrorClass::Throttled,
+                "CloseAccountQuota",
+                format!(
+                    "the CloseAccount quota is spent ({used} of {quota} per {}); the next closure \
+                     can go out in {}",
+                    humantime::format_duration(window),
+                    humantime::format_duration(Duration::from_secs(frees_in.as_secs().max(1))),
+                ),
+            );
+            e.retry_after = Some(frees_in);
+            return Err(e);
+        }
+    }
+    match silo.orgs.close_account(&account).await {
+        Ok(()) => {}
+        Err(e) if e.code.starts_with("CLOSE_ACCOUNT") => {
+            // AWS counts closures vend did not make: this one did not happen, and waits.
+            db::closures::forget(&silo.pool, ctx.tenant.id)
+                .await
+                .map_err(db_error)?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(account.id = %account, "CloseAccount requested");
+    match silo.orgs.account_status(&account).await?.as_deref() {
+        None => Ok(StepOutcome::Succeeded),
+        Some(s) if is_closed(s) => Ok(StepOutcome::Succeeded),
+        Some(s) => Ok(StepOutcome::Wait {
+            after: ctx.poll_interval,
+            note: format!("CloseAccount requested; the account is still {s}"),
+        }),
+    }
+}
