@@ -52,24 +52,34 @@ pub async fn notify(conn: &mut PgConnection, channel: &str) -> Result<(), sqlx::
         .map(|_| ())
 }
 
-/// Wakes the listeners of a channel after a commit rather than inside it. A NOTIFY in a transaction
-/// takes a database-wide lock at commit and holds it across the WAL flush, so every notifying commit
-/// waits for the one before it to reach the disk: with durability on, that serializes the signup
-/// webhook. Sent on its own, a notification writes no WAL and holds the lock for a moment. Coalesced:
-/// while one is on its way, further nudges add nothing (listeners look at everything due anyway).
-/// Only a hint: a lost one is covered by the workers' and dispatcher's polling.
+/// Wakes the listeners of some channels after a commit rather than inside it. A NOTIFY in a
+/// transaction takes a database-wide lock at commit and holds it across the WAL flush, so every
+/// notifying commit waits for the one before it to reach the disk: with durability on, that
+/// serializes the signup webhook. Sent on its own, a notification still commits (Postgres gives the
+/// notifying transaction an id), so nudges are few: every channel in one statement, and under load at
+/// most one per `MIN_GAP` (the first after a quiet spell goes at once, so an idle system wakes its
+/// workers without delay). Only a hint: a lost one is covered by the workers' and dispatcher's
+/// polling.
 pub struct Nudge {
     pool: PgPool,
-    channel: &'static str,
+    channels: Vec<String>,
     pending: std::sync::atomic::AtomicBool,
+    /// Milliseconds since `epoch` when the last nudge went out.
+    last_sent: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Nudge {
-    pub fn new(pool: PgPool, channel: &'static str) -> std::sync::Arc<Self> {
+    /// The shortest time between two nudges under load.
+    pub const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(5);
+
+    pub fn new(pool: PgPool, channels: &[&str]) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
             pool,
-            channel,
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
             pending: std::sync::atomic::AtomicBool::new(false),
+            last_sent: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         })
     }
 
@@ -80,13 +90,22 @@ impl Nudge {
         }
         let me = self.clone();
         tokio::spawn(async move {
+            let gap = Self::MIN_GAP.as_millis() as u64;
+            let now = me.epoch.elapsed().as_millis() as u64;
+            let last = me.last_sent.load(Ordering::Acquire);
+            if last != 0 && now < last + gap {
+                tokio::time::sleep(std::time::Duration::from_millis(last + gap - now)).await;
+            }
+            // Cleared before sending: a commit after this point gets a nudge of its own.
             me.pending.store(false, Ordering::Release);
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(me.channel)
+            me.last_sent
+                .store(me.epoch.elapsed().as_millis() as u64 + 1, Ordering::Release);
+            if let Err(e) = sqlx::query("SELECT pg_notify(c, '') FROM unnest($1::text[]) AS c")
+                .bind(&me.channels)
                 .execute(&me.pool)
                 .await
             {
-                tracing::debug!(error = %e, channel = me.channel, "notification not sent; pollers will see the work");
+                tracing::debug!(error = %e, "notification not sent; pollers will see the work");
             }
         });
     }

@@ -51,18 +51,19 @@ pub struct AppState {
     pub offboard_grace: std::time::Duration,
 }
 
-/// The post-commit notifications of the signup path.
+/// The post-commit notifications of the signup path: workers and the dispatcher, in one nudge.
 #[derive(Clone)]
 pub struct Nudges {
-    pub steps: Arc<crate::db::Nudge>,
-    pub outbox: Arc<crate::db::Nudge>,
+    pub signup: Arc<crate::db::Nudge>,
 }
 
 impl Nudges {
     pub fn new(pool: &PgPool) -> Self {
         Self {
-            steps: crate::db::Nudge::new(pool.clone(), crate::db::STEPS_CHANNEL),
-            outbox: crate::db::Nudge::new(pool.clone(), crate::db::OUTBOX_CHANNEL),
+            signup: crate::db::Nudge::new(
+                pool.clone(),
+                &[crate::db::STEPS_CHANNEL, crate::db::OUTBOX_CHANNEL],
+            ),
         }
     }
 }

@@ -81,8 +81,7 @@ async fn accept(state: &AppState, signup: &Signup, webhook_id: &str) -> Result<R
     match lifecycle::signup::accept(&state.pool, &tenant, workflow, &answer, event_tenant).await? {
         Outcome::Accepted(answer) => {
             // After the commit, not in it (see `db::Nudge`).
-            state.nudges.steps.nudge();
-            state.nudges.outbox.nudge();
+            state.nudges.signup.nudge();
             info!(tenant.slug = %tenant.slug, tier = signup.tier.as_str(), "signup accepted");
             Ok(answer_response(answer))
         }
