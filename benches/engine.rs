@@ -1,4 +1,6 @@
-//! Engine throughput and latency, side by side with graphile_worker on the same Postgres in the same run.
+//! Engine throughput and latency, side by side with two peers on the same Postgres in the same run:
+//! graphile_worker (a queue: the reference for cost per unit of work) and DBOS Transact (a durable
+//! workflow engine that checkpoints every step, as vend does).
 //!
 //!   cargo bench --bench engine -- --tenants 20000 --steps 3 --concurrency 500 --peer-concurrency 32
 //!
@@ -11,8 +13,10 @@
 //! bodies do nothing. Reports steps/s, the time from a step starting to its successor starting under
 //! that load (the step's commit, the successor's claim and the hand-off), and add→start latency of
 //! single signups on an idle engine.
-//! Peer: benches/peer (graphile_worker) queues N×steps jobs, drains them, and
-//! samples add→start latency the same way. Pass --no-peer to skip it, --statements to print where
+//! Peers: benches/peer (graphile_worker) queues N×steps jobs, drains them, and samples add→start latency
+//! the same way; benches/peer/dbos_peer.py (PyPI dbos, installed into .venv-dbos on first use) runs N
+//! workflows of `steps` no-op steps, and samples enqueue→start on a DBOS queue. Pass --no-peer to skip
+//! both, --no-dbos to skip DBOS, --statements to print where
 //! Postgres spent its time during vend's drain (pg_stat_statements), --rounds N to alternate the two N
 //! times on the same cluster and print the medians and the per-round ratio.
 
@@ -140,6 +144,7 @@ struct VendRound {
 }
 
 struct PeerRound {
+    name: &'static str,
     jobs_per_s: f64,
     pg_cpu: f64,
     client_cpu: f64,
@@ -191,17 +196,43 @@ async fn main() {
         Pg::start(&tmp.path().join("pg"))
     };
     let peer_binary = if peer { Some(build_peer().await) } else { None };
+    let dbos = if peer && !std::env::args().any(|a| a == "--no-dbos") {
+        Some(dbos_python())
+    } else {
+        None
+    };
     let mut results = Vec::new();
     for round in 1..=rounds {
         if rounds > 1 {
             println!("-- round {round} of {rounds} --");
         }
         let v = vend_round(&pg, &o, &format!("vend_engine_{round}"), &tmp).await;
-        let p = match &peer_binary {
-            Some(binary) => peer_round(&pg, binary, &o, &format!("peer_{round}")).await,
-            None => None,
-        };
-        results.push((v, p));
+        let mut peers = Vec::new();
+        if let Some(binary) = &peer_binary {
+            let args = vec![
+                (o.n * o.steps).to_string(),
+                o.peer_concurrency.to_string(),
+                o.samples.to_string(),
+            ];
+            let cmd = (binary.clone(), args);
+            peers.extend(peer_round(&pg, GRAPHILE, &cmd, &o, &format!("peer_{round}")).await);
+        }
+        if let Some(python) = &dbos {
+            // DBOS's queue polls once a second by default: a sample takes half a second on average.
+            let args = vec![
+                repo()
+                    .join("benches/peer/dbos_peer.py")
+                    .display()
+                    .to_string(),
+                o.n.to_string(),
+                o.steps.to_string(),
+                o.peer_concurrency.to_string(),
+                o.samples.min(100).to_string(),
+            ];
+            let cmd = (python.clone(), args);
+            peers.extend(peer_round(&pg, DBOS, &cmd, &o, &format!("dbos_{round}")).await);
+        }
+        results.push((v, peers));
     }
     if rounds > 1 {
         summarize(&results);
@@ -209,7 +240,7 @@ async fn main() {
 }
 
 /// Medians over the rounds, and the per-round ratios of vend to the peer.
-fn summarize(results: &[(VendRound, Option<PeerRound>)]) {
+fn summarize(results: &[(VendRound, Vec<PeerRound>)]) {
     let of = |f: &dyn Fn(&VendRound) -> f64| median(results.iter().map(|(v, _)| f(v)).collect());
     println!("== {} rounds, medians ==", results.len());
     println!(
@@ -219,39 +250,50 @@ fn summarize(results: &[(VendRound, Option<PeerRound>)]) {
         of(&|v| v.client_cpu),
         of(&|v| v.idle_p99)
     );
-    let paired: Vec<(&VendRound, &PeerRound)> = results
-        .iter()
-        .filter_map(|(v, p)| p.as_ref().map(|p| (v, p)))
-        .collect();
-    if paired.is_empty() {
-        return;
+    for name in [GRAPHILE, DBOS] {
+        let paired: Vec<(&VendRound, &PeerRound)> = results
+            .iter()
+            .flat_map(|(v, ps)| ps.iter().filter(|p| p.name == name).map(move |p| (v, p)))
+            .collect();
+        if paired.is_empty() {
+            continue;
+        }
+        let pof =
+            |f: &dyn Fn(&PeerRound) -> f64| median(paired.iter().map(|(_, p)| f(p)).collect());
+        println!(
+            "{name:<28} {:.0} units/s, CPU per unit postgres {:.1} us, client {:.1} us, idle add->start p99 {:.2} ms",
+            pof(&|p| p.jobs_per_s),
+            pof(&|p| p.pg_cpu),
+            pof(&|p| p.client_cpu),
+            pof(&|p| p.idle_p99)
+        );
+        let ratios: Vec<f64> = paired
+            .iter()
+            .map(|(v, p)| v.steps_per_s / p.jobs_per_s)
+            .collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+        println!(
+            "  vend steps/s / {name} units/s  median {:.2}x (rounds {:.2}x to {:.2}x)",
+            median(ratios.clone()),
+            lo,
+            hi
+        );
+        let cpu: Vec<f64> = paired
+            .iter()
+            .map(|(v, p)| (v.pg_cpu + v.client_cpu) / (p.pg_cpu + p.client_cpu))
+            .collect();
+        println!(
+            "  vend CPU per step / {name} CPU per unit  median {:.2}",
+            median(cpu)
+        );
+        let p99s: Vec<f64> = paired
+            .iter()
+            .map(|(v, p)| v.idle_p99 / p.idle_p99)
+            .collect();
+        println!("  idle p99 vend / {name}  median {:.2}x", median(p99s));
     }
-    let pof = |f: &dyn Fn(&PeerRound) -> f64| median(paired.iter().map(|(_, p)| f(p)).collect());
-    println!(
-        "graphile_worker              {:.0} jobs/s, CPU per job postgres {:.1} us, client {:.1} us, idle add->start p99 {:.2} ms",
-        pof(&|p| p.jobs_per_s),
-        pof(&|p| p.pg_cpu),
-        pof(&|p| p.client_cpu),
-        pof(&|p| p.idle_p99)
-    );
-    let ratios: Vec<f64> = paired
-        .iter()
-        .map(|(v, p)| v.steps_per_s / p.jobs_per_s)
-        .collect();
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
-    println!(
-        "vend steps/s / peer jobs/s   median {:.2}x (rounds {:.2}x to {:.2}x)",
-        median(ratios.clone()),
-        lo,
-        hi
-    );
-    let p99s: Vec<f64> = paired
-        .iter()
-        .map(|(v, p)| v.idle_p99 / p.idle_p99)
-        .collect();
-    println!("idle p99 vend / peer         median {:.2}x", median(p99s));
 }
 
 /// Signs up `o.n` tenants into a fresh database `db`, drains them with the engine, samples idle
@@ -303,6 +345,7 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
         events_include_owner_email: false,
         nudges: vend::http::Nudges::new(&pool),
         offboard_grace: std::time::Duration::ZERO,
+        regions: Default::default(),
     });
 
     eprintln!(
@@ -454,6 +497,29 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
     }
 }
 
+const GRAPHILE: &str = "graphile_worker";
+const DBOS: &str = "DBOS Transact (Python)";
+
+/// A Python with the DBOS Transact package, in `.venv-dbos` (made on first use, version pinned).
+fn dbos_python() -> String {
+    let venv = repo().join(".venv-dbos");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("installing DBOS Transact (PyPI dbos==3.4.0) into .venv-dbos");
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "dbos==3.4.0"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "could not install dbos into .venv-dbos");
+    }
+    python.display().to_string()
+}
+
 /// Builds benches/peer and returns its executable.
 async fn build_peer() -> String {
     let manifest = repo().join("benches/peer/Cargo.toml");
@@ -479,19 +545,24 @@ async fn build_peer() -> String {
         .expect("the peer did not build")
 }
 
-/// Runs graphile_worker on a fresh database `db` the same way: `n × steps` jobs drained, then the
-/// idle samples; prints what it measured.
-async fn peer_round(pg: &Pg, binary: &str, o: &Opts, db: &str) -> Option<PeerRound> {
+/// Runs a peer (`program args`, speaking benches/peer's protocol) on a fresh database `db` the same
+/// way: `n × steps` units drained, then the idle samples; prints what it measured.
+async fn peer_round(
+    pg: &Pg,
+    name: &'static str,
+    (program, args): &(String, Vec<String>),
+    o: &Opts,
+    db: &str,
+) -> Option<PeerRound> {
     let peer_url = pg.database(db);
     let jobs = o.n * o.steps;
     let cpu_per_job = |now: f64, before: f64| (now - before) / jobs as f64 * 1e6;
-    let mut child = tokio::process::Command::new(binary)
-        .args([
-            peer_url.as_str(),
-            &jobs.to_string(),
-            &o.peer_concurrency.to_string(),
-            &o.samples.to_string(),
-        ])
+    // The program's own arguments, with the database URL inserted after a script's path.
+    let mut argv: Vec<String> = args.clone();
+    let at = usize::from(argv.first().is_some_and(|a| a.ends_with(".py")));
+    argv.insert(at, peer_url.clone());
+    let mut child = tokio::process::Command::new(program)
+        .args(&argv)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -518,13 +589,13 @@ async fn peer_round(pg: &Pg, binary: &str, o: &Opts, db: &str) -> Option<PeerRou
     };
     let num = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
     println!(
-        "== peer: graphile_worker ({jobs} no-op jobs, concurrency {}) ==",
+        "== peer: {name} ({jobs} no-op units, concurrency {}) ==",
         o.peer_concurrency
     );
     println!("drain                        {:.1} s", num(&v["drain_s"]));
     println!("jobs/s                       {:.0}", num(&v["jobs_per_s"]));
     let (pg_cpu, client_cpu) = cpu.unwrap_or((f64::NAN, f64::NAN));
-    println!("CPU per job (us)             postgres {pg_cpu:.1}  graphile_worker {client_cpu:.1}");
+    println!("CPU per unit (us)            postgres {pg_cpu:.1}  {name} {client_cpu:.1}");
     println!(
         "add->start idle (ms)         p50 {:.2}  p99 {:.2}  max {:.2}",
         num(&v["latency_ms"]["p50"]),
@@ -532,6 +603,7 @@ async fn peer_round(pg: &Pg, binary: &str, o: &Opts, db: &str) -> Option<PeerRou
         num(&v["latency_ms"]["max"])
     );
     Some(PeerRound {
+        name,
         jobs_per_s: num(&v["jobs_per_s"]),
         pg_cpu,
         client_cpu,

@@ -78,6 +78,7 @@ impl AwsRuntime {
                 .region()
                 .map(|r| r.to_string())
                 .ok_or_else(|| anyhow::anyhow!("AWS_REGION: is required"))?,
+            tenant_regions: settings.tenant_regions.clone(),
         };
         let scps = reconcile::load_scps(&settings.scp_dir, &vars)?;
         let templates = Templates::load(&settings.templates_dir).map_err(anyhow::Error::msg)?;
@@ -259,9 +260,10 @@ pub async fn serve(
     // once, `/readyz` says what start-up waits for, and workers and the dispatcher start once it is
     // done. Only local problems (files, configuration) stop the process here.
     let unprepared = if parts.workers || parts.dispatcher {
-        let settings = config.aws.clone().ok_or_else(|| {
+        let mut settings = config.aws.clone().ok_or_else(|| {
             anyhow::anyhow!("VEND_BASE_DOMAIN: is required to run workers or the dispatcher")
         })?;
+        settings.tenant_regions = config.regions.allowed.clone();
         let sdk = aws::load_sdk_config().await.map_err(anyhow::Error::msg)?;
         Some(AwsRuntime::prepare(
             settings,
@@ -309,6 +311,7 @@ pub async fn serve(
             readiness: readiness.clone(),
             nudges: http::Nudges::new(&pool),
             offboard_grace: config.offboard_grace,
+            regions: config.regions.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -217,6 +217,9 @@ pub struct AwsSettings {
     pub close_account_quota: Option<i64>,
     /// `VEND_CLOSE_ACCOUNT_WINDOW`: AWS's rolling window for that quota (30 days).
     pub close_account_window: Duration,
+    /// Regions tenants may live in (`VEND_ALLOWED_REGIONS`), besides vend's own: the guardrails
+    /// allow them.
+    pub tenant_regions: Vec<String>,
 }
 
 impl AwsSettings {
@@ -250,6 +253,7 @@ impl AwsSettings {
             budgets: crate::aws::limiter::default_budgets(),
             close_account_quota: None,
             close_account_window: Duration::from_secs(30 * 86_400),
+            tenant_regions: Vec::new(),
         }
     }
 
@@ -369,6 +373,8 @@ pub struct Config {
     pub ops_tokens: OpsTokens,
     /// `VEND_RESERVED_SLUGS`, besides the built-in list.
     pub reserved_slugs: Vec<String>,
+    /// `VEND_ALLOWED_REGIONS` (default: vend's own region, `AWS_REGION`): where tenants may live.
+    pub regions: crate::domain::Regions,
     /// `VEND_EVENTS_INCLUDE_OWNER_EMAIL`: progress events carry the owner's e-mail (default no).
     pub events_include_owner_email: bool,
     /// `VEND_RETENTION`: how long stored signup answers and finished events are kept (default 30d).
@@ -491,6 +497,7 @@ impl Config {
                     ));
                 }
             },
+            regions: regions(env)?,
             reserved_slugs: env
                 .get("VEND_RESERVED_SLUGS")
                 .map(|v| {
@@ -666,6 +673,43 @@ fn number(
     }
 }
 
+/// `VEND_ALLOWED_REGIONS`, and the region a tenant gets when its signup names none: vend's own
+/// (`AWS_REGION`, else `AWS_DEFAULT_REGION`) when it is allowed, else the first allowed one.
+fn regions(env: &dyn Env) -> Result<crate::domain::Regions, ConfigError> {
+    let own = env
+        .get("AWS_REGION")
+        .or_else(|| env.get("AWS_DEFAULT_REGION"))
+        .map(|r| r.trim().to_owned());
+    let allowed: Vec<String> = match env.get("VEND_ALLOWED_REGIONS") {
+        Some(v) => {
+            let list: Vec<String> = v
+                .split(',')
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect();
+            if let Some(bad) = list
+                .iter()
+                .find(|r| !crate::domain::Regions::is_region_name(r))
+            {
+                return Err(err(
+                    "VEND_ALLOWED_REGIONS",
+                    format!("{bad:?} is not an AWS region name such as eu-central-1"),
+                ));
+            }
+            if list.is_empty() {
+                return Err(err("VEND_ALLOWED_REGIONS", "must name at least one region"));
+            }
+            list
+        }
+        None => own.iter().cloned().collect(),
+    };
+    let default = match &own {
+        Some(o) if allowed.contains(o) => Some(o.clone()),
+        _ => allowed.first().cloned(),
+    };
+    Ok(crate::domain::Regions { allowed, default })
+}
+
 fn duration(env: &dyn Env, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
     match env.get(var) {
         None => Ok(default),
@@ -793,6 +837,55 @@ mod tests {
         assert_eq!(c.worker_concurrency, 64);
         assert_eq!(c.webhook_retry_schedule.len(), 7);
         assert!(c.aws.is_none());
+    }
+
+    #[test]
+    fn tenant_regions_default_to_vends_own_and_are_checked() {
+        let mut env = base();
+        env.insert("AWS_REGION".into(), "eu-central-1".into());
+        let c = Config::from_env(&env).unwrap();
+        assert_eq!(c.regions.allowed, vec!["eu-central-1"]);
+        assert_eq!(c.regions.default.as_deref(), Some("eu-central-1"));
+        assert_eq!(c.offboard_grace, Duration::from_secs(7 * 86_400));
+
+        env.insert(
+            "VEND_ALLOWED_REGIONS".into(),
+            " eu-west-3 , eu-central-1".into(),
+        );
+        let c = Config::from_env(&env).unwrap();
+        assert_eq!(c.regions.allowed, vec!["eu-west-3", "eu-central-1"]);
+        assert_eq!(c.regions.default.as_deref(), Some("eu-central-1"));
+
+        // vend's own region not among them: the first allowed one is the default.
+        env.insert("VEND_ALLOWED_REGIONS".into(), "ap-southeast-2".into());
+        let c = Config::from_env(&env).unwrap();
+        assert_eq!(c.regions.default.as_deref(), Some("ap-southeast-2"));
+
+        for bad in ["europe", "eu-west-3,,EU-1", ","] {
+            env.insert("VEND_ALLOWED_REGIONS".into(), bad.into());
+            let e = Config::from_env(&env).unwrap_err().to_string();
+            assert!(e.contains("VEND_ALLOWED_REGIONS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn offboarding_settings_are_read_and_checked() {
+        let mut env = base();
+        env.insert("VEND_OFFBOARD_GRACE".into(), "0s".into());
+        assert_eq!(
+            Config::from_env(&env).unwrap().offboard_grace,
+            Duration::ZERO
+        );
+        env.insert("VEND_OFFBOARD_GRACE".into(), "a while".into());
+        let e = Config::from_env(&env).unwrap_err().to_string();
+        assert!(e.contains("VEND_OFFBOARD_GRACE"), "{e}");
+
+        let mut s = AwsSettings::new("t.example", "arn:x");
+        assert_eq!(s.close_account_quota(40), 10, "at least 10");
+        assert_eq!(s.close_account_quota(2_500), 250, "10 %");
+        assert_eq!(s.close_account_quota(50_000), 1000, "at most 1,000");
+        s.close_account_quota = Some(3);
+        assert_eq!(s.close_account_quota(2_500), 3, "configured");
     }
 
     #[test]

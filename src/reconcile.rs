@@ -55,18 +55,31 @@ pub enum ReconcileError {
 
 /// What SCP files may refer to, filled in from configuration: the role vend reaches tenant accounts
 /// through (so the guardrails exempt the role vend really uses and never lock vend out) and the
-/// region tenants live in.
+/// regions tenants live in.
 #[derive(Debug, Clone)]
 pub struct ScpVars {
     /// `${VEND_ACCOUNT_ROLE_NAME}`
     pub access_role: String,
-    /// `${VEND_REGION}`
+    /// `${VEND_REGION}`: vend's own region.
     pub region: String,
+    /// `${VEND_ALLOWED_REGIONS}`, written as a JSON array of strings: vend's own region and every
+    /// region a tenant may live in (`VEND_ALLOWED_REGIONS`).
+    pub tenant_regions: Vec<String>,
 }
 
 impl ScpVars {
     fn render(&self, text: &str) -> String {
+        let mut all = vec![self.region.clone()];
+        for r in &self.tenant_regions {
+            if !all.contains(r) {
+                all.push(r.clone());
+            }
+        }
         text.replace("${VEND_ACCOUNT_ROLE_NAME}", &self.access_role)
+            .replace(
+                "${VEND_ALLOWED_REGIONS}",
+                &serde_json::to_string(&all).expect("strings serialize"),
+            )
             .replace("${VEND_REGION}", &self.region)
     }
 }
@@ -96,7 +109,8 @@ pub fn load_scps(dir: &Path, vars: &ScpVars) -> Result<Vec<ScpDocument>, Reconci
         if let Some(i) = text.find("${") {
             let name: String = text[i..].chars().take_while(|c| *c != '}').collect();
             return Err(bad(format!(
-                "unknown placeholder {name}}} (known: ${{VEND_ACCOUNT_ROLE_NAME}}, ${{VEND_REGION}})"
+                "unknown placeholder {name}}} (known: ${{VEND_ACCOUNT_ROLE_NAME}}, ${{VEND_REGION}}, \
+                 ${{VEND_ALLOWED_REGIONS}})"
             )));
         }
         let v: Value =
@@ -332,6 +346,7 @@ mod tests {
         ScpVars {
             access_role: role.into(),
             region: "eu-central-1".into(),
+            tenant_regions: vec!["eu-central-1".into(), "eu-west-3".into()],
         }
     }
 
@@ -376,7 +391,7 @@ mod tests {
             .find(|d| d.name == "vend-deny-other-regions")
             .unwrap();
         assert!(
-            regions.content.contains("\"eu-central-1\""),
+            regions.content.contains(r#"["eu-central-1","eu-west-3"]"#),
             "{}",
             regions.content
         );

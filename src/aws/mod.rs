@@ -129,6 +129,19 @@ impl Aws {
         }
     }
 
+    /// The same principal and budgets, calling `region`'s endpoints (a tenant's data residency).
+    pub fn in_region(&self, region: &str) -> Self {
+        let sdk = self
+            .sdk
+            .to_builder()
+            .region(aws_config::Region::new(region.to_owned()))
+            .build();
+        Self {
+            sdk,
+            ..self.clone()
+        }
+    }
+
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.limiter
     }

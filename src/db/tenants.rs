@@ -32,6 +32,10 @@ impl Tenant {
     pub fn endpoint(&self) -> Option<&str> {
         self.resources.get("endpoint").and_then(Value::as_str)
     }
+
+    pub fn region(&self) -> Option<&str> {
+        self.resources.get("region").and_then(Value::as_str)
+    }
 }
 
 struct TenantRecord {
@@ -145,8 +149,8 @@ pub async fn insert_signup(
     let r = sqlx::query_scalar!(
         r#"WITH t AS (
                INSERT INTO tenants (id, slug, name, owner_email, tier, workflow, state, signup_id,
-                                    created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+                                    created_at, updated_at, resources)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $20)
                ON CONFLICT (slug) DO NOTHING
                RETURNING id
            ), r AS (
@@ -191,6 +195,7 @@ pub async fn insert_signup(
         n.event_payload,
         n.answer.status as i16,
         n.answer.response,
+        t.resources,
     )
     .fetch_one(db)
     .await;

@@ -14,7 +14,7 @@ pub use step::{
     WaitReason, decide,
 };
 pub use tenant::{
-    AccountNamingTemplates, OwnerEmail, Signup, Slug, SlugRefusal, SlugRules, TenantName,
+    AccountNamingTemplates, OwnerEmail, Regions, Signup, Slug, SlugRefusal, SlugRules, TenantName,
     TenantState, Tier, ValidationError,
 };
 pub use workflow::{Purpose, StepDef, Workflow, WorkflowError, Workflows};

@@ -350,6 +350,8 @@ struct SignupBody {
     name: String,
     owner_email: String,
     tier: String,
+    #[serde(default)]
+    region: Option<String>,
 }
 
 /// A validated signup.
@@ -359,6 +361,8 @@ pub struct Signup {
     pub name: TenantName,
     pub owner_email: OwnerEmail,
     pub tier: Tier,
+    /// The AWS region asked for (checked against the allowed ones by [`Regions::pick`]).
+    pub region: Option<String>,
 }
 
 impl Signup {
@@ -371,7 +375,47 @@ impl Signup {
             name: TenantName::parse(&raw.name)?,
             owner_email: OwnerEmail::parse(&raw.owner_email)?,
             tier: Tier::parse(&raw.tier)?,
+            region: raw.region,
         })
+    }
+}
+
+/// Where tenants may live (`VEND_ALLOWED_REGIONS`) and where they live when a signup does not say.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Regions {
+    pub allowed: Vec<String>,
+    pub default: Option<String>,
+}
+
+impl Regions {
+    /// The tenant's region: the one asked for if allowed, else the default; an error names the
+    /// allowed ones.
+    pub fn pick(&self, asked: Option<&str>) -> Result<Option<String>, ValidationError> {
+        match asked {
+            None => Ok(self.default.clone()),
+            Some(r) if self.allowed.iter().any(|a| a == r) => Ok(Some(r.to_owned())),
+            Some(r) => Err(ValidationError::new(
+                "region",
+                if self.allowed.is_empty() {
+                    format!(
+                        "{r:?} is not allowed: no tenant regions are configured (VEND_ALLOWED_REGIONS)"
+                    )
+                } else {
+                    format!("{r:?} is not allowed; allowed: {}", self.allowed.join(", "))
+                },
+            )),
+        }
+    }
+
+    /// Whether `s` looks like an AWS region name (`us-east-1`, `ap-southeast-2`, `us-gov-west-1`).
+    pub fn is_region_name(s: &str) -> bool {
+        let parts: Vec<&str> = s.split('-').collect();
+        parts.len() >= 3
+            && parts.iter().all(|p| !p.is_empty())
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
     }
 }
 
@@ -446,6 +490,37 @@ mod tests {
             "abé",
         ] {
             assert!(Slug::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn a_region_must_be_allowed_and_the_default_fills_in() {
+        let r = Regions {
+            allowed: vec!["eu-central-1".into(), "us-east-1".into()],
+            default: Some("us-east-1".into()),
+        };
+        assert_eq!(r.pick(None).unwrap().as_deref(), Some("us-east-1"));
+        assert_eq!(
+            r.pick(Some("eu-central-1")).unwrap().as_deref(),
+            Some("eu-central-1")
+        );
+        let e = r.pick(Some("ap-south-1")).unwrap_err();
+        assert_eq!(e.field, "region");
+        assert!(e.message.contains("eu-central-1, us-east-1"), "{e}");
+        assert!(Regions::default().pick(Some("us-east-1")).is_err());
+        for ok in ["us-east-1", "ap-southeast-2", "us-gov-west-1"] {
+            assert!(Regions::is_region_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "us",
+            "us-east",
+            "US-EAST-1",
+            "us-east-x",
+            "us--1",
+            "us-east-1 ",
+        ] {
+            assert!(!Regions::is_region_name(bad), "{bad}");
         }
     }
 

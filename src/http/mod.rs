@@ -49,6 +49,8 @@ pub struct AppState {
     pub nudges: Nudges,
     /// `VEND_OFFBOARD_GRACE`.
     pub offboard_grace: std::time::Duration,
+    /// `VEND_ALLOWED_REGIONS` and the default tenant region.
+    pub regions: crate::domain::Regions,
 }
 
 /// The post-commit notifications of the signup path: workers and the dispatcher, in one nudge.

@@ -55,13 +55,22 @@ pub async fn signup(
         ),
         SlugRefusal::Invalid(e) => ApiError::bad_request("invalid_body", e.to_string()),
     })?;
+    let region = state
+        .regions
+        .pick(signup.region.as_deref())
+        .map_err(|e| ApiError::bad_request("invalid_region", e.to_string()))?;
 
-    accept(&state, &signup, &webhook_id).await
+    accept(&state, &signup, region, &webhook_id).await
 }
 
-async fn accept(state: &AppState, signup: &Signup, webhook_id: &str) -> Result<Response, ApiError> {
+async fn accept(
+    state: &AppState,
+    signup: &Signup,
+    region: Option<String>,
+    webhook_id: &str,
+) -> Result<Response, ApiError> {
     let workflow = state.workflows.for_tier(signup.tier);
-    let tenant = lifecycle::signup::new_tenant(signup, workflow, webhook_id);
+    let tenant = lifecycle::signup::new_tenant(signup, workflow, region, webhook_id);
     let view = TenantView::from(&tenant);
     let mut event_tenant = serde_json::to_value(&view).expect("views serialize");
     if !state.events_include_owner_email {
@@ -183,4 +192,8 @@ pub struct SignupBodySchema {
     /// `free`, `pro` or `enterprise`.
     #[schema(example = "enterprise")]
     tier: String,
+    /// Where the tenant's stack, custom domain and certificate live: one of `VEND_ALLOWED_REGIONS`
+    /// (default: vend's own region).
+    #[schema(example = "eu-central-1")]
+    region: Option<String>,
 }

@@ -21,6 +21,8 @@ pub struct TenantView {
     pub account_id: Option<String>,
     /// `https://<slug>.<base domain>` once the domain is mapped.
     pub endpoint: Option<String>,
+    /// The AWS region of the tenant's stack, custom domain and certificate.
+    pub region: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -36,6 +38,7 @@ impl From<&db::tenants::Tenant> for TenantView {
             workflow: t.workflow.clone(),
             account_id: t.account_id().map(str::to_owned),
             endpoint: t.endpoint().map(str::to_owned),
+            region: t.region().map(str::to_owned),
             created_at: t.created_at,
             updated_at: t.updated_at,
         }

@@ -11,6 +11,9 @@ use crate::db;
 use crate::db::tenants::{NewSignup, SignupInsert, StoredAnswer, Tenant};
 use crate::domain::{EventType, Signup, TenantState, Workflow};
 
+/// The resource key of the tenant's region.
+pub const REGION: &str = "region";
+
 /// How a signup ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -26,7 +29,12 @@ pub enum Outcome {
 
 /// The tenant a signup makes, before it is stored. Timestamps are cut to Postgres' microseconds so
 /// the stored answer and later reads show the same instant.
-pub fn new_tenant(signup: &Signup, workflow: &Workflow, webhook_id: &str) -> Tenant {
+pub fn new_tenant(
+    signup: &Signup,
+    workflow: &Workflow,
+    region: Option<String>,
+    webhook_id: &str,
+) -> Tenant {
     let now = Utc::now()
         .duration_trunc(TimeDelta::microseconds(1))
         .unwrap_or_else(|_| Utc::now());
@@ -38,7 +46,11 @@ pub fn new_tenant(signup: &Signup, workflow: &Workflow, webhook_id: &str) -> Ten
         tier: signup.tier,
         workflow: workflow.name.clone(),
         state: TenantState::Pending,
-        resources: json!({}),
+        // The region is the tenant's from the start; steps read it with the other resources.
+        resources: match region {
+            Some(r) => json!({ REGION: r }),
+            None => json!({}),
+        },
         signup_id: webhook_id.to_owned(),
         created_at: now,
         updated_at: now,

@@ -35,7 +35,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                 "no deployment role recorded; requeue from bootstrap_baseline",
             )
         })?;
-    let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
+    let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
     let spec = StackSpec {
         name: STACK_NAME.into(),
         template_body: silo.templates.tenant_stack.clone(),

@@ -56,7 +56,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         .ok_or_else(|| missing("api_stage"))?;
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
 
-    let aws = silo.accounts.in_account(&account, &ctx.tenant.slug).await?;
+    let aws = super::in_tenant_region(silo, ctx, &account).await?;
     let apigw = ApiGateway::new(&aws);
     let target = match apigw.get_domain(&domain).await? {
         Some(t) => t,

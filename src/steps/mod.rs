@@ -126,6 +126,20 @@ pub(crate) fn finish(r: Result<StepOutcome, StepError>) -> StepOutcome {
     r.unwrap_or_else(StepOutcome::Failed)
 }
 
+/// The tenant's account, calling the tenant's region (`resources.region`, set at signup): its stack,
+/// custom domain and certificate live there. The baseline stays in vend's own region.
+pub(crate) async fn in_tenant_region(
+    silo: &Silo,
+    ctx: &crate::engine::StepContext,
+    account: &str,
+) -> Result<Aws, StepError> {
+    let aws = silo.accounts.in_account(account, &ctx.tenant.slug).await?;
+    Ok(match ctx.resource_str(crate::lifecycle::signup::REGION) {
+        Some(r) if aws.sdk.region().is_none_or(|own| own.as_ref() != r) => aws.in_region(r),
+        _ => aws,
+    })
+}
+
 /// The tenant's account id, which every step after `await_account` needs.
 pub(crate) fn account_id(ctx: &crate::engine::StepContext) -> Result<String, StepError> {
     ctx.resource_str("account_id")

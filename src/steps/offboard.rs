@@ -67,7 +67,7 @@ async fn darken(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepE
     ) else {
         return Ok(StepOutcome::Succeeded);
     };
-    let aws = silo.accounts.in_account(&account, &ctx.tenant.slug).await?;
+    let aws = super::in_tenant_region(silo, ctx, &account).await?;
     ApiGateway::new(&aws).delete_root_mapping(&domain).await?;
     Ok(StepOutcome::Succeeded)
 }
@@ -119,7 +119,7 @@ async fn unmap(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepEr
         }
     }
     if let Some(account) = ctx.resource_str("account_id").map(str::to_owned) {
-        let aws = silo.accounts.in_account(&account, &ctx.tenant.slug).await?;
+        let aws = super::in_tenant_region(silo, ctx, &account).await?;
         let apigw = ApiGateway::new(&aws);
         apigw.delete_root_mapping(&domain).await?;
         apigw.delete_domain(&domain).await?;
@@ -142,7 +142,7 @@ async fn delete_stack(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome,
     let Some(account) = ctx.resource_str("account_id").map(str::to_owned) else {
         return Ok(StepOutcome::Succeeded);
     };
-    let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
+    let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
     let Some(stack) = cfn.describe(STACK_NAME).await? else {
         return Ok(StepOutcome::Succeeded);
     };

@@ -26,6 +26,7 @@ fn scp_names() -> BTreeSet<String> {
         &vend::reconcile::ScpVars {
             access_role: "OrganizationAccountAccessRole".into(),
             region: "us-east-1".into(),
+            tenant_regions: Vec::new(),
         },
     )
     .unwrap()

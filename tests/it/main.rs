@@ -12,5 +12,6 @@ mod localstack;
 mod offboard;
 mod ops;
 mod outbox;
+mod region;
 mod reliability;
 mod signup;

@@ -146,6 +146,7 @@ pub fn silo_settings() -> vend::config::AwsSettings {
     let mut s = vend::config::AwsSettings::new(moto::BASE_DOMAIN, moto::CERTIFICATE_ARN);
     s.scp_dir = root.join("scp-policies");
     s.templates_dir = root.join("templates");
+    s.tenant_regions = vec![moto::OTHER_REGION.into()];
     s
 }
 
@@ -214,6 +215,10 @@ async fn spawn_app_full(
         events_include_owner_email: false,
         nudges: vend::http::Nudges::new(&pool),
         offboard_grace,
+        regions: vend::domain::Regions {
+            allowed: vec![moto::REGION.into(), moto::OTHER_REGION.into()],
+            default: Some(moto::REGION.into()),
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

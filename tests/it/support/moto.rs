@@ -11,6 +11,8 @@ use aws_credential_types::Credentials;
 use super::postgres::{free_port, on_exit, repo_root};
 
 pub const REGION: &str = "us-east-1";
+/// A second region tenants may ask for (data residency).
+pub const OTHER_REGION: &str = "eu-west-1";
 pub const BASE_DOMAIN: &str = "tenants.example.test";
 pub const CERTIFICATE_ARN: &str = "arn:aws:acm:us-east-1:123456789012:certificate/vend-test";
 
