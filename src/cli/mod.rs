@@ -62,6 +62,12 @@ struct AwsProxyArgs {
     /// CreateAccount requests allowed in progress at once.
     #[arg(long, default_value_t = 5)]
     create_account_cap: usize,
+    /// CloseAccount requests allowed per --close-account-window (default: no limit).
+    #[arg(long)]
+    close_account_quota: Option<usize>,
+    /// The rolling window of that quota.
+    #[arg(long, default_value = "30d", value_parser = parse_interval)]
+    close_account_window: Duration,
     /// Turn off the quotas from AWS's published figures.
     #[arg(long)]
     no_quotas: bool,
@@ -141,6 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.lost_response_rate = a.lost_response_rate;
             config.create_account_delay = a.create_account_delay;
             config.create_account_cap = a.create_account_cap;
+            config.close_account_quota = a.close_account_quota;
+            config.close_account_window = a.close_account_window;
             config.seed = a.seed;
             if a.no_quotas {
                 config.quotas.clear();

@@ -73,7 +73,8 @@ enum TenantsCommand {
     },
     /// Bring an offboarding tenant back while its grace period lasts.
     Restore { slug: String },
-    /// Follow a tenant's steps until it is active (exit 0) or failed (exit 1).
+    /// Follow a tenant's steps until it is active or closed (exit 0) or failed, or an offboarding step
+    /// failed (exit 1).
     Watch {
         slug: String,
         /// How often to look.
@@ -272,7 +273,17 @@ async fn watch(
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            TenantState::Failed => {
+            TenantState::Closed => {
+                if !json_out {
+                    println!("{slug} is closed");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            // An offboarding tenant whose step failed stays offboarding: that is the end of a watch.
+            TenantState::Failed | TenantState::Offboarding
+                if t.tenant.state == TenantState::Failed
+                    || t.steps.iter().any(|s| s.state == StepState::Failed) =>
+            {
                 if !json_out {
                     let failed = t.steps.iter().find(|s| s.state == StepState::Failed);
                     eprintln!(

@@ -38,10 +38,21 @@ pub struct ProxyConfig {
     pub create_account_delay: Duration,
     /// `CreateAccount` requests allowed in progress at once (AWS: 5).
     pub create_account_cap: usize,
+    /// `CloseAccount` requests allowed per `close_account_window`: past it AWS answers
+    /// `ConstraintViolationException` with reason `CLOSE_ACCOUNT_QUOTA_EXCEEDED`. `None`: no limit
+    /// (the real quota is 10 % of the member accounts per 30 days).
+    #[serde(default)]
+    pub close_account_quota: Option<usize>,
+    #[serde(default = "thirty_days")]
+    pub close_account_window: Duration,
     /// Quotas by `service` or `service.Operation`.
     pub quotas: BTreeMap<String, Quota>,
     /// Seed for the fault dice, for reproducible runs.
     pub seed: u64,
+}
+
+fn thirty_days() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 
 /// AWS's published figures (AWS-FACTS.md).
@@ -74,6 +85,8 @@ impl ProxyConfig {
             lost_response_rate: 0.0,
             create_account_delay: Duration::ZERO,
             create_account_cap: 5,
+            close_account_quota: None,
+            close_account_window: thirty_days(),
             quotas: aws_quotas(),
             seed: 1,
         }
@@ -114,6 +127,9 @@ pub struct ProxyStats {
     pub create_account_over_cap: u64,
     pub create_account_started: u64,
     pub duplicate_emails_refused: u64,
+    /// CloseAccount calls refused over the closure quota.
+    #[serde(default)]
+    pub close_account_refused: u64,
 }
 
 impl ProxyStats {
@@ -156,6 +172,8 @@ struct Inner {
     stats: ProxyStats,
     buckets: HashMap<String, Bucket>,
     creations: HashMap<String, Creation>,
+    /// When each CloseAccount that passed was made (the quota's rolling window).
+    closures: Vec<Instant>,
     emails: HashMap<String, String>,
     /// Scripted answers by `service.Operation`, next first.
     scripted: HashMap<String, std::collections::VecDeque<Scripted>>,
@@ -423,6 +441,7 @@ impl Proxy {
                 stats: ProxyStats::default(),
                 buckets: HashMap::new(),
                 creations: HashMap::new(),
+                closures: Vec::new(),
                 emails: HashMap::new(),
                 scripted: HashMap::new(),
                 rng,
@@ -871,6 +890,27 @@ fn answer_locally(p: &Proxy, op: &str, req: &Value) -> Option<Response> {
                 &json!({"CreateAccountStatus": {
                 "Id": id, "AccountName": name, "State": "IN_PROGRESS", "RequestedTimestamp": epoch_now()}}),
             ))
+        }
+        "CloseAccount" => {
+            let quota = p.config.close_account_quota?;
+            let window = p.config.close_account_window;
+            inner.closures.retain(|t| now.duration_since(*t) < window);
+            if inner.closures.len() < quota {
+                inner.closures.push(now);
+                return None;
+            }
+            inner.stats.close_account_refused += 1;
+            Some(
+                (
+                    StatusCode::BAD_REQUEST,
+                    [("content-type", "application/x-amz-json-1.1")],
+                    json!({"__type": "ConstraintViolationException",
+                           "Message": "You have exceeded close account quota for the past 30 days.",
+                           "Reason": "CLOSE_ACCOUNT_QUOTA_EXCEEDED"})
+                    .to_string(),
+                )
+                    .into_response(),
+            )
         }
         "DescribeCreateAccountStatus" => {
             let id = req["CreateAccountRequestId"].as_str().unwrap_or("");

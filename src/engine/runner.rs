@@ -579,6 +579,7 @@ pub(crate) fn event_payload(
             "state": tenant_state,
             "account_id": resources.get("account_id"),
             "endpoint": resources.get("endpoint"),
+            "region": resources.get("region"),
         },
         "step": {
             "name": claim.step,

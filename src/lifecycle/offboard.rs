@@ -263,6 +263,7 @@ async fn transition(
             "state": fresh.state,
             "account_id": fresh.account_id(),
             "endpoint": fresh.endpoint(),
+            "region": fresh.region(),
         },
         "step": Value::Null,
         "detail": detail,

@@ -43,8 +43,10 @@ fn db_error(e: sqlx::Error) -> StepError {
     StepError::transient("DatabaseError", e.to_string())
 }
 
-/// `darken_endpoint`: the tenant's API stops answering at its domain (the root mapping goes), while
-/// everything else stays for a restore.
+/// `darken_endpoint`: the tenant's name stops resolving (its record leaves the central zone, only
+/// while it points at the tenant's own domain) and its API stops answering at the domain (the root
+/// mapping goes); the domain, certificate, stack and account stay for a restore, which maps it all
+/// again.
 pub struct DarkenEndpoint(pub Arc<Silo>);
 
 #[async_trait]
@@ -61,6 +63,7 @@ async fn darken(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepE
             note: "waiting for the interrupted provisioning step's lease to end".into(),
         });
     }
+    remove_record(silo, ctx).await?;
     let (Some(account), Some(domain)) = (
         ctx.resource_str("account_id").map(str::to_owned),
         ctx.resource_str("domain_name").map(str::to_owned),
@@ -70,6 +73,26 @@ async fn darken(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepE
     let aws = super::in_tenant_region(silo, ctx, &account).await?;
     ApiGateway::new(&aws).delete_root_mapping(&domain).await?;
     Ok(StepOutcome::Succeeded)
+}
+
+/// Deletes the tenant's record from the central zone if it points at the tenant's own domain target;
+/// a record pointing elsewhere is someone else's and stays.
+async fn remove_record(silo: &Silo, ctx: &StepContext) -> Result<(), StepError> {
+    let Some(target) = ctx.resource_str("domain_target").map(str::to_owned) else {
+        return Ok(());
+    };
+    let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
+    let zone = &silo.management.hosted_zone_id;
+    if !silo
+        .route53
+        .delete_if_points_at(zone, &domain, &target)
+        .await?
+        && let Some(other) = silo.route53.target_of(zone, &domain).await?
+    {
+        tracing::warn!(record = %domain, points_at = %other,
+            "the tenant's name in the central zone points elsewhere; leaving it alone");
+    }
+    Ok(())
 }
 
 /// `grace_period`: a durable timer until the time the offboard recorded (`VEND_OFFBOARD_GRACE` after
@@ -106,18 +129,7 @@ impl Step for UnmapDomain {
 
 async fn unmap(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
-    if let Some(target) = ctx.resource_str("domain_target").map(str::to_owned) {
-        let zone = &silo.management.hosted_zone_id;
-        if !silo
-            .route53
-            .delete_if_points_at(zone, &domain, &target)
-            .await?
-            && let Some(other) = silo.route53.target_of(zone, &domain).await?
-        {
-            tracing::warn!(record = %domain, points_at = %other,
-                "the tenant's name in the central zone points elsewhere; leaving it alone");
-        }
-    }
+    remove_record(silo, ctx).await?;
     if let Some(account) = ctx.resource_str("account_id").map(str::to_owned) {
         let aws = super::in_tenant_region(silo, ctx, &account).await?;
         let apigw = ApiGateway::new(&aws);
@@ -178,10 +190,15 @@ async fn delete_stack(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome,
     // gets a fresh one on the next attempt.
     let token = format!("vend-delete-{}-{}", ctx.tenant.id.simple(), ctx.attempt);
     cfn.delete(&stack.stack_id, &token).await?;
-    Ok(StepOutcome::Wait {
-        after: ctx.poll_interval,
-        note: "tenant stack deletion started".into(),
-    })
+    // Some deletions are over at once (an empty stack, an emulator): no wait for those.
+    match cfn.describe(&stack.stack_id).await? {
+        None => Ok(StepOutcome::Succeeded),
+        Some(s) if s.status == "DELETE_COMPLETE" => Ok(StepOutcome::Succeeded),
+        Some(s) => Ok(StepOutcome::Wait {
+            after: ctx.poll_interval,
+            note: format!("tenant stack deletion started ({})", s.status),
+        }),
+    }
 }
 
 /// `close_account`: CloseAccount for the tenant's account, within AWS's quota (shared by every
@@ -318,11 +335,14 @@ async fn close(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepEr
     match silo.orgs.close_account(&account).await {
         Ok(()) => {}
         Err(e) if e.code.starts_with("CLOSE_ACCOUNT") => {
-            // AWS counts closures vend did not make: this one did not happen, and waits.
+            // AWS counts closures vend did not make: this one did not happen, and waits (an hour, or
+            // the configured window when that is shorter).
             db::closures::forget(&silo.pool, ctx.tenant.id)
                 .await
                 .map_err(db_error)?;
-            return Err(e.into());
+            let mut e = StepError::from(e);
+            e.retry_after = Some(Duration::from_secs(3600).min(window));
+            return Err(e);
         }
         Err(e) => return Err(e.into()),
     }

@@ -253,6 +253,7 @@ async fn serve_vends_a_tenant_against_moto() {
         )
         .env("VEND_WORKFLOWS_DIR", root.join("workflows"))
         .env("VEND_POLL_INTERVAL", "100ms")
+        .env("VEND_OFFBOARD_GRACE", "0s")
         .env("AWS_ENDPOINT_URL", &moto.url)
         .env("AWS_REGION", crate::support::moto::REGION)
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -317,6 +318,34 @@ async fn serve_vends_a_tenant_against_moto() {
         "{}",
         stdout(&o)
     );
+
+    // Offboarded from the CLI with the shipped offboard workflow: watched until closed.
+    let ops = [("VEND_URL", base.as_str()), ("VEND_OPS_TOKEN", OPS_TOKEN)];
+    let o = vend_with(
+        &["tenants", "offboard", "acme", "--reason", "cli test"],
+        &ops,
+    )
+    .await;
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("offboarding acme"), "{}", stdout(&o));
+    let o = vend_with(
+        &[
+            "tenants",
+            "watch",
+            "acme",
+            "--interval",
+            "200ms",
+            "--timeout",
+            "120s",
+        ],
+        &ops,
+    )
+    .await;
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("acme is closed"), "{}", stdout(&o));
+    let o = vend_with(&["tenants", "restore", "acme"], &ops).await;
+    assert!(!o.status.success(), "restoring a closed tenant must fail");
+    assert!(stderr(&o).contains("409"), "{}", stderr(&o));
     child.start_kill().unwrap();
     let out = child.wait_with_output().await.unwrap();
     let log = String::from_utf8_lossy(&out.stderr);

@@ -8,9 +8,11 @@ use aws_config::SdkConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use vend::devtools::aws_proxy::{Proxy, ProxyConfig};
+
 use crate::aws::assert_contract_holds;
 use crate::support::moto::{self, BASE_DOMAIN};
-use crate::support::{TestApp, signup_body, spawn_silo_graced};
+use crate::support::{TestApp, signup_body, spawn_silo_graced, spawn_silo_with};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -282,7 +284,7 @@ async fn a_restore_within_the_grace_period_lights_the_endpoint_again_and_is_refu
     assert_eq!(
         dark,
         Remains {
-            record: true,
+            record: false,
             domain: true,
             mapping: false,
             stack: true,
@@ -297,7 +299,9 @@ async fn a_restore_within_the_grace_period_lights_the_endpoint_again_and_is_refu
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "active");
     // The endpoint is mapped again and the tenant is as the contract says an active one is.
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while !remains(&sdk, "acme", &account).await.mapping {
+    while !(remains(&sdk, "acme", &account).await.mapping
+        && remains(&sdk, "acme", &account).await.record)
+    {
         assert!(tokio::time::Instant::now() < deadline, "never re-mapped");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -480,4 +484,116 @@ async fn offboarding_a_tenant_mid_provisioning_cancels_it_and_closes_what_it_mad
     .await
     .unwrap();
     assert_eq!(due, 0);
+}
+
+#[tokio::test]
+async fn a_tenant_that_never_got_an_account_is_closed_with_nothing_to_remove() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, _rt) = spawn_silo_graced(&moto.url, |_| {}, Duration::ZERO).await;
+    app.signup(&signup_body("acme")).await;
+    // Offboarded before any worker ran: the silo run is cancelled with nothing started.
+    let r = app
+        .ops(
+            Method::POST,
+            "/v1/tenants/acme/offboard",
+            Some(json!({"reason": "test"})),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["closed"], WITHIN).await;
+    engine.stop().await;
+    assert!(t["account_id"].is_null(), "{t:#}");
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    assert_eq!(
+        org.list_accounts().send().await.unwrap().accounts().len(),
+        1,
+        "only the management account: none was created for acme"
+    );
+    let closures: i64 = sqlx::query_scalar("SELECT count(*) FROM account_closures")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(closures, 0);
+    let events = event_types(&app, "acme").await;
+    assert_eq!(
+        events,
+        ["tenant.created", "tenant.offboarding"]
+            .into_iter()
+            .chain(std::iter::repeat_n("tenant.step.succeeded", 5))
+            .chain(["tenant.closed"])
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn aws_refusing_a_closure_over_its_quota_makes_the_tenant_wait_then_complete() {
+    // AWS's count includes closures made outside vend: here the proxy allows one per 3 s while vend
+    // believes it may close ten.
+    let moto = moto::start().await;
+    let moto_sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&moto_sdk).await;
+    let window = Duration::from_secs(3);
+    let mut config = ProxyConfig::new(&moto.url);
+    config.close_account_quota = Some(1);
+    config.close_account_window = window;
+    let proxy = Proxy::new(config);
+    let addr = proxy.spawn().await.unwrap();
+    let sdk = moto::sdk(&format!("http://{addr}")).await;
+    let (app, _rt) = spawn_silo_with(
+        sdk,
+        None,
+        |s| s.close_account_window = window,
+        &crate::support::fast_silo_toml(),
+    )
+    .await;
+    for slug in ["acme", "globex"] {
+        app.signup(&signup_body(slug)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["acme", "globex"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    for slug in ["acme", "globex"] {
+        let r = app
+            .ops(
+                Method::POST,
+                &format!("/v1/tenants/{slug}/offboard"),
+                Some(json!({"reason": "test"})),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    for slug in ["acme", "globex"] {
+        let t = app.wait_for_state(slug, &["closed"], WITHIN).await;
+        let id = t["account_id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            remains(&moto_sdk, slug, &id).await.account_status,
+            "SUSPENDED"
+        );
+    }
+    engine.stop().await;
+    let stats = proxy.stats();
+    assert!(
+        stats.close_account_refused >= 1,
+        "the second closure was never refused: {stats:?}"
+    );
+    // The refusal was a wait, not a failure: no step failed, and the waiting tenant said why.
+    let mut saw_wait = false;
+    for slug in ["acme", "globex"] {
+        let h = app.history(slug).await;
+        assert!(
+            h.iter().all(|e| e["kind"] != "step.failed"),
+            "{slug}: {h:#?}"
+        );
+        saw_wait |= h.iter().any(|e| {
+            e["kind"] == "step.throttled"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("CLOSE_ACCOUNT_QUOTA_EXCEEDED"))
+        });
+    }
+    assert!(saw_wait, "no tenant waited for the closure quota");
 }
