@@ -18,15 +18,15 @@ const WITHIN: Duration = Duration::from_secs(60);
 
 /// What AWS holds for a tenant's endpoint and account.
 #[derive(Debug, PartialEq, Eq)]
-struct Remains {
-    record: bool,
-    domain: bool,
-    mapping: bool,
-    stack: bool,
-    account_status: String,
+pub(crate) struct Remains {
+    pub record: bool,
+    pub domain: bool,
+    pub mapping: bool,
+    pub stack: bool,
+    pub account_status: String,
 }
 
-async fn remains(sdk: &SdkConfig, slug: &str, account: &str) -> Remains {
+pub(crate) async fn remains(sdk: &SdkConfig, slug: &str, account: &str) -> Remains {
     let domain = format!("{slug}.{BASE_DOMAIN}");
     let r53 = aws_sdk_route53::Client::new(sdk);
     let zone = moto::base_zone_id(&r53).await;

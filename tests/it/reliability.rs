@@ -182,6 +182,79 @@ async fn killing_vend_at_random_moments_loses_nothing_and_duplicates_nothing() {
     vend.kill().await;
 }
 
+#[tokio::test]
+async fn killing_vend_during_offboarding_closes_each_account_once_and_leaves_nothing() {
+    let w = world(Duration::from_millis(300)).await;
+    let (pool, db_url) = postgres::fresh_database().await;
+    let mut env = serve::env(&db_url, &w.proxy_url, w.workflows.path(), None);
+    env.push(("VEND_OFFBOARD_GRACE".into(), "0s".into()));
+    let listen = Served::free_listen();
+    let log = w.logs.path().join("vend.log");
+    let mut vend = Served::start(&env, &listen, &log).await;
+    let slugs: Vec<String> = (0..4).map(|i| format!("leave-{i}")).collect();
+    for s in &slugs {
+        assert_eq!(post_signup(&vend.url, s).await, 202);
+    }
+    wait_all_active(&pool, slugs.len(), WITHIN).await;
+    let accounts: BTreeMap<String, String> =
+        sqlx::query_as("SELECT slug, resources->>'account_id' FROM tenants ORDER BY slug")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let client = reqwest::Client::new();
+    for s in &slugs {
+        let r = client
+            .post(format!("{}/v1/tenants/{s}/offboard", vend.url))
+            .bearer_auth(OPS_TOKEN)
+            .json(&serde_json::json!({"reason": "kill test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let seed: u64 = rand::random();
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..800))).await;
+        vend.kill().await;
+        vend = Served::start(&env, &listen, &log).await;
+    }
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let s = states(&pool).await;
+        if s.values().all(|v| v == "closed") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all closed: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (slug, account) in &accounts {
+        let left = crate::offboard::remains(&w.moto_sdk, slug, account).await;
+        assert!(
+            !left.record && !left.domain && !left.stack && left.account_status == "SUSPENDED",
+            "{slug}: {left:?}"
+        );
+    }
+    let closures: i64 = sqlx::query_scalar("SELECT count(*) FROM account_closures")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(closures, slugs.len() as i64, "one closure per tenant");
+    let calls = w.proxy.stats().operations["organizations.CloseAccount"].calls;
+    assert!(
+        (slugs.len() as u64..=2 * slugs.len() as u64).contains(&calls),
+        "{calls} CloseAccount calls for {} tenants",
+        slugs.len()
+    );
+    vend.kill().await;
+}
+
 /// tenant, fencing token, start and end of an attempt.
 type Attempt = (
     uuid::Uuid,

@@ -64,10 +64,15 @@ pub fn env(
     v
 }
 
-/// The silo workflow at test speed, in a directory of its own.
+/// The silo and offboard workflows at test speed, in a directory of their own.
 pub fn fast_workflows() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("silo.toml"), super::fast_silo_toml()).unwrap();
+    std::fs::write(
+        dir.path().join("offboard.toml"),
+        super::fast_offboard_toml(),
+    )
+    .unwrap();
     dir
 }
 
