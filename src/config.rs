@@ -86,6 +86,11 @@ impl OpsToken {
     pub fn allows(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
     }
+
+    /// The SHA-256 digest of the token (what a console session remembers of it).
+    pub fn digest(&self) -> &[u8] {
+        &self.digest
+    }
 }
 
 /// Bearer tokens for the ops API (`VEND_OPS_TOKENS`, `VEND_OPS_TOKEN`). Only their SHA-256 digests are
@@ -132,6 +137,18 @@ impl OpsTokens {
 
     pub fn accepts(&self, candidate: &str) -> bool {
         self.authenticate(candidate).is_some()
+    }
+
+    /// The configured token with this digest, if it is still configured.
+    pub fn by_digest(&self, digest: &[u8]) -> Option<&OpsToken> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for t in &self.0 {
+            if bool::from(t.digest.ct_eq(digest)) {
+                found = Some(t);
+            }
+        }
+        found
     }
 }
 

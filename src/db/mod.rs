@@ -8,6 +8,7 @@ pub mod org;
 pub mod outbox;
 pub mod replicas;
 pub mod retention;
+pub mod sessions;
 pub mod slots;
 pub mod steps;
 pub mod tenants;

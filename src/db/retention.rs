@@ -46,6 +46,7 @@ pub async fn purge(pool: &PgPool, keep: Duration, batch: i64) -> Result<Purged, 
         .await?
         .rows_affected();
     tx.commit().await?;
+    super::sessions::purge_expired(pool).await?;
     Ok(Purged {
         signup_answers,
         events,

@@ -436,7 +436,7 @@ pub async fn set_run_state(
     Ok(())
 }
 
-/// Tenants per state, for metrics.
+/// Tenants per state (metrics, the console).
 pub async fn count_by_state(db: impl PgExecutor<'_>) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let rows = sqlx::query!(r#"SELECT state, count(*) AS "n!" FROM tenants GROUP BY state"#)
         .fetch_all(db)

@@ -1,6 +1,7 @@
 //! HTTP: the signup webhook, the ops API and health. The router and the OpenAPI document are built from
 //! the same annotated handlers, so they cannot drift apart.
 
+pub mod console;
 pub mod error;
 pub mod offboard;
 pub mod ops;
@@ -211,6 +212,7 @@ pub fn router_with(state: AppState, limits: RequestLimits) -> Router {
     Router::new()
         .merge(ops)
         .merge(open)
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(signup::MAX_BODY))
         .layer(TimeoutLayer::with_status_code(

@@ -5,12 +5,10 @@ use axum::extract::{Extension, FromRequest, FromRequestParts, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::db;
-use crate::db::history::NewEntry;
 use crate::domain::{StepState, TenantState};
 use crate::lifecycle;
 use crate::lifecycle::offboard::{Offboarded, Restored};
@@ -101,7 +99,7 @@ pub async fn list_tenants(
     }))
 }
 
-async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail, ApiError> {
+pub(super) async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail, ApiError> {
     let tenant = db::tenants::by_slug(&state.pool, slug)
         .await?
         .ok_or_else(|| no_tenant(slug))?;
@@ -114,13 +112,6 @@ async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail, ApiError> 
         steps: steps.iter().map(StepView::from).collect(),
         resources: tenant.resources.clone(),
     })
-}
-
-fn purpose_of(state: &AppState, workflow: &str) -> crate::domain::Purpose {
-    state
-        .workflows
-        .get(workflow)
-        .map_or(crate::domain::Purpose::Provision, |w| w.purpose)
 }
 
 fn no_tenant(slug: &str) -> ApiError {
@@ -231,52 +222,25 @@ pub async fn retry_tenant(
     Path(slug): Path<String>,
     Extension(Operator(who)): Extension<Operator>,
 ) -> Result<Json<TenantDetail>, ApiError> {
-    let mut tx = state.pool.begin().await?;
-    let tenant = db::tenants::lock_by_slug(&mut tx, &slug)
-        .await?
-        .ok_or_else(|| no_tenant(&slug))?;
-    let run = db::tenants::current_run(&mut *tx, tenant.id)
-        .await?
-        .ok_or_else(|| ApiError::conflict("nothing_to_retry", "the tenant has no run"))?;
-    let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
-    let running = purpose_of(&state, &run.workflow).running_state();
-    let (step, message) = if let Some(s) = steps.iter().find(|s| s.state == StepState::Failed) {
-        db::steps::reset_failed(&mut tx, run.id, s.position).await?;
-        db::tenants::set_run_state(&mut tx, run.id, "running").await?;
-        db::tenants::set_state(&mut tx, tenant.id, running).await?;
-        (
-            s,
-            format!(
-                "retry of failed step {} requested; tenant {} → {}",
-                s.name,
-                tenant.state.as_str(),
-                running.as_str()
-            ),
-        )
-    } else if let Some(s) = steps.iter().find(|s| s.state == StepState::Waiting) {
-        db::steps::due_now(&mut tx, run.id, s.position).await?;
-        (s, format!("waiting step {} made due now", s.name))
-    } else {
-        return Err(ApiError::conflict(
-            "nothing_to_retry",
-            "no step is failed or waiting",
-        ));
-    };
-    db::history::append(
-        &mut *tx,
-        tenant.id,
-        &NewEntry {
-            kind: "operator.retry",
-            step: Some(&step.name),
-            actor: Some(&who),
-            message: &message,
-            ..Default::default()
-        },
-    )
-    .await?;
-    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
-    tx.commit().await?;
-    tracing::info!(tenant.slug = %slug, step = %step.name, actor = %who, "operator retry");
+    use lifecycle::operator::Retried;
+    match lifecycle::operator::retry(&state.pool, &state.workflows, &slug, &who).await? {
+        Retried::Done { step } => {
+            tracing::info!(tenant.slug = %slug, step = %step, actor = %who, "operator retry");
+        }
+        Retried::NotFound => return Err(no_tenant(&slug)),
+        Retried::NoRun => {
+            return Err(ApiError::conflict(
+                "nothing_to_retry",
+                "the tenant has no run",
+            ));
+        }
+        Retried::Nothing => {
+            return Err(ApiError::conflict(
+                "nothing_to_retry",
+                "no step is failed or waiting",
+            ));
+        }
+    }
     Ok(Json(detail(&state, &slug).await?))
 }
 
@@ -299,104 +263,45 @@ pub async fn requeue_tenant(
     Extension(Operator(who)): Extension<Operator>,
     ApiJson(req): ApiJson<RequeueRequest>,
 ) -> Result<Json<TenantDetail>, ApiError> {
-    let mut tx = state.pool.begin().await?;
-    let tenant = db::tenants::lock_by_slug(&mut tx, &slug)
+    use lifecycle::operator::Requeued;
+    match lifecycle::operator::requeue(&state.pool, &state.workflows, &slug, &req.from_step, &who)
         .await?
-        .ok_or_else(|| no_tenant(&slug))?;
-    let run = db::tenants::current_run(&mut *tx, tenant.id)
-        .await?
-        .ok_or_else(|| ApiError::conflict("no_run", "the tenant has no run"))?;
-    // The current run's workflow: an offboarding tenant requeues within the offboard workflow.
-    let workflow = state.workflows.get(&run.workflow).ok_or_else(|| {
-        ApiError::conflict(
-            "unknown_workflow",
-            format!("workflow {:?} is not loaded", run.workflow),
-        )
-    })?;
-    let Some((position, _)) = workflow.step(&req.from_step) else {
-        let names: Vec<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
-        return Err(ApiError::bad_request(
-            "unknown_step",
-            format!(
-                "{:?} is not a step of workflow {} (steps: {})",
-                req.from_step,
-                workflow.name,
-                names.join(", ")
-            ),
-        ));
-    };
-    let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
-    let now = chrono::Utc::now();
-    if let Some(s) = steps
-        .iter()
-        .find(|s| s.state == StepState::Running && s.due_at.is_some_and(|d| d > now))
     {
-        return Err(ApiError::conflict(
-            "step_running",
-            format!("step {} is running; requeue when it has finished", s.name),
-        ));
+        Requeued::Done => {}
+        Requeued::NotFound => return Err(no_tenant(&slug)),
+        Requeued::NoRun => return Err(ApiError::conflict("no_run", "the tenant has no run")),
+        Requeued::UnknownWorkflow(w) => {
+            return Err(ApiError::conflict(
+                "unknown_workflow",
+                format!("workflow {w:?} is not loaded"),
+            ));
+        }
+        Requeued::UnknownStep { workflow, steps } => {
+            return Err(ApiError::bad_request(
+                "unknown_step",
+                format!(
+                    "{:?} is not a step of workflow {workflow} (steps: {})",
+                    req.from_step,
+                    steps.join(", ")
+                ),
+            ));
+        }
+        Requeued::StepRunning(step) => {
+            return Err(ApiError::conflict(
+                "step_running",
+                format!("step {step} is running; requeue when it has finished"),
+            ));
+        }
+        Requeued::EarlierStepNotDone(step) => {
+            return Err(ApiError::conflict(
+                "earlier_step_not_done",
+                format!(
+                    "step {step} comes before {} and has not succeeded; requeue from it instead",
+                    req.from_step
+                ),
+            ));
+        }
     }
-    if let Some(s) = steps
-        .iter()
-        .find(|s| (s.position as usize) < position && s.state != StepState::Succeeded)
-    {
-        return Err(ApiError::conflict(
-            "earlier_step_not_done",
-            format!(
-                "step {} comes before {} and has not succeeded; requeue from it instead",
-                s.name, req.from_step
-            ),
-        ));
-    }
-    // A step still marked running here lost its worker (a live lease was refused above): the rewind
-    // ends that attempt, which no one else will record.
-    for s in steps
-        .iter()
-        .filter(|s| s.state == StepState::Running && s.position as usize >= position)
-    {
-        let message = format!(
-            "attempt {} abandoned: the lease of {} had expired; requeued by {who}",
-            s.attempts,
-            s.lease_owner.as_deref().unwrap_or("?")
-        );
-        db::history::append(
-            &mut *tx,
-            tenant.id,
-            &NewEntry {
-                kind: "step.abandoned",
-                step: Some(&s.name),
-                attempt: Some(s.attempts),
-                lease_token: s.lease_token,
-                actor: s.lease_owner.as_deref(),
-                message: &message,
-                started_at: s.attempt_started_at,
-                ..Default::default()
-            },
-        )
-        .await?;
-    }
-    db::steps::rewind(&mut tx, run.id, position as i32).await?;
-    db::tenants::set_run_state(&mut tx, run.id, "running").await?;
-    db::tenants::set_state(&mut tx, tenant.id, workflow.purpose.running_state()).await?;
-    db::history::append(
-        &mut *tx,
-        tenant.id,
-        &NewEntry {
-            kind: "operator.requeue",
-            step: Some(&req.from_step),
-            actor: Some(&who),
-            message: &format!(
-                "requeued from {} (was {})",
-                req.from_step,
-                tenant.state.as_str()
-            ),
-            detail: Some(json!({"from_step": req.from_step})),
-            ..Default::default()
-        },
-    )
-    .await?;
-    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
-    tx.commit().await?;
     tracing::info!(tenant.slug = %slug, from_step = %req.from_step, actor = %who, "operator requeue");
     Ok(Json(detail(&state, &slug).await?))
 }

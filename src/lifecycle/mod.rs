@@ -3,4 +3,5 @@
 //! speaks HTTP. See docs/architecture.md.
 
 pub mod offboard;
+pub mod operator;
 pub mod signup;

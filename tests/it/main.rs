@@ -5,6 +5,7 @@ mod support;
 mod aws;
 mod chaos;
 mod cli;
+mod console;
 mod docs;
 mod engine;
 mod hostile;

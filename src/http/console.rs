@@ -1,0 +1,669 @@
+//! The ops console at `/ui`: server-rendered HTML (maud), readable without JavaScript. A login with an
+//! ops token makes a session (cookie `vend_session`: HttpOnly, SameSite=Strict, Secure behind https)
+//! kept in Postgres, so any replica serves it; the token's current scopes apply on every request, and
+//! every action is a POST that needs the session and its CSRF token (403 without). Actions go through
+//! `lifecycle`, like the API's.
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Scope;
+use crate::db;
+use crate::db::sessions::Session;
+use crate::domain::{StepState, TenantState};
+use crate::lifecycle;
+
+use super::AppState;
+use super::views::{StepView, TenantDetail, TenantView};
+
+const COOKIE: &str = "vend_session";
+/// How long a console session lasts.
+const SESSION_HOURS: i64 = 12;
+
+/// Routes under `/ui`.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/ui", get(home))
+        .route("/ui/login", post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/tenants/{slug}", get(tenant_page))
+        .route("/ui/tenants/{slug}/{action}", post(action))
+}
+
+fn page(title: &str, who: Option<&Session>, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (title) " · vend" }
+                    style { (CSS) }
+                }
+                body {
+                    header {
+                        a href="/ui" { strong { "vend" } " ops console" }
+                        @if let Some(s) = who {
+                            span.who { "signed in as " (s.operator) }
+                            form method="post" action="/ui/logout" {
+                                input type="hidden" name="csrf" value=(s.csrf);
+                                button { "Sign out" }
+                            }
+                        }
+                    }
+                    main { (body) }
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
+header{display:flex;gap:1em;align-items:center;padding:.6em 1em;background:#1f2937;color:#fff}\
+header a{color:#fff;text-decoration:none}.who{margin-left:auto}main{padding:1em}\
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left}\
+.state-failed{color:#b91c1c}.state-active,.state-succeeded{color:#15803d}.state-waiting{color:#b45309}\
+.why{color:#555}form.inline{display:inline}.counts span{margin-right:1em}";
+
+fn digest(id: &str) -> Vec<u8> {
+    Sha256::digest(id.as_bytes()).to_vec()
+}
+
+fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The request's session, if its cookie names a live one whose token is still configured; the
+/// token's scopes as configured now.
+async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, sqlx::Error> {
+    let Some(id) = cookie_of(headers) else {
+        return Ok(None);
+    };
+    let Some(mut s) = db::sessions::find(&state.pool, &digest(&id)).await? else {
+        return Ok(None);
+    };
+    match state.ops_tokens.by_digest(&s.token_digest) {
+        Some(t) => {
+            s.operator = t.name.clone();
+            s.write = t.allows(Scope::Write);
+            Ok(Some(s))
+        }
+        // The token was removed from the configuration: its sessions end with it.
+        None => Ok(None),
+    }
+}
+
+fn forbidden(why: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        page(
+            "Forbidden",
+            None,
+            html! { h1 { "Forbidden" } p { (why) } p { a href="/ui" { "Back to the console" } } },
+        ),
+    )
+        .into_response()
+}
+
+fn server_error(e: sqlx::Error) -> Response {
+    tracing::error!(error = %e, "console: database error");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        page(
+            "Error",
+            None,
+            html! { h1 { "Something went wrong" } p { "The database did not answer; try again." } },
+        ),
+    )
+        .into_response()
+}
+
+fn login_form(message: Option<&str>) -> Markup {
+    html! {
+        h1 { "Sign in" }
+        @if let Some(m) = message { p.state-failed { (m) } }
+        form method="post" action="/ui/login" {
+            label { "Ops token " input type="password" name="token" autocomplete="off" required; }
+            " "
+            button { "Sign in" }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListFilter {
+    state: Option<String>,
+    slug: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /ui`: the login form without a session; the tenants, with counts per state, with one.
+async fn home(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<ListFilter>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return page("Sign in", None, login_form(None)).into_response(),
+        Err(e) => return server_error(e),
+    };
+    match tenants_page(&state, &s, f).await {
+        Ok(body) => page("Tenants", Some(&s), body).into_response(),
+        Err(e) => server_error(e),
+    }
+}
+
+async fn tenants_page(state: &AppState, s: &Session, f: ListFilter) -> Result<Markup, sqlx::Error> {
+    let filter = f
+        .state
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .and_then(TenantState::parse);
+    let counts = db::tenants::count_by_state(&state.pool).await?;
+    let slug = f.slug.as_deref().map(str::trim).filter(|v| !v.is_empty());
+    let before = f
+        .cursor
+        .as_deref()
+        .and_then(|c| uuid::Uuid::parse_str(c).ok());
+    let (tenants, next) = match slug {
+        Some(slug) => (
+            db::tenants::by_slug(&state.pool, slug)
+                .await?
+                .into_iter()
+                .collect::<Vec<_>>(),
+            None,
+        ),
+        None => {
+            let mut t = db::tenants::list(&state.pool, filter, before, 51).await?;
+            let next = (t.len() > 50).then(|| {
+                t.truncate(50);
+                t.last().map(|t| t.id.to_string())
+            });
+            (t, next.flatten())
+        }
+    };
+    let views: Vec<TenantView> = tenants.iter().map(TenantView::from).collect();
+    Ok(html! {
+        h1 { "Tenants" }
+        p.counts {
+            @for st in TenantState::ALL {
+                span { a href={ "/ui?state=" (st.as_str()) } { (st.as_str()) } ": "
+                    (counts.iter().find(|(k, _)| k == st.as_str()).map_or(0, |(_, n)| *n)) }
+            }
+        }
+        form method="get" action="/ui" {
+            label { "State " select name="state" {
+                option value="" { "any" }
+                @for st in TenantState::ALL {
+                    option value=(st.as_str()) selected[filter == Some(st)] { (st.as_str()) }
+                }
+            } }
+            " "
+            label { "Slug " input type="search" name="slug" value=(slug.unwrap_or("")); }
+            " "
+            button { "Filter" }
+        }
+        @if views.is_empty() {
+            p { "No tenants match." }
+        } @else {
+            table {
+                thead { tr { th { "slug" } th { "name" } th { "tier" } th { "state" } th { "region" } th { "account" } th { "updated" } } }
+                tbody {
+                    @for t in &views {
+                        tr {
+                            td { a href={ "/ui/tenants/" (t.slug) } { (t.slug) } }
+                            td { (t.name) }
+                            td { (t.tier.as_str()) }
+                            td class={ "state-" (t.state.as_str()) } { (t.state.as_str()) }
+                            td { (t.region.as_deref().unwrap_or("")) }
+                            td { (t.account_id.as_deref().unwrap_or("")) }
+                            td { (t.updated_at.format("%Y-%m-%d %H:%M:%S")) }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = next {
+            a href={ "/ui?cursor=" (next) "&state=" (filter.map_or("", |s| s.as_str())) } { "Next page →" }
+        }
+        @if !s.write { p.why { "This token may only read: actions are hidden." } }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+/// `POST /ui/login`: an ops token for a session cookie.
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let Some(token) = state.ops_tokens.authenticate(form.token.trim()) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            page(
+                "Sign in",
+                None,
+                login_form(Some("That is not a valid ops token.")),
+            ),
+        )
+            .into_response();
+    };
+    if !token.allows(Scope::Read) {
+        return forbidden("This token may not read tenants.");
+    }
+    let id = hex(&rand::random::<[u8; 32]>());
+    let csrf = hex(&rand::random::<[u8; 32]>());
+    let expires = Utc::now() + chrono::Duration::hours(SESSION_HOURS);
+    if let Err(e) =
+        db::sessions::create(&state.pool, &digest(&id), token.digest(), &csrf, expires).await
+    {
+        return server_error(e);
+    }
+    tracing::info!(operator = %token.name, "console sign-in");
+    let secure = if behind_https(&headers) {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        SESSION_HOURS * 3600
+    );
+    let mut resp = Redirect::to("/ui").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn behind_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActionForm {
+    csrf: Option<String>,
+    from_step: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /ui/logout`.
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return forbidden("No session."),
+        Err(e) => return server_error(e),
+    };
+    if !csrf_ok(&s, form.csrf.as_deref()) {
+        return forbidden("The form's CSRF token does not match the session.");
+    }
+    if let Some(id) = cookie_of(&headers)
+        && let Err(e) = db::sessions::delete(&state.pool, &digest(&id)).await
+    {
+        return server_error(e);
+    }
+    let mut resp = Redirect::to("/ui").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("vend_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    resp
+}
+
+fn csrf_ok(s: &Session, given: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(s.csrf.as_bytes())))
+}
+
+/// `GET /ui/tenants/{slug}`: the tenant, each step with its state and attempts, why it waits, its
+/// resources and history, and the actions the session may take.
+async fn tenant_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Redirect::to("/ui").into_response(),
+        Err(e) => return server_error(e),
+    };
+    let detail = match super::ops::detail(&state, &slug).await {
+        Ok(d) => d,
+        Err(_) => {
+            return (
+                StatusCode::NOT_FOUND,
+                page(
+                    "Not found",
+                    Some(&s),
+                    html! { h1 { "No tenant " (slug) } p { a href="/ui" { "All tenants" } } },
+                ),
+            )
+                .into_response();
+        }
+    };
+    let history = match db::tenants::by_slug(&state.pool, &slug).await {
+        Ok(Some(t)) => db::history::page(&state.pool, t.id, 0, 500)
+            .await
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let now = Utc::now();
+    page(&slug, Some(&s), tenant_markup(&detail, &history, &s, now)).into_response()
+}
+
+fn tenant_markup(
+    d: &TenantDetail,
+    history: &[db::history::Entry],
+    s: &Session,
+    now: DateTime<Utc>,
+) -> Markup {
+    let t = &d.tenant;
+    html! {
+        h1 { (t.slug) " " small class={ "state-" (t.state.as_str()) } { (t.state.as_str()) } }
+        p { (t.name) " · " (t.tier.as_str()) " · region " (t.region.as_deref().unwrap_or("-"))
+            " · account " (t.account_id.as_deref().unwrap_or("-"))
+            @if let Some(e) = &t.endpoint { " · " a href=(e) { (e) } } }
+        h2 { "Steps" }
+        table {
+            thead { tr { th { "step" } th { "state" } th { "attempts" } th { "throttles" } th { "started" } th { "finished" } th { "why / last error" } } }
+            tbody {
+                @for st in &d.steps {
+                    tr {
+                        td { (st.name) }
+                        td class={ "state-" (st.state.as_str()) } { (st.state.as_str()) }
+                        td { (st.attempts) }
+                        td { (st.throttles) }
+                        td { (fmt_time(st.started_at)) }
+                        td { (fmt_time(st.finished_at)) }
+                        td.why {
+                            @if let Some(w) = why_waiting(st, now) { (w) br; }
+                            @if let (Some(code), Some(msg)) = (&st.last_error_code, &st.last_error) {
+                                code { (code) } ": " (msg)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if s.write {
+            h2 { "Actions" }
+            (action_form(&t.slug, "retry", "Retry the failed or waiting step", &s.csrf, html! {}))
+            (action_form(&t.slug, "requeue", "Requeue from", &s.csrf, html! {
+                select name="from_step" { @for st in &d.steps { option value=(st.name) { (st.name) } } }
+            }))
+            @if t.state == TenantState::Offboarding {
+                (action_form(&t.slug, "restore", "Restore", &s.csrf, html! {}))
+            } @else if t.state != TenantState::Closed {
+                (action_form(&t.slug, "offboard", "Offboard", &s.csrf, html! {
+                    input type="text" name="reason" placeholder="reason" required;
+                }))
+            }
+        }
+        h2 { "Resources" }
+        pre { (serde_json::to_string_pretty(&d.resources).unwrap_or_default()) }
+        h2 { "History" }
+        table {
+            thead { tr { th { "at" } th { "kind" } th { "step" } th { "attempt" } th { "actor" } th { "message" } } }
+            tbody {
+                @for e in history {
+                    tr {
+                        td { (e.at.format("%Y-%m-%d %H:%M:%S%.3f")) }
+                        td { (e.kind) }
+                        td { (e.step.as_deref().unwrap_or("")) }
+                        td { (e.attempt.map(|a| a.to_string()).unwrap_or_default()) }
+                        td { (e.actor.as_deref().unwrap_or("")) }
+                        td { (e.message) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn action_form(slug: &str, action: &str, label: &str, csrf: &str, extra: Markup) -> Markup {
+    html! {
+        form.inline method="post" action={ "/ui/tenants/" (slug) "/" (action) }
+            onsubmit={ "return confirm('" (label) " " (slug) "?')" } {
+            input type="hidden" name="csrf" value=(csrf);
+            (extra)
+            " "
+            button { (label) }
+        }
+        " "
+    }
+}
+
+fn fmt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// What a step waits for, in words, from its state, wait reason, error code and next attempt.
+pub fn why_waiting(st: &StepView, now: DateTime<Utc>) -> Option<String> {
+    let when = st.next_attempt_at.map(|at| {
+        let left = (at - now).num_seconds().max(0);
+        format!(
+            "{} (in {})",
+            at.format("%Y-%m-%d %H:%M:%S UTC"),
+            human(left)
+        )
+    });
+    let until = when.as_deref().unwrap_or("later");
+    match st.state {
+        StepState::Pending if st.next_attempt_at.is_some() => {
+            Some("due now, waiting for a worker".into())
+        }
+        StepState::Running => Some("running now".into()),
+        StepState::Waiting => Some(
+            match (st.wait_reason.as_deref(), st.last_error_code.as_deref()) {
+                (Some("slot"), _) => format!(
+                    "queued for a CreateAccount slot (AWS allows 5 in flight); a freed slot wakes it, at the latest {until}"
+                ),
+                (_, Some("AccountCreationBudget")) => {
+                    format!("the account creation budget is spent; next try {until}")
+                }
+                (_, Some("CloseAccountQuota")) | (_, Some("CLOSE_ACCOUNT_QUOTA_EXCEEDED")) => {
+                    format!("the CloseAccount quota is spent; next try {until}")
+                }
+                (Some("throttle"), code) => format!(
+                    "AWS throttled it ({}); it retries {until} without spending an attempt",
+                    code.unwrap_or("rate limit")
+                ),
+                (Some("backoff"), code) => format!(
+                    "backing off after an error ({}); next attempt {until}",
+                    code.unwrap_or("error")
+                ),
+                _ if st.name == "grace_period" => format!("grace period: restorable until {until}"),
+                _ => format!("waiting for AWS; looks again {until}"),
+            },
+        ),
+        StepState::Failed => Some("failed: retry or requeue it".into()),
+        _ => None,
+    }
+}
+
+fn human(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// `POST /ui/tenants/{slug}/{retry|requeue|offboard|restore}`: needs the session, its CSRF token and
+/// the write scope (403 without any of them), then goes through `lifecycle` as the API does.
+async fn action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((slug, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return forbidden("Sign in first: this action needs a console session."),
+        Err(e) => return server_error(e),
+    };
+    if !csrf_ok(&s, form.csrf.as_deref()) {
+        return forbidden("The form's CSRF token does not match the session.");
+    }
+    if !s.write {
+        return forbidden("This token may only read.");
+    }
+    let who = s.operator.clone();
+    let done: Result<Result<(), String>, sqlx::Error> = async {
+        Ok(match action.as_str() {
+            "retry" => {
+                use lifecycle::operator::Retried;
+                match lifecycle::operator::retry(&state.pool, &state.workflows, &slug, &who).await?
+                {
+                    Retried::Done { .. } => Ok(()),
+                    other => Err(format!("nothing retried: {other:?}")),
+                }
+            }
+            "requeue" => {
+                use lifecycle::operator::Requeued;
+                let from = form.from_step.clone().unwrap_or_default();
+                match lifecycle::operator::requeue(
+                    &state.pool,
+                    &state.workflows,
+                    &slug,
+                    &from,
+                    &who,
+                )
+                .await?
+                {
+                    Requeued::Done => Ok(()),
+                    other => Err(format!("not requeued: {other:?}")),
+                }
+            }
+            "offboard" => {
+                use lifecycle::offboard::Offboarded;
+                let reason =
+                    super::views::reason(form.reason.as_deref(), "requested in the console")
+                        .map_err(|e| e.to_string());
+                match reason {
+                    Err(e) => Err(e),
+                    Ok(reason) => match lifecycle::offboard::offboard(
+                        &state.pool,
+                        &state.workflows,
+                        &slug,
+                        &reason,
+                        &who,
+                        state.offboard_grace,
+                    )
+                    .await?
+                    {
+                        Offboarded::Started(_) | Offboarded::Already(_) => Ok(()),
+                        other => Err(format!("not offboarded: {other:?}")),
+                    },
+                }
+            }
+            "restore" => {
+                use lifecycle::offboard::Restored;
+                match lifecycle::offboard::restore(&state.pool, &state.workflows, &slug, &who)
+                    .await?
+                {
+                    Restored::Done(_) => Ok(()),
+                    other => Err(format!("not restored: {other:?}")),
+                }
+            }
+            _ => Err(format!("unknown action {action:?}")),
+        })
+    }
+    .await;
+    match done {
+        Ok(Ok(())) => {
+            tracing::info!(tenant.slug = %slug, action = %action, actor = %who, "console action");
+            Redirect::to(&format!("/ui/tenants/{slug}")).into_response()
+        }
+        Ok(Err(why)) => (
+            StatusCode::CONFLICT,
+            page(
+                "Not done",
+                Some(&s),
+                html! { h1 { "Not done" } p { (why) } p { a href={ "/ui/tenants/" (slug) } { "Back to " (slug) } } },
+            ),
+        )
+            .into_response(),
+        Err(e) => server_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(
+        state: StepState,
+        reason: Option<&str>,
+        code: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StepView {
+        StepView {
+            name: "create_account".into(),
+            state,
+            attempts: 1,
+            throttles: 0,
+            wait_reason: reason.map(str::to_owned),
+            last_error: None,
+            last_error_code: code.map(str::to_owned),
+            next_attempt_at: Some(now + chrono::Duration::seconds(90)),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn waiting_steps_say_what_they_wait_for() {
+        let now = Utc::now();
+        let w = |r, c| why_waiting(&step(StepState::Waiting, r, c, now), now).unwrap();
+        assert!(w(Some("slot"), None).contains("CreateAccount slot"));
+        assert!(w(Some("throttle"), Some("AccountCreationBudget")).contains("creation budget"));
+        assert!(w(Some("throttle"), Some("CloseAccountQuota")).contains("CloseAccount quota"));
+        assert!(w(Some("throttle"), Some("TooManyRequestsException")).contains("throttled"));
+        assert!(w(Some("backoff"), Some("Http503")).contains("backing off"));
+        assert!(w(Some("poll"), None).contains("waiting for AWS"));
+        assert!(
+            w(Some("poll"), None).contains("(in 90s)"),
+            "{}",
+            w(Some("poll"), None)
+        );
+        assert_eq!(
+            why_waiting(&step(StepState::Succeeded, None, None, now), now),
+            None
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! Operator actions on a tenant's current run (the offboard run of an offboarding tenant): retry
+//! and requeue. Both lock the tenant row and the run's step rows, so they serialize with claims
+//! (which skip locked rows) and with each other.
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::db;
+use crate::db::history::NewEntry;
+use crate::domain::{Purpose, StepState, Workflows};
+
+/// How a retry ended.
+#[derive(Debug)]
+pub enum Retried {
+    /// The step (failed: with a fresh attempt budget; waiting: its wait ended) is due now.
+    Done {
+        step: String,
+    },
+    NotFound,
+    NoRun,
+    /// No step is failed or waiting.
+    Nothing,
+}
+
+/// How a requeue ended.
+#[derive(Debug)]
+pub enum Requeued {
+    Done,
+    NotFound,
+    NoRun,
+    UnknownWorkflow(String),
+    UnknownStep {
+        workflow: String,
+        steps: Vec<String>,
+    },
+    /// A step holds a live lease.
+    StepRunning(String),
+    /// A step before the one asked for has not succeeded.
+    EarlierStepNotDone(String),
+}
+
+fn purpose_of(workflows: &Workflows, workflow: &str) -> Purpose {
+    workflows
+        .get(workflow)
+        .map_or(Purpose::Provision, |w| w.purpose)
+}
+
+/// Runs the tenant's failed step again with a fresh attempt budget, or ends its step's wait now.
+pub async fn retry(
+    pool: &PgPool,
+    workflows: &Workflows,
+    slug: &str,
+    actor: &str,
+) -> Result<Retried, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(tenant) = db::tenants::lock_by_slug(&mut tx, slug).await? else {
+        return Ok(Retried::NotFound);
+    };
+    let Some(run) = db::tenants::current_run(&mut *tx, tenant.id).await? else {
+        return Ok(Retried::NoRun);
+    };
+    let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
+    let running = purpose_of(workflows, &run.workflow).running_state();
+    let (step, message) = if let Some(s) = steps.iter().find(|s| s.state == StepState::Failed) {
+        db::steps::reset_failed(&mut tx, run.id, s.position).await?;
+        db::tenants::set_run_state(&mut tx, run.id, "running").await?;
+        db::tenants::set_state(&mut tx, tenant.id, running).await?;
+        (
+            s,
+            format!(
+                "retry of failed step {} requested; tenant {} → {}",
+                s.name,
+                tenant.state.as_str(),
+                running.as_str()
+            ),
+        )
+    } else if let Some(s) = steps.iter().find(|s| s.state == StepState::Waiting) {
+        db::steps::due_now(&mut tx, run.id, s.position).await?;
+        (s, format!("waiting step {} made due now", s.name))
+    } else {
+        return Ok(Retried::Nothing);
+    };
+    db::history::append(
+        &mut *tx,
+        tenant.id,
+        &NewEntry {
+            kind: "operator.retry",
+            step: Some(&step.name),
+            actor: Some(actor),
+            message: &message,
+            ..Default::default()
+        },
+    )
+    .await?;
+    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+    tx.commit().await?;
+    Ok(Retried::Done {
+        step: step.name.clone(),
+    })
+}
+
+/// Rewinds the tenant's current run to `from_step`: it and every later step start over, that one
+/// due now. Refused while a step holds a live lease or when an earlier step has not succeeded.
+pub async fn requeue(
+    pool: &PgPool,
+    workflows: &Workflows,
+    slug: &str,
+    from_step: &str,
+    actor: &str,
+) -> Result<Requeued, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(tenant) = db::tenants::lock_by_slug(&mut tx, slug).await? else {
+        return Ok(Requeued::NotFound);
+    };
+    let Some(run) = db::tenants::current_run(&mut *tx, tenant.id).await? else {
+        return Ok(Requeued::NoRun);
+    };
+    let Some(workflow) = workflows.get(&run.workflow) else {
+        return Ok(Requeued::UnknownWorkflow(run.workflow));
+    };
+    let Some((position, _)) = workflow.step(from_step) else {
+        return Ok(Requeued::UnknownStep {
+            workflow: workflow.name.clone(),
+            steps: workflow.steps.iter().map(|s| s.name.clone()).collect(),
+        });
+    };
+    let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
+    let now = chrono::Utc::now();
+    if let Some(s) = steps
+        .iter()
+        .find(|s| s.state == StepState::Running && s.due_at.is_some_and(|d| d > now))
+    {
+        return Ok(Requeued::StepRunning(s.name.clone()));
+    }
+    if let Some(s) = steps
+        .iter()
+        .find(|s| (s.position as usize) < position && s.state != StepState::Succeeded)
+    {
+        return Ok(Requeued::EarlierStepNotDone(s.name.clone()));
+    }
+    // A step still marked running here lost its worker (a live lease was refused above): the rewind
+    // ends that attempt, which no one else will record.
+    for s in steps
+        .iter()
+        .filter(|s| s.state == StepState::Running && s.position as usize >= position)
+    {
+        let message = format!(
+            "attempt {} abandoned: the lease of {} had expired; requeued by {actor}",
+            s.attempts,
+            s.lease_owner.as_deref().unwrap_or("?")
+        );
+        db::history::append(
+            &mut *tx,
+            tenant.id,
+            &NewEntry {
+                kind: "step.abandoned",
+                step: Some(&s.name),
+                attempt: Some(s.attempts),
+                lease_token: s.lease_token,
+                actor: s.lease_owner.as_deref(),
+                message: &message,
+                started_at: s.attempt_started_at,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    db::steps::rewind(&mut tx, run.id, position as i32).await?;
+    db::tenants::set_run_state(&mut tx, run.id, "running").await?;
+    db::tenants::set_state(&mut tx, tenant.id, workflow.purpose.running_state()).await?;
+    db::history::append(
+        &mut *tx,
+        tenant.id,
+        &NewEntry {
+            kind: "operator.requeue",
+            step: Some(from_step),
+            actor: Some(actor),
+            message: &format!("requeued from {from_step} (was {})", tenant.state.as_str()),
+            detail: Some(json!({"from_step": from_step})),
+            ..Default::default()
+        },
+    )
+    .await?;
+    db::notify(&mut tx, db::STEPS_CHANNEL).await?;
+    tx.commit().await?;
+    Ok(Requeued::Done)
+}

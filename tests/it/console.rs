@@ -1,0 +1,225 @@
+//! The ops console over HTTP as a browser speaks it: the login form, the session cookie's flags, the
+//! tenant pages, and actions that need the session, its CSRF token and the write scope.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::redirect::Policy;
+use vend::domain::StepError;
+use vend::engine::Registry;
+
+use crate::support::steps::{Calls, FailTimes, Succeed};
+use crate::support::{ALICE_TOKEN, READ_TOKEN, TestApp, signup_body, spawn_app, workflow_toml};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// An `application/x-www-form-urlencoded` body, as a browser posts a form.
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in with `token`; the session cookie (`name=value`) and the raw Set-Cookie header.
+async fn sign_in(app: &TestApp, token: &str) -> (String, String) {
+    let r = client()
+        .post(format!("{}/ui/login", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", token)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .expect("a session cookie")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let pair = set.split(';').next().unwrap().trim().to_owned();
+    (pair, set)
+}
+
+async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> (StatusCode, String) {
+    let mut req = client().get(format!("{}{path}", app.base));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let r = req.send().await.unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+async fn post(
+    app: &TestApp,
+    path: &str,
+    cookie: Option<&str>,
+    fields: &[(&str, &str)],
+) -> StatusCode {
+    let mut req = client()
+        .post(format!("{}{path}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(fields));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_in(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token");
+    html[at + 19..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_console_logs_in_shows_tenants_and_retries_only_with_session_and_csrf() {
+    let calls = Calls::default();
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "once",
+        FailTimes {
+            times: 1,
+            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("first", "ok"), ("second", "once")], ""),
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("acme", &["failed"], WITHIN).await;
+
+    // Without a session: the login form, and nothing else.
+    let (status, html) = get(&app, "/ui", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("name=\"token\"") && !html.contains("acme"),
+        "{html}"
+    );
+    let (status, _) = get(&app, "/ui/tenants/acme", None).await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "no session: back to the login"
+    );
+    let bad = client()
+        .post(format!("{}/ui/login", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", "not-a-token-at-all")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    assert!(bad.headers().get("set-cookie").is_none());
+
+    let (cookie, set) = sign_in(&app, ALICE_TOKEN).await;
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set.contains(flag), "{set} lacks {flag}");
+    }
+    assert!(
+        !set.contains("Secure"),
+        "plain http in tests: no Secure flag"
+    );
+    let (status, html) = get(&app, "/ui", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("/ui/tenants/acme") && html.contains("failed"),
+        "{html}"
+    );
+    let (_, filtered) = get(&app, "/ui?state=active", Some(&cookie)).await;
+    assert!(!filtered.contains("/ui/tenants/acme"), "{filtered}");
+
+    // The tenant page: every step with its state and attempts, and why it stopped.
+    let (status, page) = get(&app, "/ui/tenants/acme", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    for want in [
+        "first",
+        "second",
+        "succeeded",
+        "failed",
+        "QuotaExceeded",
+        "raise the quota first",
+    ] {
+        assert!(page.contains(want), "the tenant page lacks {want:?}");
+    }
+    let csrf = csrf_in(&page);
+
+    // Actions need the session and its CSRF token: 403 and nothing done without either.
+    assert_eq!(
+        post(&app, "/ui/tenants/acme/retry", None, &[("csrf", &csrf)]).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(&app, "/ui/tenants/acme/retry", Some(&cookie), &[]).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(
+            &app,
+            "/ui/tenants/acme/retry",
+            Some(&cookie),
+            &[("csrf", "0000")]
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(app.tenant("acme").await["state"], "failed");
+
+    // A read-only token sees no actions, and its session may not act.
+    let (reader, _) = sign_in(&app, READ_TOKEN).await;
+    let (_, read_page) = get(&app, "/ui/tenants/acme", Some(&reader)).await;
+    assert!(!read_page.contains("/ui/tenants/acme/retry"), "{read_page}");
+    let read_csrf = csrf_in(&read_page);
+    assert_eq!(
+        post(
+            &app,
+            "/ui/tenants/acme/retry",
+            Some(&reader),
+            &[("csrf", &read_csrf)]
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(app.tenant("acme").await["state"], "failed");
+
+    // With both: the retry goes through, by alice, and the tenant becomes active.
+    assert_eq!(
+        post(
+            &app,
+            "/ui/tenants/acme/retry",
+            Some(&cookie),
+            &[("csrf", &csrf)]
+        )
+        .await,
+        StatusCode::SEE_OTHER
+    );
+    app.wait_for_state("acme", &["active"], WITHIN).await;
+    let history = app.history("acme").await;
+    assert!(
+        history
+            .iter()
+            .any(|e| e["kind"] == "operator.retry" && e["actor"] == "alice"),
+        "{history:#?}"
+    );
+
+    // Signing out ends the session.
+    assert_eq!(
+        post(&app, "/ui/logout", Some(&cookie), &[("csrf", &csrf)]).await,
+        StatusCode::SEE_OTHER
+    );
+    let (_, html) = get(&app, "/ui", Some(&cookie)).await;
+    assert!(html.contains("name=\"token\""), "{html}");
+    engine.stop().await;
+}
