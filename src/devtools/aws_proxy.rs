@@ -117,6 +117,9 @@ pub enum Scripted {
     Error { status: u16, code: String },
     /// A success with this body (JSON-protocol services).
     Json(serde_json::Value),
+    /// The call reaches the emulator and takes effect, but its answer is replaced by a 5xx: the
+    /// caller cannot know whether it happened.
+    LoseResponse,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -536,6 +539,12 @@ impl Proxy {
             counters.calls += 1;
             counters.scripted += 1;
             return Verdict::Answer(match answer {
+                Scripted::LoseResponse => {
+                    counters.lost_responses += 1;
+                    return Verdict::Forward {
+                        lose_response: true,
+                    };
+                }
                 Scripted::Error { status, code } => {
                     aws_error(proto, service, status, &code, "scripted by the test", None)
                 }

@@ -300,3 +300,90 @@ async fn a_certificate_acm_does_not_show_yet_is_waited_for_not_requested_again()
     let inside = moto::sdk_in(&c.moto_sdk, &account).await;
     moto::the_one_certificate(&inside, &format!("acme.{BASE_DOMAIN}"), &t).await;
 }
+
+/// The quality bar's "fail it at each point and resume", for every AWS call a tenant's vending makes:
+/// one tenant per operation, the answer of that operation's next call lost after AWS acted on it (the
+/// worst failure: the caller cannot tell whether it happened). Every tenant still ends active with
+/// exactly one of everything.
+#[tokio::test]
+async fn losing_the_answer_of_any_single_aws_call_still_vends_and_offboards_exactly_once() {
+    let c = chaos(Duration::ZERO).await;
+    let engine = c.app.start_engine(c.app.engine_config("w1"));
+    // A clean run names the operations vending a tenant calls.
+    c.proxy.reset_stats();
+    c.app.signup(&signup_body("clean")).await;
+    c.app.wait_for_state("clean", &["active"], WITHIN).await;
+    let ops: Vec<String> = c
+        .proxy
+        .stats()
+        .operations
+        .into_iter()
+        .filter(|(_, s)| s.calls > 0)
+        .map(|(op, _)| op)
+        .collect();
+    assert!(ops.len() >= 10, "too few operations seen: {ops:?}");
+    let mut slugs = vec!["clean".to_owned()];
+    for (i, op) in ops.iter().enumerate() {
+        let slug = format!("lost-{i}");
+        c.proxy.script(op, [Scripted::LoseResponse]);
+        c.app.signup(&signup_body(&slug)).await;
+        let t = c
+            .app
+            .wait_for_state(&slug, &["active", "failed"], WITHIN)
+            .await;
+        assert_eq!(t["state"], "active", "answer of {op} lost: {t:#}");
+        slugs.push(slug);
+    }
+    moto::assert_exactly_one_of_everything(&c.moto_sdk, &slugs).await;
+
+    // The same for offboarding: a clean offboard names its operations, then each one's answer is
+    // lost once while offboarding another tenant. Each ends closed with nothing of it left.
+    let accounts: std::collections::BTreeMap<String, String> =
+        sqlx::query_as("SELECT slug, resources->>'account_id' FROM tenants")
+            .fetch_all(&c.app.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let offboard = |slug: String| {
+        let app = &c.app;
+        async move {
+            let r = app
+                .ops(
+                    reqwest::Method::POST,
+                    &format!("/v1/tenants/{slug}/offboard"),
+                    Some(serde_json::json!({"reason": "lost answers"})),
+                )
+                .await;
+            assert_eq!(r.status(), 202);
+            app.wait_for_state(&slug, &["closed"], WITHIN).await
+        }
+    };
+    c.proxy.reset_stats();
+    offboard("clean".to_owned()).await;
+    let ops: Vec<String> = c
+        .proxy
+        .stats()
+        .operations
+        .into_iter()
+        .filter(|(_, s)| s.calls > 0)
+        .map(|(op, _)| op)
+        .collect();
+    assert!(
+        ops.len() >= 6,
+        "too few offboarding operations seen: {ops:?}"
+    );
+    assert!(ops.len() < slugs.len(), "{ops:?}");
+    for (op, slug) in ops.iter().zip(slugs.iter().skip(1)) {
+        c.proxy.script(op, [Scripted::LoseResponse]);
+        offboard(slug.clone()).await;
+    }
+    engine.stop().await;
+    for slug in slugs.iter().take(ops.len() + 1) {
+        let left = crate::offboard::remains(&c.moto_sdk, slug, &accounts[slug]).await;
+        assert!(
+            !left.record && !left.domain && !left.stack && left.account_status == "SUSPENDED",
+            "{slug}: {left:?}"
+        );
+    }
+}
