@@ -5,9 +5,11 @@ use serde_json::Value;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Default)]
+use crate::domain::HistoryKind;
+
+#[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
-    pub kind: &'a str,
+    pub kind: HistoryKind,
     pub step: Option<&'a str>,
     pub attempt: Option<i32>,
     pub lease_token: Option<i64>,
@@ -16,6 +18,22 @@ pub struct NewEntry<'a> {
     pub detail: Option<Value>,
     /// For the row that ends an attempt: when the attempt started.
     pub started_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> NewEntry<'a> {
+    /// An entry of `kind` saying `message`, with nothing else (fill the rest with struct update).
+    pub fn new(kind: HistoryKind, message: &'a str) -> Self {
+        Self {
+            kind,
+            step: None,
+            attempt: None,
+            lease_token: None,
+            actor: None,
+            message,
+            detail: None,
+            started_at: None,
+        }
+    }
 }
 
 pub async fn append(
@@ -28,7 +46,7 @@ pub async fn append(
                                    started_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         tenant_id,
-        e.kind,
+        e.kind.as_str(),
         e.step,
         e.attempt,
         e.lease_token,
@@ -60,7 +78,7 @@ pub async fn append_folded(
              AND h.kind = $2 AND h.step IS NOT DISTINCT FROM $3 AND h.attempt IS NOT DISTINCT FROM $4
            RETURNING h.id"#,
         tenant_id,
-        e.kind,
+        e.kind.as_str(),
         e.step,
         e.attempt,
         e.message,

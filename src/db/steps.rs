@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{Purpose, StepState, Tier, WaitReason};
+use crate::domain::{HistoryKind, Purpose, RunState, StepState, Tier, WaitReason};
 
 use super::decode;
 
@@ -119,7 +119,7 @@ pub async fn claim(
             -- At the claim's time, which is when the taker's attempt starts: the two do not overlap.
             INSERT INTO history (tenant_id, at, kind, step, attempt, lease_token, actor, message,
                                  started_at)
-            SELECT c.tenant_id, now(), 'step.abandoned', c.name, c.was_attempt, c.was_token, c.was_owner,
+            SELECT c.tenant_id, now(), $4, c.name, c.was_attempt, c.was_token, c.was_owner,
                    'attempt ' || c.was_attempt || ' abandoned: the lease of '
                    || coalesce(c.was_owner, '?') || ' expired; ' || $1 || ' took the step over',
                    c.was_started
@@ -140,6 +140,7 @@ pub async fn claim(
         owner,
         limit,
         lease.as_secs_f64(),
+        HistoryKind::StepAbandoned.as_str(),
     )
     .fetch_all(db)
     .await?;
@@ -293,7 +294,7 @@ pub async fn succeed_many(
             WHERE t.id = f.tenant_id AND (f.last OR f.patch <> '{}'::jsonb)
         ),
         run AS (
-            UPDATE runs r SET state = 'succeeded', updated_at = now()
+            UPDATE runs r SET state = $19, updated_at = now()
             FROM fenced f
             WHERE r.id = f.run_id AND f.last
         ),
@@ -317,12 +318,12 @@ pub async fn succeed_many(
             SELECT h.tenant_id, now(), h.kind, h.step, h.attempt, h.token, h.actor, h.message,
                    h.started_at
             FROM (
-                SELECT f.ord, 1 AS sub, f.tenant_id, 'step.succeeded' AS kind, f.step, f.attempt,
+                SELECT f.ord, 1 AS sub, f.tenant_id, $17::text AS kind, f.step, f.attempt,
                        f.token, $12::text AS actor, 'step succeeded' AS message, f.attempt_started_at
                        AS started_at
                 FROM fenced f
                 UNION ALL
-                SELECT f.ord, 2, f.tenant_id, 'tenant.state', NULL, NULL, NULL, NULL,
+                SELECT f.ord, 2, f.tenant_id, $18::text, NULL, NULL, NULL, NULL,
                        f.done_message, NULL
                 FROM fenced f WHERE f.last
             ) h
@@ -371,6 +372,9 @@ pub async fn succeed_many(
         &done_states as &[&str],
         &done_types as &[&str],
         &done_messages,
+        HistoryKind::StepSucceeded.as_str(),
+        HistoryKind::TenantState.as_str(),
+        RunState::Succeeded.as_str(),
     )
     .fetch_all(db)
     .await?;

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{TenantState, Tier, Workflow};
+use crate::domain::{RunState, TenantState, Tier, Workflow};
 
 use super::decode;
 
@@ -155,7 +155,7 @@ pub async fn insert_signup(
                RETURNING id
            ), r AS (
                INSERT INTO runs (id, tenant_id, workflow, state)
-               SELECT $10, t.id, $6, 'running' FROM t
+               SELECT $10, t.id, $6, $21 FROM t
                RETURNING id
            ), s AS (
                INSERT INTO steps (run_id, position, name, state, due_at)
@@ -196,6 +196,7 @@ pub async fn insert_signup(
         n.answer.status as i16,
         n.answer.response,
         t.resources,
+        RunState::Running.as_str(),
     )
     .fetch_one(db)
     .await;
@@ -334,7 +335,24 @@ pub async fn merge_resources(
 pub struct Run {
     pub id: Uuid,
     pub workflow: String,
-    pub state: String,
+    pub state: RunState,
+}
+
+struct RunRecord {
+    id: Uuid,
+    workflow: String,
+    state: String,
+}
+
+impl TryFrom<RunRecord> for Run {
+    type Error = sqlx::Error;
+    fn try_from(r: RunRecord) -> Result<Self, sqlx::Error> {
+        Ok(Run {
+            state: decode("runs.state", &r.state, RunState::parse)?,
+            id: r.id,
+            workflow: r.workflow,
+        })
+    }
 }
 
 /// The tenant's current run: its latest one that was not cancelled.
@@ -343,13 +361,16 @@ pub async fn current_run(
     tenant_id: Uuid,
 ) -> Result<Option<Run>, sqlx::Error> {
     sqlx::query_as!(
-        Run,
-        r#"SELECT id, workflow, state FROM runs WHERE tenant_id = $1 AND state <> 'cancelled'
+        RunRecord,
+        r#"SELECT id, workflow, state FROM runs WHERE tenant_id = $1 AND state <> $2
            ORDER BY created_at DESC LIMIT 1"#,
-        tenant_id
+        tenant_id,
+        RunState::Cancelled.as_str()
     )
     .fetch_optional(db)
-    .await
+    .await?
+    .map(Run::try_from)
+    .transpose()
 }
 
 /// The tenant's latest run of one of `workflows`, whatever its state.
@@ -359,14 +380,16 @@ pub async fn latest_run_of(
     workflows: &[String],
 ) -> Result<Option<Run>, sqlx::Error> {
     sqlx::query_as!(
-        Run,
+        RunRecord,
         r#"SELECT id, workflow, state FROM runs WHERE tenant_id = $1 AND workflow = ANY($2)
            ORDER BY created_at DESC LIMIT 1"#,
         tenant_id,
         workflows
     )
     .fetch_optional(db)
-    .await
+    .await?
+    .map(Run::try_from)
+    .transpose()
 }
 
 /// Starts a run of `workflow` for the tenant with a row for every step; the first is due now.
@@ -379,7 +402,7 @@ pub async fn insert_run(
     let names: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
     sqlx::query!(
         r#"WITH run AS (
-               INSERT INTO runs (id, tenant_id, workflow, state) VALUES ($1, $2, $3, 'running')
+               INSERT INTO runs (id, tenant_id, workflow, state) VALUES ($1, $2, $3, $5)
                RETURNING id
            )
            INSERT INTO steps (run_id, position, name, state, due_at)
@@ -389,6 +412,7 @@ pub async fn insert_run(
         tenant_id,
         workflow.name,
         &names,
+        RunState::Running.as_str(),
     )
     .execute(conn)
     .await?;
@@ -404,7 +428,7 @@ pub async fn cancel_run(
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"WITH run AS (
-               UPDATE runs SET state = 'cancelled', updated_at = now() WHERE id = $1
+               UPDATE runs SET state = $2, updated_at = now() WHERE id = $1
            ), old AS (
                SELECT position, state, due_at FROM steps
                WHERE run_id = $1 AND state IN ('pending', 'waiting', 'running')
@@ -415,7 +439,8 @@ pub async fn cancel_run(
                FROM old WHERE s.run_id = $1 AND s.position = old.position
            )
            SELECT max(due_at) FILTER (WHERE state = 'running') AS "lease_ends" FROM old"#,
-        run_id
+        run_id,
+        RunState::Cancelled.as_str()
     )
     .fetch_one(conn)
     .await
@@ -424,12 +449,12 @@ pub async fn cancel_run(
 pub async fn set_run_state(
     conn: &mut PgConnection,
     run_id: Uuid,
-    state: &str,
+    state: RunState,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE runs SET state = $2, updated_at = now() WHERE id = $1",
         run_id,
-        state
+        state.as_str()
     )
     .execute(conn)
     .await?;

@@ -1,6 +1,7 @@
 //! The vocabulary of vend and its rules, in plain Rust without I/O.
 
 pub mod events;
+pub mod names;
 pub mod retry;
 pub mod step;
 pub mod tenant;
@@ -8,6 +9,7 @@ pub mod waits;
 pub mod workflow;
 
 pub use events::EventType;
+pub use names::{HistoryKind, RunState};
 pub use retry::{Jitter, RetryPolicy};
 pub use step::{
     Decision, ErrorClass, FailReason, StepError, StepOutcome, StepProgress, StepRules, StepState,

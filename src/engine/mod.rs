@@ -22,7 +22,7 @@ use crate::domain::Workflows;
 use crate::telemetry::Metrics;
 
 pub use runner::Finished;
-pub use step::{Registry, Step, StepContext, TenantInfo};
+pub use step::{NamedStep, Registry, Step, StepContext, TenantInfo};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

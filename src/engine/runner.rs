@@ -13,8 +13,8 @@ use crate::db;
 use crate::db::history::NewEntry;
 use crate::db::steps::{Claim, StepUpdate};
 use crate::domain::{
-    Decision, EventType, FailReason, Purpose, StepDef, StepError, StepOutcome, StepProgress,
-    TenantState, WaitReason, Workflow, decide,
+    Decision, EventType, FailReason, HistoryKind, Purpose, RunState, StepDef, StepError,
+    StepOutcome, StepProgress, TenantState, WaitReason, Workflow, decide,
 };
 
 use super::step::{StepContext, TenantInfo};
@@ -279,7 +279,7 @@ impl Engine {
                 db::history::append(
                     &mut *tx,
                     claim.tenant_id,
-                    &entry("step.succeeded", "step succeeded", None),
+                    &entry(HistoryKind::StepSucceeded, "step succeeded", None),
                 )
                 .await?;
                 // Only a stopping process gets here with a success (a running one sends successes
@@ -317,10 +317,10 @@ impl Engine {
                 };
                 db::steps::update_after_attempt(&mut tx, lease, &update).await?;
                 let kind = match reason {
-                    WaitReason::Poll => "step.waiting",
-                    WaitReason::Slot => "step.queued",
-                    WaitReason::Backoff => "step.backoff",
-                    WaitReason::Throttle => "step.throttled",
+                    WaitReason::Poll => HistoryKind::StepWaiting,
+                    WaitReason::Slot => HistoryKind::StepQueued,
+                    WaitReason::Backoff => HistoryKind::StepBackoff,
+                    WaitReason::Throttle => HistoryKind::StepThrottled,
                 };
                 let detail = error.as_ref().map(|e| {
                     json!({"error": {"class": e.class.as_str(), "code": e.code, "message": e.message},
@@ -359,10 +359,10 @@ impl Engine {
                 db::history::append(
                     &mut *tx,
                     claim.tenant_id,
-                    &entry("step.failed", &message, Some(detail)),
+                    &entry(HistoryKind::StepFailed, &message, Some(detail)),
                 )
                 .await?;
-                db::tenants::set_run_state(&mut tx, claim.run_id, "failed").await?;
+                db::tenants::set_run_state(&mut tx, claim.run_id, RunState::Failed).await?;
                 let purpose = self.purpose(claim);
                 let (from, to) = (purpose.running_state(), purpose.failed_state());
                 if from != to {
@@ -370,11 +370,10 @@ impl Engine {
                     db::history::append(
                         &mut *tx,
                         claim.tenant_id,
-                        &NewEntry {
-                            kind: "tenant.state",
-                            message: &format!("{} → {}", from.as_str(), to.as_str()),
-                            ..Default::default()
-                        },
+                        &NewEntry::new(
+                            HistoryKind::TenantState,
+                            &format!("{} → {}", from.as_str(), to.as_str()),
+                        ),
                     )
                     .await?;
                 }
@@ -515,7 +514,7 @@ impl Engine {
 fn step_entry<'a>(
     claim: &'a Claim,
     worker: &'a str,
-    kind: &'a str,
+    kind: HistoryKind,
     message: &'a str,
     detail: Option<Value>,
 ) -> NewEntry<'a> {

@@ -21,6 +21,21 @@ pub trait Step: Send + Sync {
     async fn run(&self, ctx: &mut StepContext) -> StepOutcome;
 }
 
+/// A step kind of vend's own workflows: the name workflows call it by, and a body written with `?`
+/// (an error is the attempt's failure, classified by the retry policy).
+#[async_trait]
+pub trait NamedStep: Send + Sync {
+    const KIND: &'static str;
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError>;
+}
+
+#[async_trait]
+impl<T: NamedStep> Step for T {
+    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+        self.attempt(ctx).await.unwrap_or_else(StepOutcome::Failed)
+    }
+}
+
 /// The tenant a step works for.
 #[derive(Debug, Clone)]
 pub struct TenantInfo {
@@ -142,6 +157,11 @@ impl Registry {
     pub fn with(mut self, kind: &str, step: impl Step + 'static) -> Self {
         self.steps.insert(kind.to_owned(), Arc::new(step));
         self
+    }
+
+    /// Registers a [`NamedStep`] under its own kind.
+    pub fn with_named<T: NamedStep + 'static>(self, step: T) -> Self {
+        self.with(T::KIND, step)
     }
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Step>> {

@@ -145,7 +145,7 @@ pub fn history(
         HistoryEntryView {
             id,
             at,
-            kind: "step.started".into(),
+            kind: crate::domain::HistoryKind::StepStarted.as_str().into(),
             step: Some(step.to_owned()),
             attempt: Some(attempt),
             lease_token: token,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::db::history::NewEntry;
 use crate::db::tenants::Tenant;
-use crate::domain::{EventType, Purpose, StepState, TenantState, Workflows};
+use crate::domain::{EventType, HistoryKind, Purpose, RunState, StepState, TenantState, Workflows};
 
 /// The resource keys an offboard writes; a restore clears them.
 pub const OFFBOARD_AFTER: &str = "offboard_after";
@@ -80,18 +80,19 @@ pub async fn offboard(
     // offboard steps tear down whatever it got to make.
     let mut quiesce = None;
     if let Some(run) = db::tenants::current_run(&mut *tx, tenant.id).await?
-        && run.state == "running"
+        && run.state == RunState::Running
     {
         quiesce = db::tenants::cancel_run(&mut tx, run.id).await?;
         db::history::append(
             &mut *tx,
             tenant.id,
             &NewEntry {
-                kind: "run.cancelled",
                 actor: Some(actor),
-                message: &format!("{} run cancelled by offboarding", run.workflow),
                 detail: Some(json!({"workflow": run.workflow})),
-                ..Default::default()
+                ..NewEntry::new(
+                    HistoryKind::RunCancelled,
+                    &format!("{} run cancelled by offboarding", run.workflow),
+                )
             },
         )
         .await?;
@@ -114,7 +115,7 @@ pub async fn offboard(
         &tenant,
         TenantState::Offboarding,
         actor,
-        "tenant.offboarding",
+        HistoryKind::TenantOffboarding,
         &format!(
             "offboarding requested ({reason}); {} → offboarding, restorable until {}",
             from.as_str(),
@@ -190,14 +191,14 @@ pub async fn restore(
         .collect();
     let home = db::tenants::latest_run_of(&mut *tx, tenant.id, &provisioning).await?;
     let to = match home {
-        Some(home) if home.state == "succeeded" => {
+        Some(home) if home.state == RunState::Succeeded => {
             // Built whole: the endpoint was only made dark; light it again.
             if let Some(pos) = workflows
                 .get(&home.workflow)
                 .and_then(|w| w.steps.iter().position(|s| s.kind == RELIGHT_KIND))
             {
                 db::steps::rewind(&mut tx, home.id, pos as i32).await?;
-                db::tenants::set_run_state(&mut tx, home.id, "running").await?;
+                db::tenants::set_run_state(&mut tx, home.id, RunState::Running).await?;
             }
             TenantState::Active
         }
@@ -207,7 +208,7 @@ pub async fn restore(
             if let Some(s) = steps.iter().find(|s| s.state != StepState::Succeeded) {
                 db::steps::reset_failed(&mut tx, home.id, s.position).await?;
             }
-            db::tenants::set_run_state(&mut tx, home.id, "running").await?;
+            db::tenants::set_run_state(&mut tx, home.id, RunState::Running).await?;
             TenantState::Provisioning
         }
         None => TenantState::Pending,
@@ -217,7 +218,7 @@ pub async fn restore(
         &tenant,
         to,
         actor,
-        "tenant.restored",
+        HistoryKind::TenantRestored,
         &format!("restored; offboarding → {}", to.as_str()),
         EventType::TenantRestored,
         json!({}),
@@ -236,7 +237,7 @@ async fn transition(
     tenant: &Tenant,
     to: TenantState,
     actor: &str,
-    kind: &str,
+    kind: HistoryKind,
     message: &str,
     event: EventType,
     detail: Value,
@@ -246,11 +247,9 @@ async fn transition(
         &mut *conn,
         tenant.id,
         &NewEntry {
-            kind,
             actor: Some(actor),
-            message,
             detail: Some(detail.clone()),
-            ..Default::default()
+            ..NewEntry::new(kind, message)
         },
     )
     .await?;

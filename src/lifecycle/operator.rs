@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::db;
 use crate::db::history::NewEntry;
-use crate::domain::{Purpose, StepState, Workflows};
+use crate::domain::{HistoryKind, Purpose, RunState, StepState, Workflows};
 
 /// How a retry ended.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ pub async fn retry(
     let running = purpose_of(workflows, &run.workflow).running_state();
     let (step, message) = if let Some(s) = steps.iter().find(|s| s.state == StepState::Failed) {
         db::steps::reset_failed(&mut tx, run.id, s.position).await?;
-        db::tenants::set_run_state(&mut tx, run.id, "running").await?;
+        db::tenants::set_run_state(&mut tx, run.id, RunState::Running).await?;
         db::tenants::set_state(&mut tx, tenant.id, running).await?;
         (
             s,
@@ -84,11 +84,9 @@ pub async fn retry(
         &mut *tx,
         tenant.id,
         &NewEntry {
-            kind: "operator.retry",
             step: Some(&step.name),
             actor: Some(actor),
-            message: &message,
-            ..Default::default()
+            ..NewEntry::new(HistoryKind::OperatorRetry, &message)
         },
     )
     .await?;
@@ -153,31 +151,30 @@ pub async fn requeue(
             &mut *tx,
             tenant.id,
             &NewEntry {
-                kind: "step.abandoned",
                 step: Some(&s.name),
                 attempt: Some(s.attempts),
                 lease_token: s.lease_token,
                 actor: s.lease_owner.as_deref(),
-                message: &message,
                 started_at: s.attempt_started_at,
-                ..Default::default()
+                ..NewEntry::new(HistoryKind::StepAbandoned, &message)
             },
         )
         .await?;
     }
     db::steps::rewind(&mut tx, run.id, position as i32).await?;
-    db::tenants::set_run_state(&mut tx, run.id, "running").await?;
+    db::tenants::set_run_state(&mut tx, run.id, RunState::Running).await?;
     db::tenants::set_state(&mut tx, tenant.id, workflow.purpose.running_state()).await?;
     db::history::append(
         &mut *tx,
         tenant.id,
         &NewEntry {
-            kind: "operator.requeue",
             step: Some(from_step),
             actor: Some(actor),
-            message: &format!("requeued from {from_step} (was {})", tenant.state.as_str()),
             detail: Some(json!({"from_step": from_step})),
-            ..Default::default()
+            ..NewEntry::new(
+                HistoryKind::OperatorRequeue,
+                &format!("requeued from {from_step} (was {})", tenant.state.as_str()),
+            )
         },
     )
     .await?;

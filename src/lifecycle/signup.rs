@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::tenants::{NewSignup, SignupInsert, StoredAnswer, Tenant};
-use crate::domain::{EventType, Signup, TenantState, Workflow};
+use crate::domain::{EventType, HistoryKind, Signup, TenantState, Workflow};
 
 /// The resource key of the tenant's region.
 pub const REGION: &str = "region";
@@ -73,7 +73,7 @@ pub async fn accept(
             tenant,
             run_id: Uuid::now_v7(),
             steps: &steps,
-            history_kind: "signup.accepted",
+            history_kind: HistoryKind::SignupAccepted.as_str(),
             history_message: &format!("signup accepted; workflow {}", workflow.name),
             history_detail: &json!({"webhook_id": tenant.signup_id, "tier": tenant.tier}),
             event_id: Uuid::now_v7(),

@@ -11,21 +11,22 @@ use crate::aws::organizations::{CreateState, failure_reason};
 use crate::db;
 use crate::db::org::OrgAccount;
 use crate::domain::{ErrorClass, StepError, StepOutcome};
-use crate::engine::{Step, StepContext};
+use crate::engine::{NamedStep, StepContext};
 
+use super::Silo;
 use super::create_account::{
     OWN_REQUEST, Requested, TENANT_TAG, conflict, ensure_requested, owned_account, queued,
     release_slot,
 };
 use super::timing::{Timed, secs};
-use super::{Silo, finish};
 
 pub struct AwaitAccount(pub Arc<Silo>);
 
 #[async_trait]
-impl Step for AwaitAccount {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(run(&self.0, ctx).await)
+impl NamedStep for AwaitAccount {
+    const KIND: &'static str = "await_account";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        run(&self.0, ctx).await
     }
 }
 

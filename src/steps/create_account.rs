@@ -30,9 +30,9 @@ use crate::aws::organizations::CreateState;
 use crate::db;
 use crate::db::slots::Slot;
 use crate::domain::{ErrorClass, EventType, StepError, StepOutcome};
-use crate::engine::{Step, StepContext};
+use crate::engine::{NamedStep, StepContext};
 
-use super::{Silo, finish};
+use super::Silo;
 
 pub struct CreateAccount(pub Arc<Silo>);
 
@@ -75,18 +75,18 @@ pub(crate) async fn release_slot(silo: &Silo, ctx: &StepContext) -> Result<(), S
 }
 
 #[async_trait]
-impl Step for CreateAccount {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(match ensure_requested(&self.0, ctx).await {
-            Ok(Requested::Known) => Ok(StepOutcome::Succeeded),
-            Ok(Requested::Unsure(after)) => Ok(StepOutcome::Wait {
+impl NamedStep for CreateAccount {
+    const KIND: &'static str = "create_account";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        Ok(match ensure_requested(&self.0, ctx).await? {
+            Requested::Known => StepOutcome::Succeeded,
+            Requested::Unsure(after) => StepOutcome::Wait {
                 after,
                 note:
                     "an earlier CreateAccount may still be in flight; looking again before calling"
                         .into(),
-            }),
-            Ok(Requested::NoSlot) => Ok(queued(&self.0)),
-            Err(e) => Err(e),
+            },
+            Requested::NoSlot => queued(&self.0),
         })
     }
 }

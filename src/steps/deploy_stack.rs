@@ -8,19 +8,20 @@ use async_trait::async_trait;
 
 use crate::aws::cloudformation::{Cfn, StackSpec};
 use crate::domain::{StepError, StepOutcome};
-use crate::engine::{Step, StepContext};
+use crate::engine::{NamedStep, StepContext};
 
 use super::stack::{StackProgress, converge};
-use super::{Silo, account_id, finish};
+use super::{Silo, account_id};
 
 pub const STACK_NAME: &str = "vend-tenant";
 
 pub struct DeployStack(pub Arc<Silo>);
 
 #[async_trait]
-impl Step for DeployStack {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(run(&self.0, ctx).await)
+impl NamedStep for DeployStack {
+    const KIND: &'static str = "deploy_stack";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        run(&self.0, ctx).await
     }
 }
 

@@ -17,10 +17,10 @@ use crate::aws::apigateway::ApiGateway;
 use crate::aws::route53::{ChangeAction, RECORD_EXISTS};
 use crate::config::Certificates;
 use crate::domain::{StepError, StepOutcome};
-use crate::engine::{Step, StepContext};
+use crate::engine::{NamedStep, StepContext};
 
 use super::timing::Timed;
-use super::{Silo, account_id, finish};
+use super::{Silo, account_id};
 
 pub struct MapDomain(pub Arc<Silo>);
 
@@ -32,9 +32,10 @@ const CERTIFICATE: Timed<'static> = Timed {
 };
 
 #[async_trait]
-impl Step for MapDomain {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(run(&self.0, ctx).await)
+impl NamedStep for MapDomain {
+    const KIND: &'static str = "map_domain";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        run(&self.0, ctx).await
     }
 }
 

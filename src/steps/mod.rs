@@ -20,8 +20,8 @@ use crate::aws::accounts::Accounts;
 use crate::aws::organizations::Organizations;
 use crate::aws::route53::Route53;
 use crate::config::AwsSettings;
-use crate::domain::{StepError, StepOutcome};
-use crate::engine::Registry;
+use crate::domain::StepError;
+use crate::engine::{NamedStep, Registry};
 
 pub use await_account::AwaitAccount;
 pub use bootstrap_baseline::BootstrapBaseline;
@@ -35,12 +35,12 @@ pub use offboard::{
 
 /// The step kinds of the silo workflow, in order (CONTRACT.md).
 pub const SILO_KINDS: [&str; 6] = [
-    "create_account",
-    "await_account",
-    "move_account",
-    "bootstrap_baseline",
-    "deploy_stack",
-    "map_domain",
+    CreateAccount::KIND,
+    AwaitAccount::KIND,
+    MoveAccount::KIND,
+    BootstrapBaseline::KIND,
+    DeployStack::KIND,
+    MapDomain::KIND,
 ];
 
 /// What the management-account reconciler found or made at start; the steps build on it.
@@ -103,27 +103,22 @@ impl Silo {
 /// The registry with every step: the silo workflow's and the offboard workflow's.
 pub fn registry(silo: Arc<Silo>) -> Registry {
     Registry::new()
-        .with("create_account", CreateAccount(silo.clone()))
-        .with("await_account", AwaitAccount(silo.clone()))
-        .with("move_account", MoveAccount(silo.clone()))
-        .with("bootstrap_baseline", BootstrapBaseline(silo.clone()))
-        .with("deploy_stack", DeployStack(silo.clone()))
-        .with("map_domain", MapDomain(silo.clone()))
-        .with("darken_endpoint", DarkenEndpoint(silo.clone()))
-        .with("grace_period", GracePeriod)
-        .with("unmap_domain", UnmapDomain(silo.clone()))
-        .with("delete_stack", DeleteStack(silo.clone()))
-        .with("close_account", CloseAccount(silo))
+        .with_named(CreateAccount(silo.clone()))
+        .with_named(AwaitAccount(silo.clone()))
+        .with_named(MoveAccount(silo.clone()))
+        .with_named(BootstrapBaseline(silo.clone()))
+        .with_named(DeployStack(silo.clone()))
+        .with_named(MapDomain(silo.clone()))
+        .with_named(DarkenEndpoint(silo.clone()))
+        .with_named(GracePeriod)
+        .with_named(UnmapDomain(silo.clone()))
+        .with_named(DeleteStack(silo.clone()))
+        .with_named(CloseAccount(silo))
 }
 
 /// Lowercase hex of a digest (template hashes, idempotency tokens).
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Steps are written as `Result<StepOutcome, StepError>` so `?` works on AWS errors.
-pub(crate) fn finish(r: Result<StepOutcome, StepError>) -> StepOutcome {
-    r.unwrap_or_else(StepOutcome::Failed)
 }
 
 /// The tenant's account, calling the tenant's region (`resources.region`, set at signup): its stack,

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::{StepError, StepOutcome};
-use crate::engine::{Step, StepContext};
+use crate::engine::{NamedStep, StepContext};
 
-use super::{Silo, account_id, finish};
+use super::{Silo, account_id};
 
 pub struct MoveAccount(pub Arc<Silo>);
 
 #[async_trait]
-impl Step for MoveAccount {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(run(&self.0, ctx).await)
+impl NamedStep for MoveAccount {
+    const KIND: &'static str = "move_account";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        run(&self.0, ctx).await
     }
 }
 

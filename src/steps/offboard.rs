@@ -17,20 +17,20 @@ use crate::aws::organizations::CreateState;
 use crate::db;
 use crate::db::closures::Closure;
 use crate::domain::{ErrorClass, StepError, StepOutcome};
-use crate::engine::{Step, StepContext};
+use crate::engine::{NamedStep, StepContext};
 use crate::lifecycle::offboard::{OFFBOARD_AFTER, QUIESCE_UNTIL};
 
+use super::Silo;
 use super::create_account::{TENANT_TAG, owned_account, release_slot};
 use super::deploy_stack::STACK_NAME;
-use super::{Silo, finish};
 
 /// The step kinds of the offboard workflow, in order (workflows/offboard.toml).
 pub const OFFBOARD_KINDS: [&str; 5] = [
-    "darken_endpoint",
-    "grace_period",
-    "unmap_domain",
-    "delete_stack",
-    "close_account",
+    DarkenEndpoint::KIND,
+    GracePeriod::KIND,
+    UnmapDomain::KIND,
+    DeleteStack::KIND,
+    CloseAccount::KIND,
 ];
 
 /// How long until the RFC 3339 time `at`, if it is still ahead.
@@ -50,9 +50,10 @@ fn db_error(e: sqlx::Error) -> StepError {
 pub struct DarkenEndpoint(pub Arc<Silo>);
 
 #[async_trait]
-impl Step for DarkenEndpoint {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(darken(&self.0, ctx).await)
+impl NamedStep for DarkenEndpoint {
+    const KIND: &'static str = "darken_endpoint";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        darken(&self.0, ctx).await
     }
 }
 
@@ -100,10 +101,11 @@ async fn remove_record(silo: &Silo, ctx: &StepContext) -> Result<(), StepError> 
 pub struct GracePeriod;
 
 #[async_trait]
-impl Step for GracePeriod {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
+impl NamedStep for GracePeriod {
+    const KIND: &'static str = "grace_period";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
         let until = ctx.resource_str(OFFBOARD_AFTER).map(str::to_owned);
-        match time_until(until.as_deref()) {
+        Ok(match time_until(until.as_deref()) {
             Some(left) => StepOutcome::Wait {
                 after: left,
                 note: format!(
@@ -112,7 +114,7 @@ impl Step for GracePeriod {
                 ),
             },
             None => StepOutcome::Succeeded,
-        }
+        })
     }
 }
 
@@ -121,9 +123,10 @@ impl Step for GracePeriod {
 pub struct UnmapDomain(pub Arc<Silo>);
 
 #[async_trait]
-impl Step for UnmapDomain {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(unmap(&self.0, ctx).await)
+impl NamedStep for UnmapDomain {
+    const KIND: &'static str = "unmap_domain";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        unmap(&self.0, ctx).await
     }
 }
 
@@ -144,9 +147,10 @@ async fn unmap(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepEr
 pub struct DeleteStack(pub Arc<Silo>);
 
 #[async_trait]
-impl Step for DeleteStack {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(delete_stack(&self.0, ctx).await)
+impl NamedStep for DeleteStack {
+    const KIND: &'static str = "delete_stack";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        delete_stack(&self.0, ctx).await
     }
 }
 
@@ -206,9 +210,10 @@ async fn delete_stack(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome,
 pub struct CloseAccount(pub Arc<Silo>);
 
 #[async_trait]
-impl Step for CloseAccount {
-    async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
-        finish(close(&self.0, ctx).await)
+impl NamedStep for CloseAccount {
+    const KIND: &'static str = "close_account";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        close(&self.0, ctx).await
     }
 }
 
