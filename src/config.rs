@@ -382,6 +382,49 @@ impl AwsSettings {
     }
 }
 
+/// Connection-level bounds of the HTTP server (`VEND_HTTP_*`); the defaults here are the only ones.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Open connections at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
+    /// A connection lives at most this long (then it closes gracefully: requests in progress finish),
+    /// so idle HTTP/2 and keep-alive connections cannot hold their places forever.
+    pub max_connection_age: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connection_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Per-request bounds (connection-level ones are in [`HttpLimits`]); the defaults here are the only ones.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Requests handled at once; more are refused with 503 at once instead of queueing.
+    pub max_in_flight: usize,
+    /// A request (body included) must be answered within this time, else 408.
+    pub timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
@@ -411,8 +454,8 @@ pub struct Config {
     pub webhook_timeout: Duration,
     pub worker_id: Option<String>,
     pub aws: Option<AwsSettings>,
-    pub http_limits: crate::http::server::Limits,
-    pub request_limits: crate::http::RequestLimits,
+    pub http_limits: HttpLimits,
+    pub request_limits: RequestLimits,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +541,7 @@ impl Config {
                 None
             }
         };
+        let (http, request) = (HttpLimits::default(), RequestLimits::default());
         Ok(Self {
             database_url,
             listen,
@@ -538,23 +582,35 @@ impl Config {
             webhook_timeout: duration(env, "VEND_WEBHOOK_TIMEOUT", Duration::from_secs(15))?,
             worker_id: env.get("VEND_WORKER_ID"),
             aws,
-            http_limits: crate::http::server::Limits {
-                max_connections: number(env, "VEND_HTTP_MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
+            http_limits: HttpLimits {
+                max_connections: number(
+                    env,
+                    "VEND_HTTP_MAX_CONNECTIONS",
+                    http.max_connections,
+                    1,
+                    1_000_000,
+                )?,
                 header_read_timeout: duration(
                     env,
                     "VEND_HTTP_HEADER_TIMEOUT",
-                    Duration::from_secs(10),
+                    http.header_read_timeout,
                 )?,
-                max_header_bytes: 64 * 1024,
+                max_header_bytes: http.max_header_bytes,
                 max_connection_age: duration(
                     env,
                     "VEND_HTTP_MAX_CONNECTION_AGE",
-                    Duration::from_secs(300),
+                    http.max_connection_age,
                 )?,
             },
-            request_limits: crate::http::RequestLimits {
-                max_in_flight: number(env, "VEND_HTTP_MAX_IN_FLIGHT", 256, 1, 100_000)?,
-                timeout: duration(env, "VEND_HTTP_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+            request_limits: RequestLimits {
+                max_in_flight: number(
+                    env,
+                    "VEND_HTTP_MAX_IN_FLIGHT",
+                    request.max_in_flight,
+                    1,
+                    100_000,
+                )?,
+                timeout: duration(env, "VEND_HTTP_REQUEST_TIMEOUT", request.timeout)?,
             },
         })
     }

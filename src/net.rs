@@ -4,6 +4,7 @@
 //! allows it (`VEND_ALLOW_HTTP_WEBHOOKS`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 fn v4_is_global(ip: Ipv4Addr) -> bool {
     let [a, b, c, _] = ip.octets();
@@ -75,6 +76,20 @@ impl reqwest::dns::Resolve for AllowedOnly {
             Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date, capped at a day.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(v).ok()?;
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        }
+    };
+    Some(d.min(Duration::from_secs(86_400)))
 }
 
 #[cfg(test)]

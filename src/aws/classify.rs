@@ -109,7 +109,7 @@ pub fn class_of(code: &str, status: Option<u16>) -> ErrorClass {
 fn retry_after(resp: &HttpResponse) -> Option<Duration> {
     resp.headers()
         .get("retry-after")
-        .and_then(crate::engine::dispatcher::parse_retry_after)
+        .and_then(crate::net::parse_retry_after)
 }
 
 impl<E> From<SdkError<E, HttpResponse>> for AwsError

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use crate::engine::dispatcher::{BusEvent, EventBus};
+use crate::domain::events::{BusEvent, EventBus};
 
 use super::{Aws, AwsError};
 

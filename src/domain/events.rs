@@ -1,6 +1,9 @@
 //! Progress events: what receivers of webhooks and EventBridge see. Types are part of the contract.
 
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum EventType {
@@ -43,3 +46,24 @@ impl EventType {
         }
     }
 }
+
+/// One event for an event bus.
+#[derive(Debug, Clone)]
+pub struct BusEvent {
+    pub id: Uuid,
+    pub detail_type: String,
+    pub detail: String,
+    pub time: DateTime<Utc>,
+}
+
+/// An event bus (EventBridge): the outbox dispatcher's port, implemented in `aws::eventbridge`. Implementations send at most [`BUS_BATCH`] events per call and report a
+/// result per event, so partial failures are retried one by one.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    fn name(&self) -> &str;
+    /// `Err` fails the whole batch; `Ok` has one result per event, in order.
+    async fn put(&self, events: &[BusEvent]) -> Result<Vec<Result<(), String>>, String>;
+}
+
+/// EventBridge `PutEvents` takes at most 10 entries.
+pub const BUS_BATCH: usize = 10;

@@ -2,11 +2,11 @@
 //! Webhooks, and an EventBridge bus), with a stable `webhook-id` across retries. Deliveries are rows
 //! claimed under a lease, so several replicas share the work and a crash loses nothing.
 
+pub use crate::domain::events::{BUS_BATCH, BusEvent, EventBus};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -43,27 +43,6 @@ impl WebhookEndpoint {
         }
     }
 }
-
-/// One event for an event bus.
-#[derive(Debug, Clone)]
-pub struct BusEvent {
-    pub id: Uuid,
-    pub detail_type: String,
-    pub detail: String,
-    pub time: DateTime<Utc>,
-}
-
-/// An event bus (EventBridge). Implementations send at most [`BUS_BATCH`] events per call and report a
-/// result per event, so partial failures are retried one by one.
-#[async_trait]
-pub trait EventBus: Send + Sync {
-    fn name(&self) -> &str;
-    /// `Err` fails the whole batch; `Ok` has one result per event, in order.
-    async fn put(&self, events: &[BusEvent]) -> Result<Vec<Result<(), String>>, String>;
-}
-
-/// EventBridge `PutEvents` takes at most 10 entries.
-pub const BUS_BATCH: usize = 10;
 
 /// Webhook deliveries of one batch in flight at once.
 pub const PARALLEL_DELIVERIES: usize = 16;
@@ -331,7 +310,7 @@ impl Dispatcher {
                         resp.headers()
                             .get("retry-after")
                             .and_then(|v| v.to_str().ok())
-                            .and_then(parse_retry_after)
+                            .and_then(crate::net::parse_retry_after)
                     } else {
                         None
                     };
@@ -433,20 +412,6 @@ fn webhook_body(d: &ClaimedDelivery) -> Value {
     })
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date, capped at a day.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    let d = match v.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = httpdate::parse_http_date(v).ok()?;
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-        }
-    };
-    Some(d.min(Duration::from_secs(86_400)))
-}
-
 /// A transport error without the URL (it may carry credentials in its query string).
 fn describe_reqwest_error(e: &reqwest::Error) -> String {
     if e.is_timeout() {
@@ -497,19 +462,22 @@ mod tests {
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
         assert_eq!(
-            parse_retry_after("999999"),
+            crate::net::parse_retry_after("120"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            crate::net::parse_retry_after("999999"),
             Some(Duration::from_secs(86_400))
         );
         let future =
             httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
-        let d = parse_retry_after(&future).unwrap();
+        let d = crate::net::parse_retry_after(&future).unwrap();
         assert!(
             d > Duration::from_secs(80) && d <= Duration::from_secs(90),
             "{d:?}"
         );
-        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(crate::net::parse_retry_after("soon"), None);
     }
 
     #[test]

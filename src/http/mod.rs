@@ -10,7 +10,6 @@ pub mod signup;
 pub mod views;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -75,23 +74,7 @@ impl Nudges {
 #[derive(Debug, Clone)]
 pub struct Operator(pub String);
 
-/// Per-request bounds (connection-level ones are in [`server::Limits`]).
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimits {
-    /// Requests handled at once; more are refused with 503 at once instead of queueing.
-    pub max_in_flight: usize,
-    /// A request (body included) must be answered within this time, else 408.
-    pub timeout: Duration,
-}
-
-impl Default for RequestLimits {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 256,
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::config::RequestLimits;
 
 #[derive(OpenApi)]
 #[openapi(

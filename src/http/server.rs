@@ -18,29 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Open connections at once; more are closed as soon as they are accepted.
-    pub max_connections: usize,
-    /// A client must send a request's headers within this time.
-    pub header_read_timeout: Duration,
-    /// Largest request head (request line and headers) accepted.
-    pub max_header_bytes: usize,
-    /// A connection lives at most this long (then it closes gracefully: requests in progress finish),
-    /// so idle HTTP/2 and keep-alive connections cannot hold their places forever.
-    pub max_connection_age: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            max_connection_age: Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::config::HttpLimits as Limits;
 
 /// Serves `router` on `listener` until `shutdown`, then lets open connections finish their requests
 /// for up to `grace`.
