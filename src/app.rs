@@ -493,6 +493,15 @@ async fn run_background(
     if let Some(rt) = &aws_runtime {
         let ou = rt.silo.management.tenant_ou_id.clone();
         tasks.spawn(rt.reconciler.clone().run(ou, shutdown.clone()));
+        if parts.workers {
+            let drift = Arc::new(crate::drift::DriftChecker {
+                silo: rt.silo.clone(),
+                workflows: workflows.clone(),
+                interval: rt.silo.settings.drift_interval,
+                repair: rt.silo.settings.drift_repair,
+            });
+            tasks.spawn(drift.run(shutdown.clone()));
+        }
     }
     if parts.workers {
         let engine = Engine::new(

@@ -237,6 +237,10 @@ pub struct AwsSettings {
     /// Regions tenants may live in (`VEND_ALLOWED_REGIONS`), besides vend's own: the guardrails
     /// allow them.
     pub tenant_regions: Vec<String>,
+    /// `VEND_DRIFT_INTERVAL`: every active tenant is checked for drift at least this often.
+    pub drift_interval: Duration,
+    /// `VEND_DRIFT_REPAIR=auto` repairs drift; `report` (the default) only records it.
+    pub drift_repair: bool,
 }
 
 impl AwsSettings {
@@ -271,6 +275,8 @@ impl AwsSettings {
             close_account_quota: None,
             close_account_window: Duration::from_secs(30 * 86_400),
             tenant_regions: Vec::new(),
+            drift_interval: Duration::from_secs(3600),
+            drift_repair: false,
         }
     }
 
@@ -358,6 +364,15 @@ impl AwsSettings {
             crate::aws::limiter::parse_overrides(&v, &mut s.budgets)
                 .map_err(|m| err("VEND_AWS_RATE_LIMITS", m))?;
         }
+        s.drift_interval = duration(env, "VEND_DRIFT_INTERVAL", s.drift_interval)?;
+        if s.drift_interval.is_zero() {
+            return Err(err("VEND_DRIFT_INTERVAL", "must be greater than zero"));
+        }
+        s.drift_repair = match env.get("VEND_DRIFT_REPAIR").as_deref() {
+            None | Some("report") => false,
+            Some("auto") => true,
+            Some(_) => return Err(err("VEND_DRIFT_REPAIR", "must be report or auto")),
+        };
         if env.get("VEND_CLOSE_ACCOUNT_QUOTA").is_some() {
             s.close_account_quota =
                 Some(number(env, "VEND_CLOSE_ACCOUNT_QUOTA", 10, 1, 1000)? as i64);

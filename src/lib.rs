@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod devtools;
 pub mod domain;
+pub mod drift;
 pub mod engine;
 pub mod http;
 pub mod lifecycle;

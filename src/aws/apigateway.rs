@@ -88,6 +88,25 @@ impl ApiGateway {
         ))
     }
 
+    /// How many base path mappings the domain has.
+    pub async fn mapping_count(&self, domain: &str) -> Result<usize, AwsError> {
+        match self
+            .aws
+            .call(
+                "apigateway.GetBasePathMappings",
+                self.client
+                    .get_base_path_mappings()
+                    .domain_name(domain)
+                    .send(),
+            )
+            .await
+        {
+            Ok(m) => Ok(m.items().len()),
+            Err(e) if e.code == "NotFoundException" => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes the domain's root mapping; `Ok(false)` if there was none.
     pub async fn delete_root_mapping(&self, domain: &str) -> Result<bool, AwsError> {
         match self

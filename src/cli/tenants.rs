@@ -73,6 +73,8 @@ enum TenantsCommand {
     },
     /// Bring an offboarding tenant back while its grace period lasts.
     Restore { slug: String },
+    /// Open drift findings of a tenant (what differs in AWS from what vend made).
+    Drift { slug: String },
     /// Follow a tenant's steps until it is active or closed (exit 0) or failed, or an offboarding step
     /// failed (exit 1).
     Watch {
@@ -211,6 +213,36 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!("offboarding {slug}");
                 print_detail(&t);
+            }
+        }
+        TenantsCommand::Drift { slug } => {
+            let v: serde_json::Value = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/drift?tenant={}", urlencode(&slug)),
+                    None,
+                )
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let list = v["findings"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("{slug}: no drift");
+                }
+                for f in list {
+                    println!(
+                        "{}  {}  {}{}",
+                        f["detected_at"].as_str().unwrap_or(""),
+                        f["resource"].as_str().unwrap_or(""),
+                        f["detail"].as_str().unwrap_or(""),
+                        if f["repaired_at"].is_string() {
+                            "  (repair started)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
             }
         }
         TenantsCommand::Restore { slug } => {

@@ -2,6 +2,7 @@
 //! writes that may be retried are idempotent or fenced by a lease token.
 
 pub mod closures;
+pub mod drift;
 pub mod durations;
 pub mod history;
 pub mod org;

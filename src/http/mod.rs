@@ -114,6 +114,7 @@ fn ops_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::offboard_tenant))
         .routes(routes!(ops::restore_tenant))
         .routes(routes!(ops::list_deliveries))
+        .routes(routes!(ops::drift))
         .routes(routes!(ops::metrics))
 }
 

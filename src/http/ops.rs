@@ -402,6 +402,40 @@ pub async fn restore_tenant(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
+pub struct DriftParams {
+    /// Only this tenant's findings.
+    pub tenant: Option<String>,
+}
+
+/// Open drift findings, newest first.
+#[utoipa::path(
+    get, path = "/v1/drift", tag = "ops",
+    params(DriftParams),
+    responses((status = 200, body = DriftView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn drift(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<DriftParams>,
+) -> Result<Json<DriftView>, ApiError> {
+    let findings = db::drift::open(&state.pool, p.tenant.as_deref()).await?;
+    Ok(Json(DriftView {
+        findings: findings
+            .into_iter()
+            .map(|f| DriftFindingView {
+                slug: f.slug,
+                resource: f.resource,
+                detail: f.detail,
+                detected_at: f.detected_at,
+                repaired_at: f.repaired_at,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryParams {
     /// `pending`, `delivered`, `failed` or `disabled`.
     pub state: Option<String>,

@@ -209,6 +209,25 @@ pub struct RequeueRequest {
     pub from_step: String,
 }
 
+/// An open drift finding.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DriftFindingView {
+    pub slug: String,
+    /// What drifted: `account.parent`, `ou.scp:<name>`, `dns.record`, `apigateway.domain`,
+    /// `apigateway.mapping` or `stack`.
+    pub resource: String,
+    pub detail: String,
+    pub detected_at: DateTime<Utc>,
+    /// When vend started repairing it (`VEND_DRIFT_REPAIR=auto`); it closes when a check no longer
+    /// sees it.
+    pub repaired_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DriftView {
+    pub findings: Vec<DriftFindingView>,
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OffboardRequest {

@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod console;
 mod docs;
+mod drift;
 mod engine;
 mod hostile;
 mod localstack;

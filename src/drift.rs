@@ -1,0 +1,397 @@
+//! Drift: every active tenant is checked at least once per `VEND_DRIFT_INTERVAL` against what the
+//! contract says its AWS side is (the account under the tenant OU, which carries vend's SCPs; the
+//! tenant's record pointing at its domain; the custom domain and its mapping; the tenant stack
+//! complete and not rolled back). What differs is an open finding until a check no longer sees it.
+//! With `VEND_DRIFT_REPAIR=auto` vend repairs what is its own to repair: it moves the tenant's account
+//! back, re-attaches its SCPs, or requeues the step that makes the missing piece (which never takes
+//! over what someone else made, e.g. a record pointing elsewhere stays a finding).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::apigateway::ApiGateway;
+use crate::aws::cloudformation::Cfn;
+use crate::aws::{Aws, AwsError};
+use crate::db;
+use crate::db::tenants::Tenant;
+use crate::domain::Workflows;
+use crate::reconcile::SCP_PREFIX;
+use crate::steps::Silo;
+
+/// What a check saw of one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub domain: String,
+    pub tenant_ou: String,
+    /// The account's parent.
+    pub parent: String,
+    /// vend's SCPs (id, name) not attached to the tenant OU.
+    pub missing_scps: Vec<(String, String)>,
+    /// Where `<slug>.<base domain>` points in the central zone, if anywhere.
+    pub record: Option<String>,
+    /// The tenant's domain target as vend recorded it.
+    pub domain_target: Option<String>,
+    pub domain_exists: bool,
+    pub mappings: usize,
+    /// The tenant stack's status, if it exists.
+    pub stack_status: Option<String>,
+}
+
+/// How vend repairs a finding, if it may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// Move the account from this parent back into the tenant OU.
+    MoveBack {
+        from: String,
+    },
+    AttachScp {
+        id: String,
+    },
+    /// Run the tenant's workflow again from this step.
+    Requeue(&'static str),
+    /// Not vend's to change: report only.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub resource: String,
+    pub detail: String,
+    pub repair: Repair,
+}
+
+/// The findings in what a check saw.
+pub fn findings(f: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |resource: String, detail: String, repair: Repair| {
+        out.push(Finding {
+            resource,
+            detail,
+            repair,
+        })
+    };
+    if f.parent != f.tenant_ou {
+        add(
+            "account.parent".into(),
+            format!(
+                "the account is under {}, not the tenant OU {}",
+                f.parent, f.tenant_ou
+            ),
+            Repair::MoveBack {
+                from: f.parent.clone(),
+            },
+        );
+    }
+    for (id, name) in &f.missing_scps {
+        add(
+            format!("ou.scp:{name}"),
+            format!("the SCP {name} ({id}) is not attached to the tenant OU"),
+            Repair::AttachScp { id: id.clone() },
+        );
+    }
+    let same = |a: &str, b: &str| {
+        a.trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.'))
+    };
+    match (&f.record, &f.domain_target) {
+        (None, _) => add(
+            "dns.record".into(),
+            format!("no record {} in the central zone", f.domain),
+            Repair::Requeue("map_domain"),
+        ),
+        (Some(r), Some(t)) if !same(r, t) => add(
+            "dns.record".into(),
+            format!(
+                "{} points at {r}, not at the tenant's domain {t}; vend does not change a record \
+                 it did not make",
+                f.domain
+            ),
+            Repair::None,
+        ),
+        _ => {}
+    }
+    if !f.domain_exists {
+        add(
+            "apigateway.domain".into(),
+            format!("no custom domain {} in the tenant account", f.domain),
+            Repair::Requeue("map_domain"),
+        );
+    } else if f.mappings == 0 {
+        add(
+            "apigateway.mapping".into(),
+            format!("the custom domain {} maps to no API", f.domain),
+            Repair::Requeue("map_domain"),
+        );
+    }
+    match f.stack_status.as_deref() {
+        None => add(
+            "stack".into(),
+            "no tenant stack in the tenant account".into(),
+            Repair::Requeue("deploy_stack"),
+        ),
+        Some(s) if !s.ends_with("_COMPLETE") || s.contains("ROLLBACK") => add(
+            "stack".into(),
+            format!("the tenant stack is {s}"),
+            Repair::Requeue("deploy_stack"),
+        ),
+        _ => {}
+    }
+    out
+}
+
+/// The periodic checker.
+pub struct DriftChecker {
+    pub silo: Arc<Silo>,
+    pub workflows: Arc<Workflows>,
+    pub interval: Duration,
+    pub repair: bool,
+}
+
+/// Tenants checked per round of the loop.
+const BATCH: i64 = 20;
+
+impl DriftChecker {
+    /// Checks due tenants until shutdown, a batch at a time; idle, it looks again every tenth of the
+    /// interval (at most every minute).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let idle = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            let pause = match self.check_due(BATCH).await {
+                Ok(n) if n as i64 == BATCH => Duration::ZERO,
+                Ok(_) => idle,
+                Err(e) => {
+                    tracing::warn!(error = %e, "drift check failed; will try again");
+                    idle
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Checks up to `limit` tenants that are due; returns how many.
+    pub async fn check_due(&self, limit: i64) -> Result<usize, sqlx::Error> {
+        let due = db::drift::claim_due(&self.silo.pool, self.interval, limit).await?;
+        for tenant in &due {
+            let facts = match self.facts(tenant).await {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(e) => {
+                    // AWS did not answer: no conclusion about this tenant this time.
+                    tracing::warn!(tenant.slug = %tenant.slug, error = %e, "drift check incomplete");
+                    db::drift::recheck_soon(&self.silo.pool, tenant.id).await?;
+                    continue;
+                }
+            };
+            let found = findings(&facts);
+            let mut repaired = Vec::new();
+            if self.repair && !found.is_empty() {
+                repaired = self.repair(tenant, &facts, &found).await?;
+            }
+            if !found.is_empty() {
+                tracing::warn!(tenant.slug = %tenant.slug, findings = found.len(), repaired = repaired.len(), "drift found");
+            }
+            let list: Vec<(String, String)> = found
+                .iter()
+                .map(|f| (f.resource.clone(), f.detail.clone()))
+                .collect();
+            db::drift::record(&self.silo.pool, tenant.id, &list, &repaired).await?;
+        }
+        Ok(due.len())
+    }
+
+    async fn facts(&self, tenant: &Tenant) -> Result<Option<Facts>, AwsError> {
+        let s = &self.silo;
+        let Some(account) = tenant.account_id().map(str::to_owned) else {
+            return Ok(None);
+        };
+        let domain = s.settings.tenant_domain(&tenant.slug);
+        let ou = s.management.tenant_ou_id.clone();
+        let parent = s.orgs.parent_of(&account).await?;
+        let attached = s.orgs.scps_attached_to(&ou).await?;
+        let missing_scps = s
+            .orgs
+            .list_scps()
+            .await?
+            .into_iter()
+            .filter(|p| p.name.starts_with(SCP_PREFIX) && !attached.contains(&p.id))
+            .map(|p| (p.id, p.name))
+            .collect();
+        let record = s
+            .route53
+            .target_of(&s.management.hosted_zone_id, &domain)
+            .await?;
+        let aws = self.in_tenant_region(tenant, &account).await?;
+        let apigw = ApiGateway::new(&aws);
+        let domain_exists = apigw.get_domain(&domain).await?.is_some();
+        let mappings = if domain_exists {
+            apigw.mapping_count(&domain).await?
+        } else {
+            0
+        };
+        let stack_status = Cfn::new(&aws)
+            .describe(crate::steps::TENANT_STACK)
+            .await?
+            .map(|s| s.status)
+            .filter(|s| s != "DELETE_COMPLETE");
+        Ok(Some(Facts {
+            domain,
+            tenant_ou: ou,
+            parent,
+            missing_scps,
+            record,
+            domain_target: tenant
+                .resources
+                .get("domain_target")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            domain_exists,
+            mappings,
+            stack_status,
+        }))
+    }
+
+    async fn in_tenant_region(&self, tenant: &Tenant, account: &str) -> Result<Aws, AwsError> {
+        let aws = self.silo.accounts.in_account(account, &tenant.slug).await?;
+        Ok(match tenant.region() {
+            Some(r) if aws.sdk.region().is_none_or(|own| own.as_ref() != r) => aws.in_region(r),
+            _ => aws,
+        })
+    }
+
+    /// Starts the repairs vend may make; returns the resources it started a repair for.
+    async fn repair(
+        &self,
+        tenant: &Tenant,
+        facts: &Facts,
+        found: &[Finding],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let s = &self.silo;
+        let mut repaired = Vec::new();
+        let mut requeue_from: Option<&'static str> = None;
+        for f in found {
+            let done = match &f.repair {
+                Repair::MoveBack { from } => match tenant.account_id() {
+                    Some(account) => s
+                        .orgs
+                        .move_account(account, from, &facts.tenant_ou)
+                        .await
+                        .map_err(|e| tracing::warn!(error = %e, "drift repair: move failed"))
+                        .is_ok(),
+                    None => false,
+                },
+                Repair::AttachScp { id } => s
+                    .orgs
+                    .attach_scp(id, &facts.tenant_ou)
+                    .await
+                    .map_err(|e| tracing::warn!(error = %e, "drift repair: attach failed"))
+                    .is_ok(),
+                Repair::Requeue(step) => {
+                    // The earliest step wins: a rerun from it redoes every later one.
+                    requeue_from = Some(match requeue_from {
+                        Some("deploy_stack") => "deploy_stack",
+                        _ => step,
+                    });
+                    true
+                }
+                Repair::None => false,
+            };
+            if done {
+                repaired.push(f.resource.clone());
+            }
+        }
+        if let Some(step) = requeue_from {
+            let r = crate::lifecycle::operator::requeue(
+                &s.pool,
+                &self.workflows,
+                &tenant.slug,
+                step,
+                "drift",
+            )
+            .await?;
+            if !matches!(r, crate::lifecycle::operator::Requeued::Done) {
+                tracing::warn!(tenant.slug = %tenant.slug, step, outcome = ?r, "drift repair: requeue refused");
+                repaired.retain(|res| {
+                    !res.starts_with("dns.") && !res.starts_with("apigateway.") && res != "stack"
+                });
+            }
+        }
+        if !repaired.is_empty() {
+            // Look again at the next sweep, not an interval later: that closes what was repaired.
+            db::drift::recheck_soon(&s.pool, tenant.id).await?;
+        }
+        Ok(repaired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Facts {
+        Facts {
+            domain: "acme.t.example".into(),
+            tenant_ou: "ou-1".into(),
+            parent: "ou-1".into(),
+            missing_scps: vec![],
+            record: Some("d-1.execute-api.us-east-1.amazonaws.com".into()),
+            domain_target: Some("d-1.execute-api.us-east-1.amazonaws.com.".into()),
+            domain_exists: true,
+            mappings: 1,
+            stack_status: Some("UPDATE_COMPLETE".into()),
+        }
+    }
+
+    #[test]
+    fn a_healthy_tenant_has_no_findings() {
+        assert_eq!(findings(&healthy()), vec![]);
+    }
+
+    #[test]
+    fn each_kind_of_drift_is_found_with_its_repair() {
+        let mut f = healthy();
+        f.parent = "r-root".into();
+        f.missing_scps = vec![("p-1".into(), "vend-deny-leave".into())];
+        f.record = None;
+        f.mappings = 0;
+        f.stack_status = Some("UPDATE_ROLLBACK_COMPLETE".into());
+        let found = findings(&f);
+        let by: Vec<(&str, &Repair)> = found
+            .iter()
+            .map(|x| (x.resource.as_str(), &x.repair))
+            .collect();
+        assert_eq!(
+            by,
+            vec![
+                (
+                    "account.parent",
+                    &Repair::MoveBack {
+                        from: "r-root".into()
+                    }
+                ),
+                (
+                    "ou.scp:vend-deny-leave",
+                    &Repair::AttachScp { id: "p-1".into() }
+                ),
+                ("dns.record", &Repair::Requeue("map_domain")),
+                ("apigateway.mapping", &Repair::Requeue("map_domain")),
+                ("stack", &Repair::Requeue("deploy_stack")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_pointing_elsewhere_is_reported_never_repaired() {
+        let mut f = healthy();
+        f.record = Some("www.example.org".into());
+        let found = findings(&f);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].repair, Repair::None);
+        f.domain_exists = false;
+        assert_eq!(findings(&f)[1].resource, "apigateway.domain");
+    }
+}

@@ -1,0 +1,223 @@
+//! Drift against moto: someone changes a vended tenant's AWS side behind vend's back; the checker
+//! reports each change, `VEND_DRIFT_REPAIR=auto` repairs what is vend's and closes the findings, and a
+//! record someone else pointed elsewhere is reported, never taken over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+use reqwest::Method;
+use serde_json::Value;
+use vend::drift::DriftChecker;
+
+use crate::aws::assert_contract_holds;
+use crate::support::moto::{self, BASE_DOMAIN};
+use crate::support::{TestApp, signup_body, spawn_silo};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+async fn open_findings(app: &TestApp) -> Vec<(String, String)> {
+    let r = app.ops(Method::GET, "/v1/drift", None).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let mut out: Vec<(String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["slug"].as_str().unwrap().to_owned(),
+                f["resource"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, rt) = spawn_silo(&moto.url, |_| {}, None).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
+    let account = t["account_id"].as_str().unwrap().to_owned();
+    // Every check is due at once: the interval is a millisecond.
+    let checker = |repair| DriftChecker {
+        silo: rt.silo.clone(),
+        workflows: app.workflows.clone(),
+        interval: Duration::from_millis(1),
+        repair,
+    };
+    let report = Arc::new(checker(false));
+    assert_eq!(report.check_due(10).await.unwrap(), 1);
+    assert_eq!(open_findings(&app).await, vec![]);
+
+    // Behind vend's back: the account moved to the root, an SCP detached, the record deleted, the
+    // mapping deleted.
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    let ou = rt.silo.management.tenant_ou_id.clone();
+    let root = rt.silo.management.root_id.clone();
+    org.move_account()
+        .account_id(&account)
+        .source_parent_id(&ou)
+        .destination_parent_id(&root)
+        .send()
+        .await
+        .unwrap();
+    let attached = org
+        .list_policies_for_target()
+        .target_id(&ou)
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    let scp = attached
+        .policies()
+        .iter()
+        .find(|p| p.name().is_some_and(|n| n.starts_with("vend-")))
+        .unwrap();
+    let scp_name = scp.name().unwrap().to_owned();
+    org.detach_policy()
+        .policy_id(scp.id().unwrap())
+        .target_id(&ou)
+        .send()
+        .await
+        .unwrap();
+    let r53 = aws_sdk_route53::Client::new(&sdk);
+    let zone = moto::base_zone_id(&r53).await;
+    let domain = format!("acme.{BASE_DOMAIN}");
+    let record = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .send()
+        .await
+        .unwrap()
+        .resource_record_sets()
+        .iter()
+        .find(|r| r.name() == format!("{domain}."))
+        .unwrap()
+        .clone();
+    let target = record.alias_target().unwrap().clone();
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Delete)
+                        .resource_record_set(record)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let inside = moto::sdk_in(&sdk, &account).await;
+    aws_sdk_apigateway::Client::new(&inside)
+        .delete_base_path_mapping()
+        .domain_name(&domain)
+        .base_path("(none)")
+        .send()
+        .await
+        .unwrap();
+
+    // Reported, each one, with nothing changed.
+    assert_eq!(report.check_due(10).await.unwrap(), 1);
+    let acme = |r: &str| ("acme".to_owned(), r.to_owned());
+    let mut want = vec![
+        acme("account.parent"),
+        acme("apigateway.mapping"),
+        acme("dns.record"),
+        acme(&format!("ou.scp:{scp_name}")),
+    ];
+    want.sort();
+    assert_eq!(open_findings(&app).await, want);
+    let o = app
+        .ops(Method::GET, "/v1/drift?tenant=nobody", None)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(o["findings"], serde_json::json!([]));
+
+    // Repaired: the account moved back, the SCP attached again, the domain step rerun; the next
+    // check finds nothing and the findings are closed.
+    let repair = Arc::new(checker(true));
+    assert_eq!(repair.check_due(10).await.unwrap(), 1);
+    app.wait_for_state("acme", &["active"], WITHIN).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if app.tenant("acme").await["state"] == "active" {
+            report.check_due(10).await.unwrap();
+            if open_findings(&app).await.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drift never closed: {:?}",
+            open_findings(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(assert_contract_holds(&sdk, "acme").await, account);
+
+    // Someone points the tenant's name elsewhere: reported, and repair leaves it alone.
+    let elsewhere = ResourceRecordSet::builder()
+        .name(format!("{domain}."))
+        .r#type(RrType::Cname)
+        .ttl(60)
+        .resource_records(
+            ResourceRecord::builder()
+                .value("www.example.org")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let ours = ResourceRecordSet::builder()
+        .name(format!("{domain}."))
+        .r#type(RrType::A)
+        .alias_target(target)
+        .build()
+        .unwrap();
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Delete)
+                        .resource_record_set(ours)
+                        .build()
+                        .unwrap(),
+                )
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Create)
+                        .resource_record_set(elsewhere)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    repair.check_due(10).await.unwrap();
+    assert_eq!(open_findings(&app).await, vec![acme("dns.record")]);
+    let now = rt.silo.route53.target_of(&zone, &domain).await.unwrap();
+    assert_eq!(now.as_deref(), Some("www.example.org"));
+    assert_eq!(app.tenant("acme").await["state"], "active");
+    engine.stop().await;
+}
