@@ -346,6 +346,7 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
         nudges: vend::http::Nudges::new(&pool),
         offboard_grace: std::time::Duration::ZERO,
         regions: Default::default(),
+        templates_dir: repo().join("templates"),
     });
 
     eprintln!(

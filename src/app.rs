@@ -37,6 +37,7 @@ pub fn known_kinds(registry: &Registry) -> BTreeSet<String> {
     let mut k = registry.kinds();
     k.extend(steps::SILO_KINDS.iter().map(|s| s.to_string()));
     k.extend(steps::OFFBOARD_KINDS.iter().map(|s| s.to_string()));
+    k.extend(steps::ROLLOUT_KINDS.iter().map(|s| s.to_string()));
     k
 }
 
@@ -312,6 +313,12 @@ pub async fn serve(
             nudges: http::Nudges::new(&pool),
             offboard_grace: config.offboard_grace,
             regions: config.regions.clone(),
+            templates_dir: config
+                .aws
+                .as_ref()
+                .map(|a| a.templates_dir.clone())
+                .or_else(|| std::env::var_os("VEND_TEMPLATES_DIR").map(Into::into))
+                .unwrap_or_else(|| "templates".into()),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -518,6 +525,12 @@ async fn run_background(
             metrics.clone(),
         );
         tasks.spawn(engine.run(shutdown.clone()));
+        tasks.spawn(crate::lifecycle::rollout::drive(
+            pool.clone(),
+            workflows.clone(),
+            std::time::Duration::from_secs(2),
+            shutdown.clone(),
+        ));
     }
     if parts.dispatcher {
         tasks.spawn(dispatcher.run(shutdown.clone()));

@@ -1,6 +1,7 @@
 //! The `vend` command line: `serve`, `migrate`, and the ops commands over the HTTP ops API.
 
 mod client;
+mod fleet;
 mod tenants;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     Migrate,
     /// Inspect and steer tenants through the ops API (VEND_URL, VEND_OPS_TOKEN).
     Tenants(tenants::TenantsArgs),
+    /// Fleet operations through the ops API: rollouts of a stack template in waves.
+    Fleet(fleet::FleetArgs),
     /// Development tools.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -138,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenants(args) => tenants::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
         Command::Dev(DevCommand::AwsProxy(a)) => {
             crate::telemetry::init();
             use crate::devtools::aws_proxy::{Proxy, ProxyConfig};

@@ -9,6 +9,7 @@ pub mod org;
 pub mod outbox;
 pub mod replicas;
 pub mod retention;
+pub mod rollouts;
 pub mod sessions;
 pub mod slots;
 pub mod steps;

@@ -29,6 +29,9 @@ pub enum EventType {
     /// Offboarding is done: the tenant's AWS resources are gone and its account closed.
     #[serde(rename = "tenant.closed")]
     TenantClosed,
+    /// A rollout updated the tenant's stack.
+    #[serde(rename = "tenant.stack.updated")]
+    StackUpdated,
 }
 
 impl EventType {
@@ -43,6 +46,7 @@ impl EventType {
             EventType::TenantOffboarding => "tenant.offboarding",
             EventType::TenantRestored => "tenant.restored",
             EventType::TenantClosed => "tenant.closed",
+            EventType::StackUpdated => "tenant.stack.updated",
         }
     }
 }

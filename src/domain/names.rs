@@ -21,10 +21,11 @@ pub enum HistoryKind {
     RunCancelled,
     TenantOffboarding,
     TenantRestored,
+    RolloutStarted,
 }
 
 impl HistoryKind {
-    pub const ALL: [HistoryKind; 15] = [
+    pub const ALL: [HistoryKind; 16] = [
         HistoryKind::SignupAccepted,
         HistoryKind::StepSucceeded,
         HistoryKind::StepWaiting,
@@ -40,6 +41,7 @@ impl HistoryKind {
         HistoryKind::RunCancelled,
         HistoryKind::TenantOffboarding,
         HistoryKind::TenantRestored,
+        HistoryKind::RolloutStarted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +61,7 @@ impl HistoryKind {
             HistoryKind::RunCancelled => "run.cancelled",
             HistoryKind::TenantOffboarding => "tenant.offboarding",
             HistoryKind::TenantRestored => "tenant.restored",
+            HistoryKind::RolloutStarted => "rollout.started",
         }
     }
 

@@ -40,6 +40,8 @@ pub enum Purpose {
     Provision,
     /// Takes it down: `offboarding` → `closed`; a failed step leaves the tenant `offboarding`.
     Offboard,
+    /// Changes a live tenant (a fleet rollout): the tenant stays `active` throughout, failed or not.
+    Update,
 }
 
 impl Purpose {
@@ -47,12 +49,13 @@ impl Purpose {
         match self {
             Purpose::Provision => TenantState::Provisioning,
             Purpose::Offboard => TenantState::Offboarding,
+            Purpose::Update => TenantState::Active,
         }
     }
 
     pub fn done_state(self) -> TenantState {
         match self {
-            Purpose::Provision => TenantState::Active,
+            Purpose::Provision | Purpose::Update => TenantState::Active,
             Purpose::Offboard => TenantState::Closed,
         }
     }
@@ -61,6 +64,7 @@ impl Purpose {
         match self {
             Purpose::Provision => EventType::TenantActive,
             Purpose::Offboard => EventType::TenantClosed,
+            Purpose::Update => EventType::StackUpdated,
         }
     }
 
@@ -70,6 +74,8 @@ impl Purpose {
             Purpose::Provision => TenantState::Failed,
             // The account may be half torn down: the tenant stays visibly offboarding until ops retry.
             Purpose::Offboard => TenantState::Offboarding,
+            // The old stack keeps serving (CloudFormation rolled the update back): still active.
+            Purpose::Update => TenantState::Active,
         }
     }
 }
@@ -86,6 +92,7 @@ pub struct Workflows {
     by_name: BTreeMap<String, Workflow>,
     by_tier: BTreeMap<&'static str, String>,
     offboard: Option<String>,
+    update: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +204,8 @@ impl Workflow {
         if file.steps.is_empty() {
             return Err("a workflow needs at least one step".into());
         }
-        if file.purpose == Purpose::Offboard && !tiers.is_empty() {
-            return Err("an offboard workflow serves no tier (tiers = [])".into());
+        if file.purpose != Purpose::Provision && !tiers.is_empty() {
+            return Err("only a provision workflow serves tiers (tiers = [])".into());
         }
         let base = file.defaults.retry.over(&RetryPolicy::default())?;
         base.validate()
@@ -263,7 +270,16 @@ impl Workflows {
         let mut by_name = BTreeMap::new();
         let mut by_tier: BTreeMap<&'static str, String> = BTreeMap::new();
         let mut offboard = None;
+        let mut update = None;
         for w in workflows {
+            if w.purpose == Purpose::Update
+                && let Some(other) = update.replace(w.name.clone())
+            {
+                return Err(WorkflowError::Set(format!(
+                    "two update workflows: {other:?} and {:?}",
+                    w.name
+                )));
+            }
             if w.purpose == Purpose::Offboard
                 && let Some(other) = offboard.replace(w.name.clone())
             {
@@ -300,6 +316,7 @@ impl Workflows {
             by_name,
             by_tier,
             offboard,
+            update,
         })
     }
 
@@ -337,6 +354,11 @@ impl Workflows {
 
     pub fn get(&self, name: &str) -> Option<&Workflow> {
         self.by_name.get(name)
+    }
+
+    /// The workflow a fleet rollout runs for each tenant, if one is loaded.
+    pub fn update(&self) -> Option<&Workflow> {
+        self.update.as_ref().map(|n| &self.by_name[n])
     }
 
     /// The workflow that offboards a tenant, if one is loaded.
@@ -437,6 +459,7 @@ mod tests {
         let kinds: BTreeSet<String> = crate::steps::SILO_KINDS
             .iter()
             .chain(crate::steps::OFFBOARD_KINDS.iter())
+            .chain(crate::steps::ROLLOUT_KINDS.iter())
             .map(|s| s.to_string())
             .collect();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");

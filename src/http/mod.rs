@@ -5,6 +5,7 @@ pub mod console;
 pub mod error;
 pub mod offboard;
 pub mod ops;
+pub mod rollouts;
 pub mod server;
 pub mod signup;
 pub mod views;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub offboard_grace: std::time::Duration,
     /// `VEND_ALLOWED_REGIONS` and the default tenant region.
     pub regions: crate::domain::Regions,
+    /// `VEND_TEMPLATES_DIR`: a rollout takes its template from here when it starts.
+    pub templates_dir: std::path::PathBuf,
 }
 
 /// The post-commit notifications of the signup path: workers and the dispatcher, in one nudge.
@@ -115,6 +118,11 @@ fn ops_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::restore_tenant))
         .routes(routes!(ops::list_deliveries))
         .routes(routes!(ops::drift))
+        .routes(routes!(rollouts::start_rollout, rollouts::list_rollouts))
+        .routes(routes!(rollouts::show_rollout))
+        .routes(routes!(rollouts::pause_rollout))
+        .routes(routes!(rollouts::resume_rollout))
+        .routes(routes!(rollouts::abort_rollout))
         .routes(routes!(ops::metrics))
 }
 

@@ -23,6 +23,8 @@ pub struct TenantView {
     pub endpoint: Option<String>,
     /// The AWS region of the tenant's stack, custom domain and certificate.
     pub region: Option<String>,
+    /// The version (template hash) of the tenant stack a rollout last deployed, if any.
+    pub stack_version: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -39,6 +41,11 @@ impl From<&db::tenants::Tenant> for TenantView {
             account_id: t.account_id().map(str::to_owned),
             endpoint: t.endpoint().map(str::to_owned),
             region: t.region().map(str::to_owned),
+            stack_version: t
+                .resources
+                .get("tenant_stack_version")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             created_at: t.created_at,
             updated_at: t.updated_at,
         }

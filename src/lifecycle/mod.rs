@@ -4,4 +4,5 @@
 
 pub mod offboard;
 pub mod operator;
+pub mod rollout;
 pub mod signup;

@@ -28,23 +28,7 @@ impl NamedStep for BootstrapBaseline {
 async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let account = account_id(ctx)?;
     let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
-    let spec = StackSpec {
-        name: STACK_NAME.into(),
-        template_body: silo.templates.baseline.clone(),
-        parameters: vec![
-            ("TenantSlug".into(), ctx.tenant.slug.clone()),
-            (
-                "CentralEventBusArn".into(),
-                silo.management.event_bus_arn.clone(),
-            ),
-            (
-                "EnableCloudTrail".into(),
-                silo.settings.baseline_cloudtrail.to_string(),
-            ),
-        ],
-        role_arn: None,
-        tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
-    };
+    let spec = spec(silo, ctx, silo.templates.baseline.clone());
     match converge(ctx, &silo.pool, &cfn, spec, "baseline").await? {
         StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
@@ -61,5 +45,26 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             ctx.set_resource("deployment_role_arn", role);
             Ok(StepOutcome::Succeeded)
         }
+    }
+}
+
+/// The tenant's baseline stack made from `template_body` (the file at start, or a rollout's).
+pub(crate) fn spec(silo: &Silo, ctx: &StepContext, template_body: String) -> StackSpec {
+    StackSpec {
+        name: STACK_NAME.into(),
+        template_body,
+        parameters: vec![
+            ("TenantSlug".into(), ctx.tenant.slug.clone()),
+            (
+                "CentralEventBusArn".into(),
+                silo.management.event_bus_arn.clone(),
+            ),
+            (
+                "EnableCloudTrail".into(),
+                silo.settings.baseline_cloudtrail.to_string(),
+            ),
+        ],
+        role_arn: None,
+        tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
     }
 }

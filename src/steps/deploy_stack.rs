@@ -37,13 +37,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             )
         })?;
     let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
-    let spec = StackSpec {
-        name: STACK_NAME.into(),
-        template_body: silo.templates.tenant_stack.clone(),
-        parameters: vec![("TenantSlug".into(), ctx.tenant.slug.clone())],
-        role_arn: Some(role),
-        tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
-    };
+    let spec = spec(ctx, role, silo.templates.tenant_stack.clone());
     match converge(ctx, &silo.pool, &cfn, spec, "tenant").await? {
         StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
@@ -59,5 +53,17 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             ctx.set_resource("api_stage", output("StageName")?);
             Ok(StepOutcome::Succeeded)
         }
+    }
+}
+
+/// The tenant stack made from `template_body` (the file at start, or a rollout's), deployed through
+/// the baseline's deployment role `role`.
+pub(crate) fn spec(ctx: &StepContext, role: String, template_body: String) -> StackSpec {
+    StackSpec {
+        name: STACK_NAME.into(),
+        template_body,
+        parameters: vec![("TenantSlug".into(), ctx.tenant.slug.clone())],
+        role_arn: Some(role),
+        tags: vec![("vend:tenant".into(), ctx.tenant.slug.clone())],
     }
 }

@@ -10,6 +10,7 @@ mod deploy_stack;
 mod map_domain;
 mod move_account;
 mod offboard;
+mod rollout;
 mod stack;
 mod timing;
 
@@ -32,6 +33,7 @@ pub use move_account::MoveAccount;
 pub use offboard::{
     CloseAccount, DarkenEndpoint, DeleteStack, GracePeriod, OFFBOARD_KINDS, UnmapDomain,
 };
+pub use rollout::UpdateStack;
 
 /// The step kinds of the silo workflow, in order (CONTRACT.md).
 pub const SILO_KINDS: [&str; 6] = [
@@ -42,6 +44,9 @@ pub const SILO_KINDS: [&str; 6] = [
     DeployStack::KIND,
     MapDomain::KIND,
 ];
+
+/// The step kinds of the rollout workflow (workflows/rollout.toml).
+pub const ROLLOUT_KINDS: [&str; 1] = [UpdateStack::KIND];
 
 /// What the management-account reconciler found or made at start; the steps build on it.
 #[derive(Debug, Clone)]
@@ -113,7 +118,8 @@ pub fn registry(silo: Arc<Silo>) -> Registry {
         .with_named(GracePeriod)
         .with_named(UnmapDomain(silo.clone()))
         .with_named(DeleteStack(silo.clone()))
-        .with_named(CloseAccount(silo))
+        .with_named(CloseAccount(silo.clone()))
+        .with_named(UpdateStack(silo))
 }
 
 /// Lowercase hex of a digest (template hashes, idempotency tokens).

@@ -319,8 +319,29 @@ async fn serve_vends_a_tenant_against_moto() {
         stdout(&o)
     );
 
-    // Offboarded from the CLI with the shipped offboard workflow: watched until closed.
     let ops = [("VEND_URL", base.as_str()), ("VEND_OPS_TOKEN", OPS_TOKEN)];
+    // A fleet rollout from the CLI, driven by vend serve with the shipped rollout workflow.
+    let o = vend_with(
+        &["fleet", "rollout", "start", "--stack", "tenant", "--json"],
+        &ops,
+    )
+    .await;
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let started: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = vend_with(&["fleet", "rollout", "status", &id], &ops).await;
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        if stdout(&o).contains("completed") {
+            assert!(stdout(&o).contains("1 of 1 updated"), "{}", stdout(&o));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", stdout(&o));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Offboarded from the CLI with the shipped offboard workflow: watched until closed.
     let o = vend_with(
         &["tenants", "offboard", "acme", "--reason", "cli test"],
         &ops,

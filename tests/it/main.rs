@@ -16,4 +16,5 @@ mod ops;
 mod outbox;
 mod region;
 mod reliability;
+mod rollout;
 mod signup;

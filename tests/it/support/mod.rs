@@ -71,7 +71,19 @@ pub fn workflows(toml: &str, registry: &Registry) -> Arc<Workflows> {
     if kinds.contains("grace_period") {
         all.push(Workflow::parse(&fast_offboard_toml(), &kinds).expect("offboard workflow parses"));
     }
+    if kinds.contains("update_stack") {
+        all.push(Workflow::parse(&fast_rollout_toml(), &kinds).expect("rollout workflow parses"));
+    }
     Arc::new(Workflows::new(all).unwrap())
+}
+
+/// The shipped rollout workflow at test speed.
+pub fn fast_rollout_toml() -> String {
+    std::fs::read_to_string(postgres::repo_root().join("workflows/rollout.toml"))
+        .unwrap()
+        .replace("poll_interval = \"10s\"", "poll_interval = \"50ms\"")
+        .replace("initial_interval = \"2s\"", "initial_interval = \"20ms\"")
+        .replace("maximum_interval = \"5m\"", "maximum_interval = \"100ms\"")
 }
 
 /// The shipped offboard workflow at test speed (moto finishes everything at once).
@@ -90,6 +102,8 @@ pub struct TestApp {
     pub workflows: Arc<Workflows>,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// A copy of templates/ the app's rollouts read (a test may change it).
+    pub templates: Arc<tempfile::TempDir>,
     shutdown: CancellationToken,
 }
 
@@ -200,6 +214,14 @@ async fn spawn_app_full(
     offboard_grace: Duration,
 ) -> TestApp {
     let workflows = workflows(toml, &registry);
+    let templates = Arc::new(tempfile::tempdir().unwrap());
+    for f in ["baseline.yaml", "tenant-stack.yaml"] {
+        std::fs::copy(
+            postgres::repo_root().join("templates").join(f),
+            templates.path().join(f),
+        )
+        .unwrap();
+    }
     let metrics = Metrics::new();
     let state = AppState {
         pool: pool.clone(),
@@ -219,6 +241,7 @@ async fn spawn_app_full(
             allowed: vec![moto::REGION.into(), moto::OTHER_REGION.into()],
             default: Some(moto::REGION.into()),
         },
+        templates_dir: templates.path().to_owned(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -238,6 +261,7 @@ async fn spawn_app_full(
         workflows,
         registry,
         metrics,
+        templates,
         shutdown,
     }
 }

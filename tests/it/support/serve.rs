@@ -64,7 +64,7 @@ pub fn env(
     v
 }
 
-/// The silo and offboard workflows at test speed, in a directory of their own.
+/// The silo, offboard and rollout workflows at test speed, in a directory of their own.
 pub fn fast_workflows() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("silo.toml"), super::fast_silo_toml()).unwrap();
@@ -73,6 +73,7 @@ pub fn fast_workflows() -> tempfile::TempDir {
         super::fast_offboard_toml(),
     )
     .unwrap();
+    std::fs::write(dir.path().join("rollout.toml"), super::fast_rollout_toml()).unwrap();
     dir
 }
 

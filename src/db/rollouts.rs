@@ -1,0 +1,244 @@
+//! Fleet rollouts and their tenants (see `lifecycle::rollout`).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub id: Uuid,
+    pub stack: String,
+    pub version: String,
+    pub canary: i32,
+    pub wave_size: i32,
+    pub max_failures: i32,
+    pub state: String,
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Tenants of a rollout by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: i64,
+    pub updated: i64,
+    pub failed: i64,
+    pub pending: i64,
+    pub running: i64,
+}
+
+/// Creates the rollout with every tenant of `tenants` (in order) in its wave: the first `canary`
+/// in wave 0, then `wave_size` a wave.
+#[allow(clippy::too_many_arguments)]
+pub async fn create(
+    conn: &mut PgConnection,
+    id: Uuid,
+    stack: &str,
+    template: &str,
+    version: &str,
+    canary: i32,
+    wave_size: i32,
+    max_failures: i32,
+    actor: &str,
+    tenants: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"INSERT INTO rollouts (id, stack, template, version, canary, wave_size, max_failures, state, actor)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8)"#,
+        id,
+        stack,
+        template,
+        version,
+        canary,
+        wave_size,
+        max_failures,
+        actor
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        r#"INSERT INTO rollout_tenants (rollout_id, tenant_id, wave, state)
+           SELECT $1, t.id,
+                  CASE WHEN t.ord <= $3 THEN 0 ELSE 1 + (t.ord - $3 - 1) / $4 END,
+                  'pending'
+           FROM unnest($2::uuid[]) WITH ORDINALITY AS t(id, ord)"#,
+        id,
+        tenants,
+        canary as i64,
+        wave_size as i64
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Rollout>, sqlx::Error> {
+    sqlx::query_as!(
+        Rollout,
+        r#"SELECT id, stack, version, canary, wave_size, max_failures, state, actor, created_at, updated_at
+           FROM rollouts WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Rollout>, sqlx::Error> {
+    sqlx::query_as!(
+        Rollout,
+        r#"SELECT id, stack, version, canary, wave_size, max_failures, state, actor, created_at, updated_at
+           FROM rollouts WHERE id = $1 FOR UPDATE"#,
+        id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn list(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Rollout>, sqlx::Error> {
+    sqlx::query_as!(
+        Rollout,
+        r#"SELECT id, stack, version, canary, wave_size, max_failures, state, actor, created_at, updated_at
+           FROM rollouts ORDER BY created_at DESC, id DESC LIMIT $1"#,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Rollouts the driver moves on.
+pub async fn running(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_at"#
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn template(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<(String, String, String)>, sqlx::Error> {
+    Ok(sqlx::query!(
+        "SELECT stack, template, version FROM rollouts WHERE id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await?
+    .map(|r| (r.stack, r.template, r.version)))
+}
+
+pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE rollouts SET state = $2, updated_at = now() WHERE id = $1",
+        id,
+        state
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn counts(db: impl PgExecutor<'_>, id: Uuid) -> Result<Counts, sqlx::Error> {
+    let r = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE state <> 'skipped') AS "total!",
+                  count(*) FILTER (WHERE state = 'updated') AS "updated!",
+                  count(*) FILTER (WHERE state = 'failed') AS "failed!",
+                  count(*) FILTER (WHERE state = 'pending') AS "pending!",
+                  count(*) FILTER (WHERE state = 'running') AS "running!"
+           FROM rollout_tenants WHERE rollout_id = $1"#,
+        id
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Counts {
+        total: r.total,
+        updated: r.updated,
+        failed: r.failed,
+        pending: r.pending,
+        running: r.running,
+    })
+}
+
+/// A tenant of a rollout that is running: its update's run, and that run's state now.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub tenant_id: Uuid,
+    pub run_state: Option<String>,
+}
+
+/// The rollout's running tenants with the state of their update runs.
+pub async fn running_tenants(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Vec<Running>, sqlx::Error> {
+    sqlx::query_as!(
+        Running,
+        r#"SELECT rt.tenant_id, r.state AS "run_state?"
+           FROM rollout_tenants rt LEFT JOIN runs r ON r.id = rt.run_id
+           WHERE rt.rollout_id = $1 AND rt.state = 'running'"#,
+        id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The pending tenants of the rollout's first wave that still has pending or running tenants, and
+/// whether that wave has running ones.
+pub async fn next_wave(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<(Vec<Uuid>, bool), sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"WITH w AS (
+               SELECT min(wave) AS wave FROM rollout_tenants
+               WHERE rollout_id = $1 AND state IN ('pending', 'running')
+           )
+           SELECT rt.tenant_id, rt.state FROM rollout_tenants rt, w
+           WHERE rt.rollout_id = $1 AND rt.wave = w.wave AND rt.state IN ('pending', 'running')"#,
+        id
+    )
+    .fetch_all(db)
+    .await?;
+    let running = rows.iter().any(|r| r.state == "running");
+    Ok((
+        rows.into_iter()
+            .filter(|r| r.state == "pending")
+            .map(|r| r.tenant_id)
+            .collect(),
+        running,
+    ))
+}
+
+pub async fn set_tenant(
+    conn: &mut PgConnection,
+    id: Uuid,
+    tenant_id: Uuid,
+    state: &str,
+    run_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE rollout_tenants SET state = $3, run_id = coalesce($4, run_id), updated_at = now()
+           WHERE rollout_id = $1 AND tenant_id = $2"#,
+        id,
+        tenant_id,
+        state,
+        run_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Active tenants whose workflow is one of `workflows`, oldest first (the canary is the oldest).
+pub async fn eligible_tenants(
+    db: impl PgExecutor<'_>,
+    workflows: &[String],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT id FROM tenants WHERE state = 'active' AND workflow = ANY($1) ORDER BY id"#,
+        workflows
+    )
+    .fetch_all(db)
+    .await
+}

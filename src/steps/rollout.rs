@@ -1,0 +1,72 @@
+//! `update_stack`: the step of the rollout workflow. It converges the tenant's stack (or baseline) to
+//! the template of the rollout recorded in the tenant's resources (`rollout_id`), exactly as that
+//! template was when the rollout started, and records the version the stack now runs.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::aws::cloudformation::Cfn;
+use crate::db;
+use crate::domain::{StepError, StepOutcome};
+use crate::engine::{NamedStep, StepContext};
+
+use super::stack::{StackProgress, converge};
+use super::{Silo, account_id};
+
+pub struct UpdateStack(pub Arc<Silo>);
+
+#[async_trait]
+impl NamedStep for UpdateStack {
+    const KIND: &'static str = "update_stack";
+    async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+        run(&self.0, ctx).await
+    }
+}
+
+async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
+    let account = account_id(ctx)?;
+    let rollout = ctx
+        .resource_str("rollout_id")
+        .and_then(|r| uuid::Uuid::parse_str(r).ok())
+        .ok_or_else(|| StepError::permanent("NoRollout", "no rollout recorded for the tenant"))?;
+    let (stack, template, version) = db::rollouts::template(&silo.pool, rollout)
+        .await
+        .map_err(|e| StepError::transient("DatabaseError", e.to_string()))?
+        .ok_or_else(|| {
+            StepError::permanent("NoRollout", format!("rollout {rollout} does not exist"))
+        })?;
+    let progress = if stack == "baseline" {
+        let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
+        let spec = super::bootstrap_baseline::spec(silo, ctx, template);
+        converge(ctx, &silo.pool, &cfn, spec, "baseline").await?
+    } else {
+        let role = ctx
+            .resource_str("deployment_role_arn")
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                StepError::permanent("NoDeploymentRole", "no deployment role recorded")
+            })?;
+        let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
+        let spec = super::deploy_stack::spec(ctx, role, template);
+        converge(ctx, &silo.pool, &cfn, spec, "tenant").await?
+    };
+    match progress {
+        StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
+        StackProgress::Ready(ready) => {
+            if stack == "baseline" {
+                if let Some(role) = ready.outputs.get("DeploymentRoleArn") {
+                    ctx.set_resource("deployment_role_arn", role.clone());
+                }
+            } else {
+                for (k, key) in [("ApiId", "api_id"), ("StageName", "api_stage")] {
+                    if let Some(v) = ready.outputs.get(k) {
+                        ctx.set_resource(key, v.clone());
+                    }
+                }
+            }
+            ctx.set_resource(&format!("{stack}_stack_version"), version);
+            Ok(StepOutcome::Succeeded)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Fleet rollouts against moto: a changed tenant-stack template reaches every active tenant in waves,
+//! each stack ends up running the template as it was when the rollout started, and the rollout can be
+//! paused, resumed and aborted.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::moto;
+use crate::support::{TestApp, signup_body, spawn_silo};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+async fn rollout(app: &TestApp, id: &str) -> Value {
+    let r = app
+        .ops(Method::GET, &format!("/v1/rollouts/{id}"), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn wait_rollout(app: &TestApp, id: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let r = rollout(app, id).await;
+        if r["state"] == state {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout never {state}: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_the_start() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, _rt) = spawn_silo(&moto.url, |_| {}, None).await;
+    let slugs = ["acme", "globex", "initech"];
+    for s in slugs {
+        app.signup(&signup_body(s)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for s in slugs {
+        app.wait_for_state(s, &["active"], WITHIN).await;
+    }
+    let stop = CancellationToken::new();
+    tokio::spawn(vend::lifecycle::rollout::drive(
+        app.pool.clone(),
+        app.workflows.clone(),
+        Duration::from_millis(100),
+        stop.clone(),
+    ));
+
+    // A new version of the tenant stack: one more output.
+    let file = app.templates.path().join("tenant-stack.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let changed = format!(
+        "{}\n  RolloutMarker:\n    Value: version-two\n",
+        original.trim_end()
+    );
+    assert!(original.contains("\nOutputs:"), "the template has outputs");
+    std::fs::write(&file, &changed).unwrap();
+
+    let bad = app
+        .ops(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"stack": "database"})),
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    let r = app
+        .ops(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"stack": "tenant", "canary": 1, "wave_size": 1, "max_failures": 0})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let started: Value = r.json().await.unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["tenants"]["total"], 3);
+    // The file changes again after the start: the rollout keeps the version it started with.
+    std::fs::write(
+        &file,
+        format!("{changed}  Later:\n    Value: not-this-one\n"),
+    )
+    .unwrap();
+
+    let done = wait_rollout(&app, &id, "completed").await;
+    assert_eq!(
+        done["tenants"],
+        json!({"total": 3, "updated": 3, "failed": 0, "pending": 0}),
+        "{done:#}"
+    );
+    let version = done["version"].as_str().unwrap();
+    for s in slugs {
+        let t = app.tenant(s).await;
+        assert_eq!(t["state"], "active", "{s} stayed active");
+        assert_eq!(t["stack_version"], version, "{s}: {t:#}");
+        let account = t["account_id"].as_str().unwrap();
+        let inside = moto::sdk_in(&sdk, account).await;
+        let body = aws_sdk_cloudformation::Client::new(&inside)
+            .get_template()
+            .stack_name("vend-tenant")
+            .send()
+            .await
+            .unwrap()
+            .template_body()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            body.contains("version-two"),
+            "{s}: the stack runs the old template"
+        );
+        assert!(
+            !body.contains("not-this-one"),
+            "{s}: the stack runs a later edit"
+        );
+    }
+    // Waves: the canary finished before the next tenant started.
+    let starts: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT t.slug, h.at FROM history h JOIN tenants t ON t.id = h.tenant_id
+         WHERE h.kind = 'rollout.started' ORDER BY h.at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(starts.len(), 3);
+    let updated_at: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT rt.updated_at FROM rollout_tenants rt JOIN tenants t ON t.id = rt.tenant_id
+         WHERE t.slug = $1",
+    )
+    .bind(&starts[0].0)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        updated_at[0] <= starts[1].1,
+        "wave 2 started before the canary finished"
+    );
+
+    // Listing, pausing, resuming, aborting.
+    let list: Value = app
+        .ops(Method::GET, "/v1/rollouts", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["rollouts"][0]["id"], id.as_str());
+    let r = app
+        .ops(Method::POST, &format!("/v1/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(r.status(), 409, "a completed rollout cannot be paused");
+    // With the driver stopped, a new rollout stays where control puts it.
+    stop.cancel();
+    let second: Value = app
+        .ops(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"stack": "baseline"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id2 = second["id"].as_str().unwrap();
+    assert_eq!(second["state"], "running");
+    for (action, state) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("abort", "aborted"),
+    ] {
+        let r = app
+            .ops(Method::POST, &format!("/v1/rollouts/{id2}/{action}"), None)
+            .await;
+        assert_eq!(r.status(), 200, "{action}");
+        assert_eq!(r.json::<Value>().await.unwrap()["state"], state);
+    }
+    let r = app
+        .ops(Method::POST, &format!("/v1/rollouts/{id2}/resume"), None)
+        .await;
+    assert_eq!(r.status(), 409);
+    let r = app
+        .ops(
+            Method::GET,
+            "/v1/rollouts/00000000-0000-0000-0000-000000000000",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    engine.stop().await;
+}
