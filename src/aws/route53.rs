@@ -184,32 +184,16 @@ impl Route53 {
         name: &str,
         target: &str,
     ) -> Result<bool, AwsError> {
-        let want = absolute(name);
-        let out = self
-            .aws
-            .call(
-                "route53.ListResourceRecordSets",
-                self.client
-                    .list_resource_record_sets()
-                    .hosted_zone_id(zone_id)
-                    .start_record_name(&want)
-                    .max_items(4)
-                    .send(),
-            )
-            .await?;
         let same = |a: &str| {
             a.trim_end_matches('.')
                 .eq_ignore_ascii_case(target.trim_end_matches('.'))
         };
-        let ours = out.resource_record_sets().iter().find(|r| {
-            r.name().eq_ignore_ascii_case(&want)
-                && matches!(r.r#type(), RrType::A | RrType::Aaaa | RrType::Cname)
-                && (r.alias_target().is_some_and(|a| same(a.dns_name()))
-                    || r.resource_records()
-                        .first()
-                        .is_some_and(|v| same(v.value())))
-        });
-        let Some(set) = ours.cloned() else {
+        let ours = self
+            .address_records(zone_id, name)
+            .await?
+            .into_iter()
+            .find(|r| target_of_record(r).is_some_and(|t| same(&t)));
+        let Some(set) = ours else {
             return Ok(false);
         };
         match self
@@ -233,6 +217,19 @@ impl Route53 {
     /// Where the record `name` points (an alias's target, a CNAME's value or an address), if an A,
     /// AAAA or CNAME record of that name exists.
     pub async fn target_of(&self, zone_id: &str, name: &str) -> Result<Option<String>, AwsError> {
+        Ok(self
+            .address_records(zone_id, name)
+            .await?
+            .iter()
+            .find_map(target_of_record))
+    }
+
+    /// The A, AAAA and CNAME records named exactly `name`.
+    async fn address_records(
+        &self,
+        zone_id: &str,
+        name: &str,
+    ) -> Result<Vec<ResourceRecordSet>, AwsError> {
         let want = absolute(name);
         let out = self
             .aws
@@ -249,16 +246,20 @@ impl Route53 {
         Ok(out
             .resource_record_sets()
             .iter()
-            .filter(|r| r.name().eq_ignore_ascii_case(&want))
-            .find_map(|r| match r.r#type() {
-                // Whatever the name answers with: an alias's target, or its first value (an address
-                // someone put there by hand counts as much as an alias).
-                RrType::A | RrType::Aaaa | RrType::Cname => r
-                    .alias_target()
-                    .map(|a| a.dns_name().to_owned())
-                    .or_else(|| r.resource_records().first().map(|v| v.value().to_owned())),
-                _ => None,
+            .filter(|r| {
+                r.name().eq_ignore_ascii_case(&want)
+                    && matches!(r.r#type(), RrType::A | RrType::Aaaa | RrType::Cname)
             })
-            .map(|d| d.trim_end_matches('.').to_owned()))
+            .cloned()
+            .collect())
     }
+}
+
+/// Whatever a record answers with: an alias's target, or its first value (an address someone put
+/// there by hand counts as much as an alias), without the trailing dot.
+fn target_of_record(r: &ResourceRecordSet) -> Option<String> {
+    r.alias_target()
+        .map(|a| a.dns_name().to_owned())
+        .or_else(|| r.resource_records().first().map(|v| v.value().to_owned()))
+        .map(|d| d.trim_end_matches('.').to_owned())
 }

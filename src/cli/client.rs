@@ -61,3 +61,32 @@ impl OpsClient {
             .context("the API answered something that is not the expected JSON")
     }
 }
+
+/// How the ops commands reach the API: shared by `vend tenants` and `vend fleet`.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Base URL of the vend API.
+    #[arg(
+        long,
+        env = "VEND_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// Ops bearer token.
+    #[arg(long, env = "VEND_OPS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ApiArgs {
+    pub fn client(&self) -> anyhow::Result<OpsClient> {
+        let token = self
+            .token
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("VEND_OPS_TOKEN: is required (or pass --token)"))?;
+        OpsClient::new(&self.url, &token)
+    }
+}

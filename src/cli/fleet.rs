@@ -6,24 +6,10 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::OpsClient;
-
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// Base URL of the vend API.
-    #[arg(
-        long,
-        env = "VEND_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    url: String,
-    /// Ops bearer token.
-    #[arg(long, env = "VEND_OPS_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    api: super::client::ApiArgs,
     #[command(subcommand)]
     command: FleetCommand,
 }
@@ -78,11 +64,7 @@ fn line(r: &Value) -> String {
 }
 
 pub async fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
-    let token = args
-        .token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("VEND_OPS_TOKEN: is required (or pass --token)"))?;
-    let api = OpsClient::new(&args.url, &token)?;
+    let api = args.api.client()?;
     let FleetCommand::Rollout(cmd) = args.command;
     let (method, path, body) = match cmd {
         RolloutCommand::Start {
@@ -114,7 +96,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
         b
     });
     let v: Value = api.call(method, &path, body.as_ref()).await?;
-    if args.json {
+    if args.api.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if let Some(list) = v["rollouts"].as_array() {
         if list.is_empty() {

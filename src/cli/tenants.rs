@@ -15,20 +15,8 @@ use super::client::OpsClient;
 
 #[derive(Debug, Args)]
 pub struct TenantsArgs {
-    /// Base URL of the vend API.
-    #[arg(
-        long,
-        env = "VEND_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    url: String,
-    /// Ops bearer token.
-    #[arg(long, env = "VEND_OPS_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    api: super::client::ApiArgs,
     #[command(subcommand)]
     command: TenantsCommand,
 }
@@ -89,12 +77,8 @@ enum TenantsCommand {
 }
 
 pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
-    let token = args
-        .token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("VEND_OPS_TOKEN: is required (or pass --token)"))?;
-    let api = OpsClient::new(&args.url, &token)?;
-    let json_out = args.json;
+    let api = args.api.client()?;
+    let json_out = args.api.json;
     match args.command {
         TenantsCommand::List {
             state,

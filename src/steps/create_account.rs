@@ -132,6 +132,22 @@ async fn over_budget(
     Ok(e)
 }
 
+/// How much longer a `CreateAccount` whose intent was recorded at `intent` (RFC 3339) may still be in
+/// flight, if it may: until then an unseen request is presumed on its way, not lost.
+pub(crate) fn still_in_flight(silo: &Silo, intent: &str) -> Option<Duration> {
+    let since = chrono::DateTime::parse_from_rfc3339(intent)
+        .map(|t| {
+            (Utc::now() - t.with_timezone(&Utc))
+                .to_std()
+                .unwrap_or_default()
+        })
+        .unwrap_or(Duration::MAX);
+    silo.settings
+        .unknown_outcome_grace
+        .checked_sub(since)
+        .filter(|d| !d.is_zero())
+}
+
 /// Set when the recorded request is the answer to vend's own `CreateAccount` (which passed the tags),
 /// not one found by name: its account needs no look at its tags.
 pub(crate) const OWN_REQUEST: &str = "create_request_ours";
@@ -227,17 +243,8 @@ pub(crate) async fn ensure_requested(
             }
             return Ok(Requested::Known);
         }
-        let since = chrono::DateTime::parse_from_rfc3339(&intent)
-            .map(|t| {
-                (Utc::now() - t.with_timezone(&Utc))
-                    .to_std()
-                    .unwrap_or_default()
-            })
-            .unwrap_or(Duration::MAX);
-        if since < silo.settings.unknown_outcome_grace {
-            return Ok(Requested::Unsure(
-                silo.settings.unknown_outcome_grace - since,
-            ));
+        if let Some(left) = still_in_flight(silo, &intent) {
+            return Ok(Requested::Unsure(left));
         }
         tracing::warn!(
             "no trace of an earlier CreateAccount; the call never reached AWS, calling again"

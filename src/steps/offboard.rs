@@ -21,7 +21,7 @@ use crate::engine::{NamedStep, StepContext};
 use crate::lifecycle::offboard::{OFFBOARD_AFTER, QUIESCE_UNTIL};
 
 use super::Silo;
-use super::create_account::{TENANT_TAG, owned_account, release_slot};
+use super::create_account::{TENANT_TAG, owned_account, release_slot, still_in_flight};
 use super::deploy_stack::STACK_NAME;
 
 /// The step kinds of the offboard workflow, in order (workflows/offboard.toml).
@@ -262,16 +262,9 @@ async fn tenant_account(silo: &Silo, ctx: &mut StepContext) -> Result<Found, Ste
                 "found the tenant's CreateAccount request".into(),
             ));
         }
-        let since = DateTime::parse_from_rfc3339(&intent)
-            .map(|t| {
-                (Utc::now() - t.with_timezone(&Utc))
-                    .to_std()
-                    .unwrap_or_default()
-            })
-            .unwrap_or(Duration::MAX);
-        if since < silo.settings.unknown_outcome_grace {
+        if let Some(left) = still_in_flight(silo, &intent) {
             return Ok(Found::Pending(
-                silo.settings.unknown_outcome_grace - since,
+                left,
                 "an interrupted CreateAccount may still be in flight".into(),
             ));
         }
