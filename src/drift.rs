@@ -199,7 +199,27 @@ impl DriftChecker {
                 .iter()
                 .map(|f| (f.resource.clone(), f.detail.clone()))
                 .collect();
-            db::drift::record(&self.silo.pool, tenant.id, &list, &repaired).await?;
+            let opened = db::drift::record(&self.silo.pool, tenant.id, &list, &repaired).await?;
+            if !opened.is_empty() {
+                let detail: Vec<serde_json::Value> = found
+                    .iter()
+                    .filter(|f| opened.contains(&f.resource))
+                    .map(|f| serde_json::json!({"resource": f.resource, "detail": f.detail}))
+                    .collect();
+                let payload = serde_json::json!({
+                    "tenant": {"slug": tenant.slug, "tier": tenant.tier, "state": tenant.state,
+                               "account_id": tenant.account_id()},
+                    "findings": detail,
+                    "repair": self.repair,
+                });
+                db::outbox::report(
+                    &self.silo.pool,
+                    tenant.id,
+                    crate::domain::EventType::DriftDetected,
+                    &payload,
+                )
+                .await?;
+            }
         }
         Ok(due.len())
     }

@@ -52,13 +52,14 @@ pub async fn recheck_soon(db: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<()
 }
 
 /// Records one check's result: findings not open yet are opened, open ones it did not see are
-/// resolved. `repaired` are the resources a repair was started for.
+/// resolved. `repaired` are the resources a repair was started for. Returns the resources whose
+/// findings were opened now.
 pub async fn record(
     pool: &PgPool,
     tenant_id: Uuid,
     found: &[(String, String)],
     repaired: &[String],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<String>, sqlx::Error> {
     let resources: Vec<String> = found.iter().map(|(r, _)| r.clone()).collect();
     let details: Vec<String> = found.iter().map(|(_, d)| d.clone()).collect();
     let mut tx = pool.begin().await?;
@@ -70,17 +71,23 @@ pub async fn record(
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query!(
+    // xmax = 0 tells a row this statement inserted from one it updated.
+    let opened: Vec<String> = sqlx::query!(
         r#"INSERT INTO drift_findings (tenant_id, resource, detail)
            SELECT $1, r, d FROM unnest($2::text[], $3::text[]) AS f(r, d)
            ON CONFLICT (tenant_id, resource) WHERE resolved_at IS NULL
-           DO UPDATE SET detail = EXCLUDED.detail"#,
+           DO UPDATE SET detail = EXCLUDED.detail
+           RETURNING resource AS "resource!", (xmax = 0) AS "inserted!""#,
         tenant_id,
         &resources,
         &details
     )
-    .execute(&mut *tx)
-    .await?;
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .filter(|r| r.inserted)
+    .map(|r| r.resource)
+    .collect();
     sqlx::query!(
         r#"UPDATE drift_findings SET repaired_at = now()
            WHERE tenant_id = $1 AND resolved_at IS NULL AND resource = ANY($2)"#,
@@ -89,7 +96,8 @@ pub async fn record(
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(opened)
 }
 
 /// An open finding.

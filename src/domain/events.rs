@@ -32,6 +32,9 @@ pub enum EventType {
     /// A rollout updated the tenant's stack.
     #[serde(rename = "tenant.stack.updated")]
     StackUpdated,
+    /// A drift check found something of the tenant's changed behind vend's back.
+    #[serde(rename = "tenant.drift.detected")]
+    DriftDetected,
 }
 
 impl EventType {
@@ -47,6 +50,7 @@ impl EventType {
             EventType::TenantRestored => "tenant.restored",
             EventType::TenantClosed => "tenant.closed",
             EventType::StackUpdated => "tenant.stack.updated",
+            EventType::DriftDetected => "tenant.drift.detected",
         }
     }
 }

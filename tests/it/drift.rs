@@ -141,6 +141,14 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     ];
     want.sort();
     assert_eq!(open_findings(&app).await, want);
+    let events: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE type = 'tenant.drift.detected' ORDER BY created_at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 1, "one event for the check that found them");
+    assert_eq!(events[0]["findings"].as_array().unwrap().len(), 4);
     let o = app
         .ops(Method::GET, "/v1/drift?tenant=nobody", None)
         .await
