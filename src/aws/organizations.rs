@@ -30,6 +30,8 @@ pub struct CreateRequest {
     pub id: String,
     pub account_name: String,
     pub state: CreateState,
+    /// How long AWS took, by its own timestamps (requested to completed), once it has finished.
+    pub took: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,10 +189,18 @@ fn request(s: &CreateAccountStatus) -> CreateRequest {
         },
         _ => CreateState::InProgress,
     };
+    let took = match (s.requested_timestamp(), s.completed_timestamp()) {
+        (Some(r), Some(c)) if !matches!(state, CreateState::InProgress) => {
+            let secs = c.as_secs_f64() - r.as_secs_f64();
+            (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+        }
+        _ => None,
+    };
     CreateRequest {
         id: s.id().unwrap_or_default().to_owned(),
         account_name: s.account_name().unwrap_or_default().to_owned(),
         state,
+        took,
     }
 }
 

@@ -824,6 +824,12 @@ async fn organizations(
         "DescribeCreateAccountStatus" => {
             if in_progress_id(&inner, req["CreateAccountRequestId"].as_str()) {
                 in_progress(&mut v["CreateAccountStatus"]);
+            } else if !delay.is_zero() {
+                // As AWS reports it: completed when the delay was over, not when the emulator acted.
+                let s = &mut v["CreateAccountStatus"];
+                if let Some(requested) = s["RequestedTimestamp"].as_f64() {
+                    s["CompletedTimestamp"] = json!(requested + delay.as_secs_f64());
+                }
             }
         }
         "ListCreateAccountStatus" => {

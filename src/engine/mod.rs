@@ -77,6 +77,9 @@ pub struct Engine {
     /// When this process last woke the outbox dispatchers (ms since `epoch`).
     pub(crate) last_outbox_notify: std::sync::atomic::AtomicU64,
     pub(crate) epoch: std::time::Instant,
+    /// Rung when an attempt of this process commits a wait shorter than the poll interval: the claim
+    /// loop, napping until the earliest due step it saw, looks again (the new timer may come first).
+    pub(crate) timers: Notify,
     pub(crate) pool: PgPool,
     pub(crate) workflows: Arc<Workflows>,
     pub(crate) registry: Registry,
@@ -98,6 +101,7 @@ impl Engine {
             stopping: std::sync::atomic::AtomicBool::new(false),
             last_outbox_notify: std::sync::atomic::AtomicU64::new(0),
             epoch: std::time::Instant::now(),
+            timers: Notify::new(),
             pool,
             workflows,
             registry,
@@ -196,6 +200,7 @@ impl Engine {
             );
             tokio::select! {
                 () = wake.notified() => {}
+                () = self.timers.notified() => {}
                 () = tokio::time::sleep(nap) => {}
                 () = shutdown.cancelled() => break,
             }

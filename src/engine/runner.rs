@@ -396,6 +396,11 @@ impl Engine {
             db::notify(&mut tx, db::OUTBOX_CHANNEL).await?;
         }
         tx.commit().await?;
+        if let Decision::Wait { after, .. } = decision
+            && *after < self.config.poll_interval
+        {
+            self.timers.notify_one();
+        }
         Ok(Some(None))
     }
 }

@@ -70,7 +70,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             })
         }
         CreateState::Succeeded { account_id } => {
-            CREATION.finished(&silo.pool, ctx).await?;
+            CREATION.finished_in(&silo.pool, ctx, r.took).await?;
             ctx.save_resource("account_id", account_id.clone()).await?;
             finish_account(silo, ctx, &account_id).await
         }

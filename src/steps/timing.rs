@@ -90,8 +90,21 @@ impl Timed<'_> {
 
     /// It was just seen finished: record how long it took (when vend saw it start) and forget the start.
     pub async fn finished(&self, pool: &PgPool, ctx: &mut StepContext) -> Result<(), StepError> {
-        if let Some(took) = self.elapsed(ctx) {
-            let took = waits::observed(self.seen_unfinished(ctx), took);
+        self.finished_in(pool, ctx, None).await
+    }
+
+    /// As [`Timed::finished`], with the duration AWS itself reports when it does (its own request and
+    /// completion times): exact, where vend's looks only bracket it.
+    pub async fn finished_in(
+        &self,
+        pool: &PgPool,
+        ctx: &mut StepContext,
+        reported: Option<Duration>,
+    ) -> Result<(), StepError> {
+        let seen = self
+            .elapsed(ctx)
+            .map(|took| waits::observed(self.seen_unfinished(ctx), took));
+        if let Some(took) = reported.or(seen) {
             db::durations::record(pool, self.kind, took)
                 .await
                 .map_err(db_error)?;
