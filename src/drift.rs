@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::aws::AwsError;
 use crate::aws::apigateway::ApiGateway;
 use crate::aws::cloudformation::Cfn;
-use crate::aws::{Aws, AwsError};
 use crate::db;
 use crate::db::tenants::Tenant;
 use crate::domain::Workflows;
@@ -245,7 +245,8 @@ impl DriftChecker {
             .route53
             .target_of(&s.management.hosted_zone_id, &domain)
             .await?;
-        let aws = self.in_tenant_region(tenant, &account).await?;
+        let aws =
+            crate::steps::tenant_region_aws(s, &account, &tenant.slug, tenant.region()).await?;
         let apigw = ApiGateway::new(&aws);
         let domain_exists = apigw.get_domain(&domain).await?.is_some();
         let mappings = if domain_exists {
@@ -273,14 +274,6 @@ impl DriftChecker {
             mappings,
             stack_status,
         }))
-    }
-
-    async fn in_tenant_region(&self, tenant: &Tenant, account: &str) -> Result<Aws, AwsError> {
-        let aws = self.silo.accounts.in_account(account, &tenant.slug).await?;
-        Ok(match tenant.region() {
-            Some(r) if aws.sdk.region().is_none_or(|own| own.as_ref() != r) => aws.in_region(r),
-            _ => aws,
-        })
     }
 
     /// Starts the repairs vend may make; returns the resources it started a repair for.

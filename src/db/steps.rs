@@ -257,11 +257,12 @@ pub async fn succeed_many(
         let done = s.purpose.done_state();
         done_states.push(done.as_str());
         done_types.push(s.purpose.done_event().as_str());
-        done_messages.push(format!(
-            "{} → {}",
-            s.purpose.running_state().as_str(),
-            done.as_str()
-        ));
+        // Read only for a run's last step: no allocation for the others on the hot path.
+        done_messages.push(if s.last {
+            format!("{} → {}", s.purpose.running_state().as_str(), done.as_str())
+        } else {
+            String::new()
+        });
     }
     let rows = sqlx::query!(
         r#"

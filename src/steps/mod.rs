@@ -134,8 +134,24 @@ pub(crate) async fn in_tenant_region(
     ctx: &crate::engine::StepContext,
     account: &str,
 ) -> Result<Aws, StepError> {
-    let aws = silo.accounts.in_account(account, &ctx.tenant.slug).await?;
-    Ok(match ctx.resource_str(crate::lifecycle::signup::REGION) {
+    Ok(tenant_region_aws(
+        silo,
+        account,
+        &ctx.tenant.slug,
+        ctx.resource_str(crate::lifecycle::signup::REGION),
+    )
+    .await?)
+}
+
+/// `account` through its access role as `slug`, calling `region` when it is not vend's own.
+pub(crate) async fn tenant_region_aws(
+    silo: &Silo,
+    account: &str,
+    slug: &str,
+    region: Option<&str>,
+) -> Result<Aws, crate::aws::AwsError> {
+    let aws = silo.accounts.in_account(account, slug).await?;
+    Ok(match region {
         Some(r) if aws.sdk.region().is_none_or(|own| own.as_ref() != r) => aws.in_region(r),
         _ => aws,
     })
