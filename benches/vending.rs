@@ -143,6 +143,17 @@ async fn main() {
     .fetch_one(&pool)
     .await
     .unwrap();
+    // The phases of the makespan: signups until the first slot is taken, the creation phase, and the
+    // tail after the last account is seen (the remaining steps of the last tenants).
+    let (first_take, last_seen): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT min(started_at), max(finished_at) FROM account_creations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let lead = (first_take - started_at).to_std().unwrap_or_default();
+    let tail = (finished - last_seen).to_std().unwrap_or_default();
+    let idle =
+        (creations.0 * cap as f64 - held * creations.1) / (creations.1 - cap as f64).max(1.0);
     let learned: Option<f64> = sqlx::query_scalar(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) FROM wait_durations WHERE kind = 'create_account'",
     )
@@ -174,6 +185,31 @@ async fn main() {
         learned.unwrap_or(0.0)
     );
     println!(
+        "phases                        {:.2} s to the first slot, {:.2} s creating, {:.2} s tail",
+        lead.as_secs_f64(),
+        creations.0,
+        tail.as_secs_f64()
+    );
+    println!("slot idle between accounts    {idle:.3} s");
+    let spread: (f64, f64, f64, f64, f64) = sqlx::query_as(
+        r#"WITH gaps AS (
+               SELECT extract(epoch FROM c.started_at - (SELECT max(p.finished_at) FROM account_creations p
+                                                   WHERE p.finished_at <= c.started_at))::float8 AS gap
+               FROM account_creations c)
+           SELECT (SELECT percentile_cont(0.1) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) FROM account_creations)::float8,
+                  (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) FROM account_creations)::float8,
+                  (SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) FROM account_creations)::float8,
+                  (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY gap) FROM gaps WHERE gap IS NOT NULL)::float8,
+                  (SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY gap) FROM gaps WHERE gap IS NOT NULL)::float8"#,
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    println!(
+        "slot held p10/p50/p90         {:.3} / {:.3} / {:.3} s; release to next take p50 {:.3}, p90 {:.3} s",
+        spread.0, spread.1, spread.2, spread.3, spread.4
+    );
+    println!(
         "CreateAccount max in flight   {} (over cap: {})",
         stats.create_account_max_in_flight, stats.create_account_over_cap
     );
@@ -195,6 +231,43 @@ async fn main() {
         println!(
             "peak RSS of vend replica {i}     {:.1} MiB",
             p.peak_rss_kib().unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    // One tenant in the steady state, attempt by attempt (start, end, outcome): where a slot's time
+    // goes between taking it and handing it on.
+    let slug = format!("bench-{:05}", n / 2);
+    let rows: Vec<(String, Option<f64>, f64, String)> = sqlx::query_as(
+        r#"SELECT coalesce(h.step, h.kind),
+                  extract(epoch FROM h.started_at - c.started_at)::float8,
+                  extract(epoch FROM h.at - c.started_at)::float8,
+                  left(h.message, 60)
+           FROM history h JOIN tenants t ON t.id = h.tenant_id
+           JOIN account_creations c ON c.tenant_id = t.id
+           WHERE t.slug = $1 ORDER BY h.id"#,
+    )
+    .bind(&slug)
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default();
+    if std::env::var_os("VEND_BENCH_HOLDS").is_some() {
+        let holds: Vec<(String, f64, f64)> = sqlx::query_as(
+            r#"SELECT t.slug, extract(epoch FROM c.started_at - $1)::float8,
+                      extract(epoch FROM c.finished_at - c.started_at)::float8
+               FROM account_creations c JOIN tenants t ON t.id = c.tenant_id ORDER BY c.started_at"#,
+        )
+        .bind(started_at)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (slug, at, held) in holds {
+            println!("  hold {slug} from {at:>7.3} for {held:.3}");
+        }
+    }
+    println!("attempts of {slug}, seconds from taking its slot:");
+    for (step, start, end, msg) in rows {
+        println!(
+            "  {step:<18} {:>8} {end:>8.3}  {msg}",
+            start.map_or("-".into(), |s| format!("{s:.3}"))
         );
     }
     let mut top: Vec<_> = stats.operations.iter().collect();

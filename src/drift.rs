@@ -158,7 +158,8 @@ impl DriftChecker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let idle = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
-            let pause = match self.check_due(BATCH).await {
+            // Drift checks spend only the spare AWS budget: vending tenants come first.
+            let pause = match crate::aws::limiter::in_background(self.check_due(BATCH)).await {
                 Ok(n) if n as i64 == BATCH => Duration::ZERO,
                 Ok(_) => idle,
                 Err(e) => {

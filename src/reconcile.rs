@@ -293,8 +293,13 @@ impl Reconciler {
         Ok(rows.len())
     }
 
-    /// Repeats the reconcile and the account sync on their intervals, each run by one replica only.
+    /// Repeats the reconcile and the account sync on their intervals, each run by one replica only,
+    /// on the spare AWS budget (the tenants being vended come first).
     pub async fn run(self: Arc<Self>, ou_id: String, shutdown: CancellationToken) {
+        crate::aws::limiter::in_background(self.sweep(ou_id, shutdown)).await
+    }
+
+    async fn sweep(&self, ou_id: String, shutdown: CancellationToken) {
         let tick = std::cmp::min(
             self.settings.reconcile_interval,
             self.settings.account_sync_interval,

@@ -98,12 +98,39 @@ impl Bucket {
         }
     }
 
+    /// How long until a token is free above a reserve of `floor` tokens (zero if one is).
+    fn wait_above(&mut self, now: Instant, floor: f64) -> Duration {
+        self.refill(now);
+        let floor = floor.min(self.burst - 1.0).max(0.0);
+        if self.tokens >= floor + 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((floor + 1.0 - self.tokens) / self.rate)
+        }
+    }
+
     /// Takes a token, going into debt if none is left; returns how long the caller must wait for it.
     fn reserve(&mut self, now: Instant) -> Duration {
         let wait = self.wait(now);
         self.tokens -= 1.0;
         wait
     }
+}
+
+tokio::task_local! {
+    static BACKGROUND: ();
+}
+
+/// Runs `f` as background work (drift checks, reconciliation sweeps): its calls spend only the spare
+/// part of each budget, never the half of the burst kept for the tenants being vended, and wait for it
+/// as long as it takes rather than fail. A sweep over thousands of tenants thus never delays a
+/// `DescribeCreateAccountStatus` that holds one of the five CreateAccount slots.
+pub async fn in_background<F: Future>(f: F) -> F::Output {
+    BACKGROUND.scope((), f).await
+}
+
+fn is_background() -> bool {
+    BACKGROUND.try_with(|()| ()).is_ok()
 }
 
 /// The limiter of one vend process. Budgets that AWS counts organization- or account-wide for the
@@ -199,6 +226,10 @@ impl Limiter {
         account: Option<&str>,
         max_wait: Duration,
     ) -> Result<(), Duration> {
+        if is_background() {
+            self.acquire_spare(operation, account).await;
+            return Ok(());
+        }
         let wait = {
             let (key, budget) = self.resolve(operation, account);
             let budget = self.share_of(budget);
@@ -217,6 +248,29 @@ impl Limiter {
             tokio::time::sleep(wait).await;
         }
         Ok(())
+    }
+
+    /// Waits until a token is free above the half of the burst kept for foreground calls, then takes it
+    /// (never going into debt, so foreground callers find the reserve intact).
+    async fn acquire_spare(&self, operation: &str, account: Option<&str>) {
+        loop {
+            let wait = {
+                let (key, budget) = self.resolve(operation, account);
+                let budget = self.share_of(budget);
+                let now = Instant::now();
+                let mut buckets = self.buckets.lock().expect("limiter lock");
+                let bucket = buckets
+                    .entry(key)
+                    .or_insert_with(|| Bucket::new(budget, now));
+                let wait = bucket.wait_above(now, bucket.burst / 2.0);
+                if wait.is_zero() {
+                    bucket.tokens -= 1.0;
+                    return;
+                }
+                wait
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// AWS throttled a call: halve the rate (multiplicative decrease).
@@ -304,6 +358,8 @@ pub fn parse_overrides(json: &str, into: &mut HashMap<String, Budget>) -> Result
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn limiter() -> Limiter {
@@ -337,6 +393,37 @@ mod tests {
         assert!((25..=27).contains(&calls), "{calls} calls in 10 s at 2.5/s");
         l.set_replicas(1);
         assert_eq!(l.current_rate("svc.Op", None), 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_calls_leave_half_the_burst_to_foreground_calls() {
+        let mut b = default_budgets();
+        b.insert("svc".into(), Budget::new(10.0, 10.0, false));
+        let l = Arc::new(Limiter::new(b));
+        // A sweep that would take every token runs in the background for a second.
+        let sweep = {
+            let l = l.clone();
+            tokio::spawn(in_background(async move {
+                let mut calls = 0u32;
+                let start = Instant::now();
+                while Instant::now() - start < Duration::from_secs(1) {
+                    l.acquire("svc.Op", None, Duration::ZERO).await.unwrap();
+                    calls += 1;
+                }
+                calls
+            }))
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Meanwhile a burst of foreground calls finds its reserve: five at once, with no wait.
+        for _ in 0..5 {
+            l.acquire("svc.Op", None, Duration::ZERO).await.unwrap();
+        }
+        let background = sweep.await.unwrap();
+        // The sweep got the rest: its half of the burst plus the refill, less the foreground's share.
+        assert!(
+            (8..=12).contains(&background),
+            "{background} background calls in 1 s"
+        );
     }
 
     #[test]

@@ -11,6 +11,9 @@ use crate::domain::TenantState;
 
 /// Takes up to `limit` active tenants not checked within `interval`, longest-unchecked first, and
 /// marks them checked now (so replicas share the sweep and a crash delays a check by one interval).
+/// A tenant never checked counts from its last change: provisioning has just verified everything a
+/// check would, and a sweep of every fresh tenant would spend the Organizations budget that the
+/// tenants still being vended need.
 pub async fn claim_due(
     pool: &PgPool,
     interval: Duration,
@@ -20,8 +23,8 @@ pub async fn claim_due(
         r#"WITH due AS (
                SELECT t.id FROM tenants t LEFT JOIN drift_checks d ON d.tenant_id = t.id
                WHERE t.state = $1
-                 AND (d.checked_at IS NULL OR d.checked_at < now() - make_interval(secs => $2))
-               ORDER BY d.checked_at NULLS FIRST
+                 AND coalesce(d.checked_at, t.updated_at) < now() - make_interval(secs => $2)
+               ORDER BY coalesce(d.checked_at, t.updated_at)
                LIMIT $3
                FOR UPDATE OF t SKIP LOCKED
            )

@@ -71,6 +71,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         }
         CreateState::Succeeded { account_id } => {
             CREATION.finished_in(&silo.pool, ctx, r.took).await?;
+            ctx.set_resource("create_intent_at", Value::Null);
             ctx.save_resource("account_id", account_id.clone()).await?;
             finish_account(silo, ctx, &account_id).await
         }
@@ -78,10 +79,12 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
     }
 }
 
-/// How account creation is timed: from the intent recorded just before `CreateAccount`.
+/// How account creation is timed: from when `CreateAccount` answered (AWS started the request before
+/// that, so looks timed from it are never early), or from the intent recorded just before the call
+/// when the request was found after an unknown outcome.
 pub(crate) const CREATION: Timed<'static> = Timed {
     kind: "create_account",
-    started_key: "create_intent_at",
+    started_key: "create_started_at",
     seen_key: "create_seen_in_progress_s",
 };
 
@@ -102,7 +105,12 @@ async fn finish_account(
     if !proven {
         let have = silo.orgs.account_tags(account_id).await?;
         if !have.iter().any(|(k, v)| k == TENANT_TAG && *v == slug) {
-            for key in ["account_id", "create_request_id", "create_intent_at"] {
+            for key in [
+                "account_id",
+                "create_request_id",
+                "create_intent_at",
+                "create_started_at",
+            ] {
                 ctx.save_resource(key, Value::Null).await?;
             }
             return Err(conflict(silo, &slug, account_id));
@@ -163,6 +171,7 @@ async fn failed(
             ctx.set_resource("create_request_id", Value::Null);
             ctx.set_resource(OWN_REQUEST, Value::Null);
             ctx.set_resource("create_intent_at", Value::Null);
+            ctx.set_resource("create_started_at", Value::Null);
             ctx.set_resource("create_seen_in_progress_s", Value::Null);
             let (class, what) = failure_reason(reason);
             let e = StepError::new(

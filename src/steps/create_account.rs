@@ -237,6 +237,7 @@ pub(crate) async fn ensure_requested(
         if let Some(r) = silo.orgs.find_create_request(&name).await? {
             tracing::info!(request.id = %r.id, "found the tenant's CreateAccount request after an unknown outcome");
             ctx.set_resource(OWN_REQUEST, Value::Null);
+            ctx.set_resource("create_started_at", intent.as_str());
             ctx.save_resource("create_request_id", r.id.clone()).await?;
             if let CreateState::Succeeded { account_id } = &r.state {
                 ctx.save_resource("account_id", account_id.clone()).await?;
@@ -269,6 +270,7 @@ pub(crate) async fn ensure_requested(
         Slot::OverBudget(frees_in) => return Err(over_budget(silo, ctx, frees_in).await?),
     }
     ctx.set_resource("create_seen_in_progress_s", Value::Null);
+    ctx.set_resource("create_started_at", Value::Null);
     ctx.save_resource("create_intent_at", Utc::now().to_rfc3339())
         .await?;
     ctx.set_resource("account_email", email.clone());
@@ -278,6 +280,7 @@ pub(crate) async fn ensure_requested(
         Ok(r) => {
             // The account this request makes carries vend's tags from the start: no need to look.
             ctx.set_resource(OWN_REQUEST, true);
+            ctx.set_resource("create_started_at", Utc::now().to_rfc3339());
             ctx.save_resource("create_request_id", r.id.clone()).await?;
             if let CreateState::Succeeded { account_id } = &r.state {
                 ctx.save_resource("account_id", account_id.clone()).await?;
