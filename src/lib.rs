@@ -6,7 +6,6 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod devtools;
 pub mod domain;
 pub mod drift;
 pub mod engine;

@@ -295,17 +295,13 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// moto, prepared as vend's management account, behind the fault proxy configured by `configure`.
 /// Returns moto's process, the proxy, and the URL to point `AWS_ENDPOINT_URL` at.
 pub async fn aws_behind_proxy(
-    configure: impl FnOnce(&mut vend::devtools::aws_proxy::ProxyConfig),
-) -> (
-    Proc,
-    std::sync::Arc<vend::devtools::aws_proxy::Proxy>,
-    String,
-) {
+    configure: impl FnOnce(&mut vend_aws_proxy::ProxyConfig),
+) -> (Proc, std::sync::Arc<vend_aws_proxy::Proxy>, String) {
     let (moto, moto_url) = moto().await;
     prepare_management(&sdk(&moto_url).await).await;
-    let mut config = vend::devtools::aws_proxy::ProxyConfig::new(&moto_url);
+    let mut config = vend_aws_proxy::ProxyConfig::new(&moto_url);
     configure(&mut config);
-    let proxy = vend::devtools::aws_proxy::Proxy::new(config);
+    let proxy = vend_aws_proxy::Proxy::new(config);
     let addr = proxy.spawn().await.unwrap();
     (moto, proxy, format!("http://{addr}"))
 }

@@ -30,53 +30,6 @@ enum Command {
     Tenants(tenants::TenantsArgs),
     /// Fleet operations through the ops API: rollouts of a stack template in waves.
     Fleet(fleet::FleetArgs),
-    /// Development tools.
-    #[command(subcommand)]
-    Dev(DevCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum DevCommand {
-    /// A fault-injecting AWS proxy in front of an emulator: quotas, throttles, 5xx, lost responses and
-    /// an asynchronous, capped CreateAccount. Point vend's AWS_ENDPOINT_URL at it.
-    AwsProxy(AwsProxyArgs),
-}
-
-#[derive(Debug, Args)]
-struct AwsProxyArgs {
-    /// The emulator to forward to (e.g. moto).
-    #[arg(long)]
-    upstream: String,
-    /// Listen address.
-    #[arg(long, default_value = "127.0.0.1:4566")]
-    listen: std::net::SocketAddr,
-    /// Probability of a random throttle on any call.
-    #[arg(long, default_value_t = 0.0)]
-    throttle_rate: f64,
-    /// Probability of a random 5xx on any call.
-    #[arg(long, default_value_t = 0.0)]
-    error_rate: f64,
-    /// Probability that a call is made but its answer replaced by a 5xx.
-    #[arg(long, default_value_t = 0.0)]
-    lost_response_rate: f64,
-    /// How long CreateAccount stays IN_PROGRESS.
-    #[arg(long, default_value = "30s", value_parser = parse_interval)]
-    create_account_delay: Duration,
-    /// CreateAccount requests allowed in progress at once.
-    #[arg(long, default_value_t = 5)]
-    create_account_cap: usize,
-    /// CloseAccount requests allowed per --close-account-window (default: no limit).
-    #[arg(long)]
-    close_account_quota: Option<usize>,
-    /// The rolling window of that quota.
-    #[arg(long, default_value = "30d", value_parser = parse_interval)]
-    close_account_window: Duration,
-    /// Turn off the quotas from AWS's published figures.
-    #[arg(long)]
-    no_quotas: bool,
-    /// Seed of the fault dice.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -142,30 +95,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tenants(args) => tenants::run(args).await,
         Command::Fleet(args) => fleet::run(args).await,
-        Command::Dev(DevCommand::AwsProxy(a)) => {
-            crate::telemetry::init();
-            use crate::devtools::aws_proxy::{Proxy, ProxyConfig};
-            let mut config = ProxyConfig::new(&a.upstream);
-            config.throttle_rate = a.throttle_rate;
-            config.error_rate = a.error_rate;
-            config.lost_response_rate = a.lost_response_rate;
-            config.create_account_delay = a.create_account_delay;
-            config.create_account_cap = a.create_account_cap;
-            config.close_account_quota = a.close_account_quota;
-            config.close_account_window = a.close_account_window;
-            config.seed = a.seed;
-            if a.no_quotas {
-                config.quotas.clear();
-            }
-            let listener = tokio::net::TcpListener::bind(a.listen).await?;
-            println!(
-                "aws-proxy on http://{} -> {} (stats: /_proxy/stats)",
-                listener.local_addr()?,
-                a.upstream
-            );
-            Proxy::new(config).serve(listener).await?;
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 
@@ -214,13 +143,6 @@ mod tests {
                 "deploy_stack",
             ],
             vec!["vend", "tenants", "watch", "acme", "--interval", "2s"],
-            vec![
-                "vend",
-                "dev",
-                "aws-proxy",
-                "--upstream",
-                "http://127.0.0.1:5000",
-            ],
         ] {
             assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use vend::devtools::aws_proxy::{Proxy, ProxyConfig, ProxyStats, Scripted};
+use vend_aws_proxy::{Proxy, ProxyConfig, ProxyStats, Scripted};
 
 use crate::support::moto::BASE_DOMAIN;
 use crate::support::moto::{self, assert_exactly_one_of_everything};

@@ -381,7 +381,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_body() {
 async fn no_secret_or_credential_reaches_the_log() {
     use crate::support::moto;
     use crate::support::serve::{self, RECEIVER_SECRET, Served};
-    use vend::devtools::aws_proxy::{Proxy, ProxyConfig};
+    use vend_aws_proxy::{Proxy, ProxyConfig};
 
     let m = moto::start().await;
     moto::prepare_management(&moto::sdk(&m.url).await).await;

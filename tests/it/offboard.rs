@@ -8,7 +8,7 @@ use aws_config::SdkConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use vend::devtools::aws_proxy::{Proxy, ProxyConfig};
+use vend_aws_proxy::{Proxy, ProxyConfig};
 
 use crate::aws::assert_contract_holds;
 use crate::support::moto::{self, BASE_DOMAIN};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
-use vend::devtools::aws_proxy::{Proxy, ProxyConfig};
+use vend_aws_proxy::{Proxy, ProxyConfig};
 
 use crate::support::moto::{self, assert_exactly_one_of_everything};
 use crate::support::serve::{self, Receiver, Served};
