@@ -45,6 +45,11 @@ pub enum ReconcileError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "SCP {name} ({id}) exists but vend did not create it (it has no tag vend:managed-by=vend); \
+         vend will not change it. Rename or delete it, or tag it vend:managed-by=vend to hand it to vend"
+    )]
+    ForeignScp { name: String, id: String },
     #[error("VEND_BASE_DOMAIN: no public hosted zone named {0} in Route53; create it first")]
     NoHostedZone(String),
     #[error("{0}")]
@@ -245,6 +250,13 @@ impl Reconciler {
         for doc in &self.scps {
             let id = match existing.iter().find(|p| p.name == doc.name) {
                 Some(p) => {
+                    // The name alone proves nothing: only a policy vend tagged is vend's to change.
+                    if !self.is_managed(&p.id).await? {
+                        return Err(ReconcileError::ForeignScp {
+                            name: p.name.clone(),
+                            id: p.id.clone(),
+                        });
+                    }
                     let current = self.orgs.scp_content(&p.id).await?;
                     let same = serde_json::from_str::<Value>(&current).ok()
                         == serde_json::from_str::<Value>(&doc.content).ok();
@@ -268,11 +280,24 @@ impl Reconciler {
             }
         }
         for p in existing.iter().filter(|p| p.name.starts_with(SCP_PREFIX)) {
-            if !self.scps.iter().any(|d| d.name == p.name) && attached.contains(&p.id) {
+            if !self.scps.iter().any(|d| d.name == p.name)
+                && attached.contains(&p.id)
+                && self.is_managed(&p.id).await?
+            {
                 warn!(policy = %p.name, "an SCP vend manages has no file any more; it stays attached until ops detach it");
             }
         }
         Ok(())
+    }
+
+    async fn is_managed(&self, policy_id: &str) -> Result<bool, AwsError> {
+        let (key, value) = crate::aws::organizations::MANAGED_BY;
+        Ok(self
+            .orgs
+            .tags_of(policy_id)
+            .await?
+            .iter()
+            .any(|(k, v)| k == key && v == value))
     }
 
     /// Refreshes the local index of the organization's accounts.

@@ -48,6 +48,11 @@ pub struct PolicySummary {
     pub name: String,
 }
 
+/// The tag vend puts on every policy it creates. vend changes only policies that carry it (its IAM
+/// policy keys SCP writes on it too), so a policy someone else made is never taken over, whatever its
+/// name.
+pub const MANAGED_BY: (&str, &str) = ("vend:managed-by", "vend");
+
 /// What vend needs from Organizations, in its own terms. A trait so tests can interpose on the real
 /// service (e.g. crash right after `create_account` returns) without faking it.
 #[async_trait]
@@ -76,8 +81,8 @@ pub trait Organizations: Send + Sync {
     /// Accounts with this root e-mail or this name. O(accounts in the organization): only for
     /// recovering from an unknown outcome.
     async fn find_accounts(&self, email: &str, name: &str) -> Result<Vec<Account>, AwsError>;
-    /// The account's tags (`ListTagsForResource`).
-    async fn account_tags(&self, account_id: &str) -> Result<Vec<(String, String)>, AwsError>;
+    /// The tags of an account, OU or policy (`ListTagsForResource`).
+    async fn tags_of(&self, resource_id: &str) -> Result<Vec<(String, String)>, AwsError>;
     /// O(recent requests): the newest in-progress or succeeded request for this account name.
     async fn find_create_request(
         &self,
@@ -437,8 +442,8 @@ impl Organizations for SdkOrganizations {
                     // What vend's IAM policy keys its SCP writes on: only its own policies.
                     .tags(
                         Tag::builder()
-                            .key("vend:managed-by")
-                            .value("vend")
+                            .key(MANAGED_BY.0)
+                            .value(MANAGED_BY.1)
                             .build()
                             .map_err(|e| {
                                 AwsError::new(ErrorClass::Permanent, "InvalidTag", e.to_string())
@@ -522,7 +527,7 @@ impl Organizations for SdkOrganizations {
         Ok(all)
     }
 
-    async fn account_tags(&self, account_id: &str) -> Result<Vec<(String, String)>, AwsError> {
+    async fn tags_of(&self, resource_id: &str) -> Result<Vec<(String, String)>, AwsError> {
         collect_pages(|token| async move {
             let out = self
                 .aws
@@ -530,7 +535,7 @@ impl Organizations for SdkOrganizations {
                     "organizations.ListTagsForResource",
                     self.client
                         .list_tags_for_resource()
-                        .resource_id(account_id)
+                        .resource_id(resource_id)
                         .set_next_token(token)
                         .send(),
                 )

@@ -103,7 +103,7 @@ async fn finish_account(
     let proven = ctx.resource(OWN_REQUEST) == Some(&Value::Bool(true))
         || ctx.resource_str("account_adopted").is_some();
     if !proven {
-        let have = silo.orgs.account_tags(account_id).await?;
+        let have = silo.orgs.tags_of(account_id).await?;
         if !have.iter().any(|(k, v)| k == TENANT_TAG && *v == slug) {
             for key in [
                 "account_id",

@@ -168,7 +168,7 @@ pub(crate) async fn owned_account(
         if foreign.contains(&id) {
             continue;
         }
-        let tags = silo.orgs.account_tags(&id).await?;
+        let tags = silo.orgs.tags_of(&id).await?;
         if tags.iter().any(|(k, v)| k == TENANT_TAG && v == slug) {
             return Ok(Some(id));
         }

@@ -292,7 +292,7 @@ async fn close(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepEr
         Some(s) if is_closed(s) => return Ok(StepOutcome::Succeeded),
         Some(_) => {}
     }
-    let tags = silo.orgs.account_tags(&account).await?;
+    let tags = silo.orgs.tags_of(&account).await?;
     if !tags
         .iter()
         .any(|(k, v)| k == TENANT_TAG && v == &ctx.tenant.slug)

@@ -774,8 +774,8 @@ impl Organizations for CrashAfterCreate {
     async fn find_accounts(&self, e: &str, n: &str) -> Result<Vec<Account>, AwsError> {
         self.inner.find_accounts(e, n).await
     }
-    async fn account_tags(&self, a: &str) -> Result<Vec<(String, String)>, AwsError> {
-        self.inner.account_tags(a).await
+    async fn tags_of(&self, a: &str) -> Result<Vec<(String, String)>, AwsError> {
+        self.inner.tags_of(a).await
     }
     async fn find_create_request(&self, n: &str) -> Result<Option<CreateRequest>, AwsError> {
         self.inner.find_create_request(n).await
@@ -982,6 +982,128 @@ async fn an_invalid_scp_file_stops_start_up_with_its_name() {
             .iter()
             .all(|p| !p.name().unwrap().starts_with("vend-"))
     );
+}
+
+#[tokio::test]
+async fn an_scp_with_vends_name_that_vend_did_not_create_is_never_changed() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    // Someone made a policy under the name vend would give its file, without vend's tag.
+    let theirs = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Theirs","Effect":"Deny","Action":"s3:*","Resource":"*"}]}"#;
+    let foreign = org
+        .create_policy()
+        .name("vend-deny-leaving-organization")
+        .description("made by hand")
+        .content(theirs)
+        .r#type(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    let foreign_id = foreign
+        .policy()
+        .unwrap()
+        .policy_summary()
+        .unwrap()
+        .id()
+        .unwrap()
+        .to_owned();
+    let (pool, _) = crate::support::postgres::fresh_database().await;
+    let readiness = vend::readiness::Readiness::starting("start");
+    let unprepared = vend::app::AwsRuntime::prepare(
+        crate::support::silo_settings(),
+        sdk.clone(),
+        pool.clone(),
+        vend::telemetry::Metrics::new(),
+        None,
+    )
+    .unwrap();
+    let seen = readiness.clone();
+    let start = tokio::spawn(async move { unprepared.until_ready(&readiness).await });
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let why = seen.waiting_for().unwrap_or_default();
+        if why.contains("vend did not create it") {
+            assert!(why.contains(&foreign_id), "{why}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !start.is_finished(),
+        "not ready while the guardrail is not vend's"
+    );
+    let content = |id: String| {
+        let org = org.clone();
+        async move {
+            org.describe_policy()
+                .policy_id(id)
+                .send()
+                .await
+                .unwrap()
+                .policy()
+                .unwrap()
+                .content()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(content(foreign_id.clone()).await, theirs, "left as it was");
+    let roots = org.list_roots().send().await.unwrap();
+    let ou_id = org
+        .list_organizational_units_for_parent()
+        .parent_id(roots.roots()[0].id().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .organizational_units()[0]
+        .id()
+        .unwrap()
+        .to_owned();
+    let attached = org
+        .list_policies_for_target()
+        .target_id(&ou_id)
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        attached
+            .policies()
+            .iter()
+            .all(|p| p.id() != Some(foreign_id.as_str())),
+        "not attached to the tenant OU either"
+    );
+
+    // Ops hand it to vend by tagging it: start-up goes on and the policy follows the file.
+    org.tag_resource()
+        .resource_id(&foreign_id)
+        .tags(
+            aws_sdk_organizations::types::Tag::builder()
+                .key("vend:managed-by")
+                .value("vend")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(90), start)
+        .await
+        .expect("ready once the policy is vend's")
+        .unwrap()
+        .unwrap();
+    let now = content(foreign_id.clone()).await;
+    assert!(now.contains("LeaveOrganization"), "{now}");
+    let state = scp_state(&sdk).await;
+    assert_eq!(
+        state.len(),
+        scp_names().len(),
+        "no second policy of that name"
+    );
+    assert!(state.iter().all(|(_, attached, _)| *attached == 1));
 }
 
 #[tokio::test]
