@@ -342,7 +342,6 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
         slug_rules: Default::default(),
         metrics: metrics.clone(),
         readiness: vend::readiness::Readiness::ready(),
-        events_include_owner_email: false,
         nudges: vend::http::Nudges::new(&pool),
         offboard_grace: std::time::Duration::ZERO,
         regions: Default::default(),

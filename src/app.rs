@@ -308,7 +308,6 @@ pub async fn serve(
                 config.aws.as_ref().map(AwsSettings::naming),
             )),
             metrics: metrics.clone(),
-            events_include_owner_email: config.events_include_owner_email,
             readiness: readiness.clone(),
             nudges: http::Nudges::new(&pool),
             offboard_grace: config.offboard_grace,
@@ -484,6 +483,7 @@ async fn run_background(
             lease: config.webhook_timeout * 3,
             poll_interval: config.poll_interval,
             allow_loopback: config.allow_http_webhooks,
+            include_owner_email: config.events_include_owner_email,
             batch: crate::engine::dispatcher::batch_within_lease(
                 config.webhook_timeout * 3,
                 config.webhook_timeout,

@@ -207,12 +207,11 @@ impl DriftChecker {
                     .filter(|f| opened.contains(&f.resource))
                     .map(|f| serde_json::json!({"resource": f.resource, "detail": f.detail}))
                     .collect();
-                let payload = serde_json::json!({
-                    "tenant": {"slug": tenant.slug, "tier": tenant.tier, "state": tenant.state,
-                               "account_id": tenant.account_id()},
-                    "findings": detail,
-                    "repair": self.repair,
-                });
+                let payload = crate::domain::events::payload(
+                    &tenant.for_event(),
+                    None,
+                    serde_json::json!({"findings": detail, "repair": self.repair}),
+                );
                 db::outbox::report(
                     &self.silo.pool,
                     tenant.id,

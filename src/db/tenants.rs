@@ -36,6 +36,20 @@ impl Tenant {
     pub fn region(&self) -> Option<&str> {
         self.resources.get("region").and_then(Value::as_str)
     }
+
+    /// The tenant as events show it.
+    pub fn for_event(&self) -> crate::domain::events::EventTenant<'_> {
+        crate::domain::events::EventTenant {
+            slug: &self.slug,
+            name: &self.name,
+            owner_email: &self.owner_email,
+            tier: self.tier,
+            state: self.state,
+            account_id: self.account_id(),
+            endpoint: self.endpoint(),
+            region: self.region(),
+        }
+    }
 }
 
 struct TenantRecord {

@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use super::{StepError, TenantState, Tier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum EventType {
@@ -55,6 +58,83 @@ impl EventType {
     }
 }
 
+/// The tenant as every event shows it, whatever the type: receivers read one shape. The owner e-mail
+/// is stored with the event and removed on the way out unless `VEND_EVENTS_INCLUDE_OWNER_EMAIL` is set
+/// (see [`strip_owner_email`]), so that rule is kept in one place, the dispatcher.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventTenant<'a> {
+    pub slug: &'a str,
+    pub name: &'a str,
+    pub owner_email: &'a str,
+    pub tier: Tier,
+    pub state: TenantState,
+    pub account_id: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    pub region: Option<&'a str>,
+}
+
+impl<'a> EventTenant<'a> {
+    /// The resource fields from a tenant's resources object.
+    pub fn with_resources(mut self, resources: &'a Map<String, Value>) -> Self {
+        let get = |k: &str| resources.get(k).and_then(Value::as_str);
+        self.account_id = get("account_id");
+        self.endpoint = get("endpoint");
+        self.region = get("region");
+        self
+    }
+}
+
+/// The step an event is about.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventStep<'a> {
+    pub name: &'a str,
+    /// `succeeded` or `failed`.
+    pub state: &'static str,
+    pub attempts: i32,
+    pub error: Option<EventError<'a>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventError<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+impl<'a> From<&'a StepError> for EventError<'a> {
+    fn from(e: &'a StepError) -> Self {
+        Self {
+            code: &e.code,
+            message: &e.message,
+        }
+    }
+}
+
+/// The body of every progress event: `{"tenant": ..., "step": ... | null}` and what the type adds
+/// (`detail`, `findings`, ...).
+pub fn payload(tenant: &EventTenant<'_>, step: Option<&EventStep<'_>>, extra: Value) -> Value {
+    let mut body = Map::new();
+    body.insert(
+        "tenant".into(),
+        serde_json::to_value(tenant).expect("events serialize"),
+    );
+    body.insert(
+        "step".into(),
+        serde_json::to_value(step).expect("events serialize"),
+    );
+    if let Value::Object(extra) = extra {
+        body.extend(extra);
+    }
+    Value::Object(body)
+}
+
+/// Removes the tenant's owner e-mail from an event body: personal data leaves vend only when
+/// configured to.
+pub fn strip_owner_email(payload: &mut Value) {
+    if let Some(t) = payload.get_mut("tenant").and_then(Value::as_object_mut) {
+        t.remove("owner_email");
+    }
+}
+
 /// One event for an event bus.
 #[derive(Debug, Clone)]
 pub struct BusEvent {
@@ -75,3 +155,50 @@ pub trait EventBus: Send + Sync {
 
 /// EventBridge `PutEvents` takes at most 10 entries.
 pub const BUS_BATCH: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_event_has_the_same_tenant_shape_and_the_e_mail_comes_off() {
+        let resources = json!({"account_id": "123456789012", "region": "eu-west-1", "other": 1});
+        let tenant = EventTenant {
+            slug: "acme",
+            name: "Acme",
+            owner_email: "ops@acme.example",
+            tier: Tier::Enterprise,
+            state: TenantState::Provisioning,
+            account_id: None,
+            endpoint: None,
+            region: None,
+        }
+        .with_resources(resources.as_object().unwrap());
+        let step = EventStep {
+            name: "deploy_stack",
+            state: "failed",
+            attempts: 3,
+            error: Some(EventError {
+                code: "Boom",
+                message: "it broke",
+            }),
+        };
+        let mut body = payload(&tenant, Some(&step), json!({"detail": {"x": 1}}));
+        assert_eq!(
+            body,
+            json!({
+                "tenant": {"slug": "acme", "name": "Acme", "owner_email": "ops@acme.example",
+                           "tier": "enterprise", "state": "provisioning", "account_id": "123456789012",
+                           "endpoint": null, "region": "eu-west-1"},
+                "step": {"name": "deploy_stack", "state": "failed", "attempts": 3,
+                         "error": {"code": "Boom", "message": "it broke"}},
+                "detail": {"x": 1},
+            })
+        );
+        strip_owner_email(&mut body);
+        assert!(body["tenant"].get("owner_email").is_none());
+        assert_eq!(payload(&tenant, None, Value::Null)["step"], Value::Null);
+    }
+}

@@ -65,6 +65,8 @@ pub struct DispatcherConfig {
     pub batch: usize,
     /// Development only (`VEND_ALLOW_HTTP_WEBHOOKS`): loopback receivers are allowed.
     pub allow_loopback: bool,
+    /// `VEND_EVENTS_INCLUDE_OWNER_EMAIL`: events leave vend with the tenant's owner e-mail.
+    pub include_owner_email: bool,
 }
 
 /// The Standard Webhooks retry schedule: after the first attempt, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
@@ -284,7 +286,7 @@ impl Dispatcher {
                 retry_after: None,
             };
         };
-        let body = webhook_body(d).to_string();
+        let body = webhook_body(d, self.config.include_owner_email).to_string();
         let msg_id = webhook_id(d.event_id);
         let ts = Utc::now().timestamp();
         let signature = endpoint.secret.sign(&msg_id, ts, body.as_bytes());
@@ -350,7 +352,7 @@ impl Dispatcher {
                 .map(|d| BusEvent {
                     id: d.event_id,
                     detail_type: d.event_type.clone(),
-                    detail: webhook_body(d)["data"].to_string(),
+                    detail: webhook_body(d, self.config.include_owner_email)["data"].to_string(),
                     time: d.created_at,
                 })
                 .collect();
@@ -403,12 +405,17 @@ pub fn webhook_id(event_id: Uuid) -> String {
     format!("msg_{}", event_id.simple())
 }
 
-/// The body is built from stored columns only, so every retry sends the same bytes.
-fn webhook_body(d: &ClaimedDelivery) -> Value {
+/// The body is built from stored columns only, so every retry sends the same bytes. This is where
+/// every event leaves vend, so personal data is removed here unless configured to go out.
+fn webhook_body(d: &ClaimedDelivery, include_owner_email: bool) -> Value {
+    let mut data = d.payload.clone();
+    if !include_owner_email {
+        crate::domain::events::strip_owner_email(&mut data);
+    }
     json!({
         "type": d.event_type,
         "timestamp": d.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "data": d.payload,
+        "data": data,
     })
 }
 
@@ -448,6 +455,31 @@ impl WithoutUrl for reqwest::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_e_mail_leaves_vend_only_when_configured_and_the_stored_event_is_unchanged() {
+        let d = ClaimedDelivery {
+            event_id: Uuid::now_v7(),
+            endpoint_id: "e".into(),
+            attempts: 1,
+            lease_token: 1,
+            event_type: "tenant.active".into(),
+            payload: json!({"tenant": {"slug": "acme", "owner_email": "ops@acme.example"}, "step": null}),
+            created_at: Utc::now(),
+        };
+        let out = webhook_body(&d, false);
+        assert_eq!(out["data"]["tenant"], json!({"slug": "acme"}));
+        assert_eq!(out["type"], "tenant.active");
+        assert_eq!(
+            webhook_body(&d, true)["data"]["tenant"]["owner_email"],
+            "ops@acme.example"
+        );
+        assert_eq!(
+            webhook_body(&d, false),
+            out,
+            "the same bytes on every retry"
+        );
+    }
 
     #[test]
     fn a_batch_is_sent_well_within_its_lease() {

@@ -12,6 +12,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::db;
 use crate::db::history::NewEntry;
 use crate::db::steps::{Claim, StepUpdate};
+use crate::domain::events::{self, EventStep, EventTenant};
 use crate::domain::{
     Decision, EventType, FailReason, HistoryKind, Purpose, RunState, StepDef, StepError,
     StepOutcome, StepProgress, TenantState, WaitReason, Workflow, decide,
@@ -572,24 +573,25 @@ pub(crate) fn event_payload(
     claim: &Claim,
     resources: &Map<String, Value>,
     tenant_state: TenantState,
-    step_state: &str,
+    step_state: &'static str,
     error: Option<&StepError>,
 ) -> Value {
-    json!({
-        "tenant": {
-            "slug": claim.slug,
-            "name": claim.name,
-            "tier": claim.tier,
-            "state": tenant_state,
-            "account_id": resources.get("account_id"),
-            "endpoint": resources.get("endpoint"),
-            "region": resources.get("region"),
-        },
-        "step": {
-            "name": claim.step,
-            "state": step_state,
-            "attempts": claim.attempts,
-            "error": error.map(|e| json!({"code": e.code, "message": e.message})),
-        },
-    })
+    let tenant = EventTenant {
+        slug: &claim.slug,
+        name: &claim.name,
+        owner_email: &claim.owner_email,
+        tier: claim.tier,
+        state: tenant_state,
+        account_id: None,
+        endpoint: None,
+        region: None,
+    }
+    .with_resources(resources);
+    let step = EventStep {
+        name: &claim.step,
+        state: step_state,
+        attempts: claim.attempts,
+        error: error.map(Into::into),
+    };
+    events::payload(&tenant, Some(&step), Value::Null)
 }

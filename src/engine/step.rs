@@ -46,6 +46,27 @@ pub struct TenantInfo {
     pub tier: Tier,
 }
 
+impl TenantInfo {
+    /// The tenant as events show it, in `state`, with the attempt's resources.
+    pub fn for_event<'a>(
+        &'a self,
+        state: crate::domain::TenantState,
+        resources: &'a Map<String, Value>,
+    ) -> crate::domain::events::EventTenant<'a> {
+        crate::domain::events::EventTenant {
+            slug: &self.slug,
+            name: &self.name,
+            owner_email: &self.owner_email,
+            tier: self.tier,
+            state,
+            account_id: None,
+            endpoint: None,
+            region: None,
+        }
+        .with_resources(resources)
+    }
+}
+
 /// A step attempt's view of its tenant and a way to save what it learns.
 pub struct StepContext {
     pub tenant: TenantInfo,

@@ -42,8 +42,6 @@ pub struct AppState {
     /// Reserved slugs and the account-naming limits a signup's slug must pass.
     pub slug_rules: Arc<SlugRules>,
     pub metrics: Arc<Metrics>,
-    /// Whether progress events carry the tenant's owner e-mail (`VEND_EVENTS_INCLUDE_OWNER_EMAIL`).
-    pub events_include_owner_email: bool,
     /// Whether the AWS side is ready (`/readyz`).
     pub readiness: crate::readiness::Readiness,
     /// Wakes workers and the dispatcher after a signup commits.

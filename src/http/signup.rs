@@ -72,13 +72,6 @@ async fn accept(
     let workflow = state.workflows.for_tier(signup.tier);
     let tenant = lifecycle::signup::new_tenant(signup, workflow, region, webhook_id);
     let view = TenantView::from(&tenant);
-    let mut event_tenant = serde_json::to_value(&view).expect("views serialize");
-    if !state.events_include_owner_email {
-        // Personal data leaves vend only when configured to (VEND_EVENTS_INCLUDE_OWNER_EMAIL).
-        if let Some(m) = event_tenant.as_object_mut() {
-            m.remove("owner_email");
-        }
-    }
     let answer = StoredAnswer {
         status: StatusCode::ACCEPTED.as_u16(),
         response: serde_json::to_value(SignupAccepted {
@@ -87,7 +80,7 @@ async fn accept(
         })
         .expect("views serialize"),
     };
-    match lifecycle::signup::accept(&state.pool, &tenant, workflow, &answer, event_tenant).await? {
+    match lifecycle::signup::accept(&state.pool, &tenant, workflow, &answer).await? {
         Outcome::Accepted(answer) => {
             // After the commit, not in it (see `db::Nudge`).
             state.nudges.signup.nudge();

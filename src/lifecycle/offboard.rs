@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::db::history::NewEntry;
 use crate::db::tenants::Tenant;
+use crate::domain::events;
 use crate::domain::{EventType, HistoryKind, Purpose, RunState, StepState, TenantState, Workflows};
 
 /// The resource keys an offboard writes; a restore clears them.
@@ -254,19 +255,7 @@ async fn transition(
     )
     .await?;
     let fresh = db::tenants::by_id_locked(conn, tenant.id).await?;
-    let payload = json!({
-        "tenant": {
-            "slug": fresh.slug,
-            "name": fresh.name,
-            "tier": fresh.tier,
-            "state": fresh.state,
-            "account_id": fresh.account_id(),
-            "endpoint": fresh.endpoint(),
-            "region": fresh.region(),
-        },
-        "step": Value::Null,
-        "detail": detail,
-    });
+    let payload = events::payload(&fresh.for_event(), None, json!({ "detail": detail }));
     db::outbox::insert_event(conn, tenant.id, event, &payload).await?;
     Ok(fresh)
 }

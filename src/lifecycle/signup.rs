@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::tenants::{NewSignup, SignupInsert, StoredAnswer, Tenant};
+use crate::domain::events;
 use crate::domain::{EventType, HistoryKind, Signup, TenantState, Workflow};
 
 /// The resource key of the tenant's region.
@@ -57,14 +58,12 @@ pub fn new_tenant(
     }
 }
 
-/// Stores `tenant` (from [`new_tenant`]) with its run, answering `answer`; `event_tenant` is the
-/// tenant as events show it.
+/// Stores `tenant` (from [`new_tenant`]) with its run, answering `answer`.
 pub async fn accept(
     pool: &PgPool,
     tenant: &Tenant,
     workflow: &Workflow,
     answer: &StoredAnswer,
-    event_tenant: Value,
 ) -> Result<Outcome, sqlx::Error> {
     let steps: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
     let inserted = db::tenants::insert_signup(
@@ -78,7 +77,7 @@ pub async fn accept(
             history_detail: &json!({"webhook_id": tenant.signup_id, "tier": tenant.tier}),
             event_id: Uuid::now_v7(),
             event_type: EventType::TenantCreated.as_str(),
-            event_payload: &json!({"tenant": event_tenant, "step": Value::Null}),
+            event_payload: &events::payload(&tenant.for_event(), None, Value::Null),
             answer,
         },
     )

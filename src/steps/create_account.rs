@@ -29,7 +29,7 @@ use crate::aws::classify::outcome_unknown;
 use crate::aws::organizations::CreateState;
 use crate::db;
 use crate::db::slots::Slot;
-use crate::domain::{ErrorClass, EventType, StepError, StepOutcome};
+use crate::domain::{ErrorClass, EventType, StepError, StepOutcome, TenantState};
 use crate::engine::{NamedStep, StepContext};
 
 use super::Silo;
@@ -111,11 +111,15 @@ async fn over_budget(
             budget.accounts = budget.accounts,
             "account creation budget spent; the tenant waits"
         );
-        let payload = serde_json::json!({
-            "tenant": {"slug": ctx.tenant.slug, "tier": ctx.tenant.tier.as_str()},
-            "budget": {"accounts": budget.accounts, "window_seconds": budget.window.as_secs()},
-            "retry_in_seconds": frees_in.as_secs(),
-        });
+        let payload = crate::domain::events::payload(
+            &ctx.tenant
+                .for_event(TenantState::Provisioning, ctx.resources()),
+            None,
+            serde_json::json!({
+                "budget": {"accounts": budget.accounts, "window_seconds": budget.window.as_secs()},
+                "retry_in_seconds": frees_in.as_secs(),
+            }),
+        );
         db::outbox::report(
             &silo.pool,
             ctx.tenant.id,

@@ -322,6 +322,7 @@ async fn a_webhook_host_that_resolves_to_a_non_global_address_is_never_sent_to()
             poll_interval: Duration::from_millis(50),
             batch: 10,
             allow_loopback: false,
+            include_owner_email: false,
         },
         vend::telemetry::Metrics::new(),
     );

@@ -234,7 +234,6 @@ async fn spawn_app_full(
         )),
         metrics: metrics.clone(),
         readiness: vend::readiness::Readiness::ready(),
-        events_include_owner_email: false,
         nudges: vend::http::Nudges::new(&pool),
         offboard_grace,
         regions: vend::domain::Regions {
@@ -330,6 +329,7 @@ impl TestApp {
                 poll_interval: Duration::from_millis(50),
                 batch: 50,
                 allow_loopback: true,
+                include_owner_email: false,
             },
             self.metrics.clone(),
         )
