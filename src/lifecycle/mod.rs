@@ -2,6 +2,7 @@
 //! API) and the engine call these; they decide what is written, `db` writes it, and nothing here
 //! speaks HTTP. See docs/architecture.md.
 
+pub mod attempt;
 pub mod offboard;
 pub mod operator;
 pub mod rollout;
