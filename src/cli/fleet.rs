@@ -31,9 +31,9 @@ enum RolloutCommand {
         /// Tenants in the first wave (default 1).
         #[arg(long)]
         canary: Option<i32>,
-        /// Tenants per later wave (default 10).
+        /// Tenants per later wave: N, or P% of the tenants after the canary (default 10).
         #[arg(long)]
-        wave_size: Option<i32>,
+        wave_size: Option<String>,
         /// Failures tolerated before the rollout halts (default 0).
         #[arg(long)]
         max_failures: Option<i32>,

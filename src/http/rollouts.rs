@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::rollouts::{Counts, Rollout};
-use crate::lifecycle::rollout::{self, Control, Controlled, NewRollout, Started};
+use crate::lifecycle::rollout::{self, Control, Controlled, NewRollout, Started, WaveSize};
 
 use super::error::{ApiError, ErrorBody};
 use super::ops::ApiJson;
@@ -23,10 +23,19 @@ pub struct RolloutRequest {
     pub stack: String,
     /// Tenants in the first wave, which must succeed before the others start (default 1).
     pub canary: Option<i32>,
-    /// Tenants per later wave (default 10).
-    pub wave_size: Option<i32>,
+    /// Tenants per later wave: a number (default 10) or a share of the tenants after the canary
+    /// such as `"10%"` (rounded up).
+    pub wave_size: Option<WaveSizeInput>,
     /// Failed tenants tolerated before the rollout halts (default 0).
     pub max_failures: Option<i32>,
+}
+
+/// `wave_size`: a number of tenants, or a string `"N"` or `"P%"`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum WaveSizeInput {
+    Tenants(i64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -117,7 +126,12 @@ pub async fn start_rollout(
         )),
     };
     let canary = number(req.canary, 1, 0, "canary")?;
-    let wave_size = number(req.wave_size, 10, 1, "wave_size")?;
+    let wave_size = match &req.wave_size {
+        None => Ok(WaveSize::Tenants(10)),
+        Some(WaveSizeInput::Tenants(n)) => WaveSize::parse(&n.to_string()),
+        Some(WaveSizeInput::Text(t)) => WaveSize::parse(t),
+    }
+    .map_err(|e| ApiError::bad_request("invalid_body", e))?;
     let max_failures = number(req.max_failures, 0, 0, "max_failures")?;
     let path = state.templates_dir.join(file);
     let template = tokio::fs::read_to_string(&path).await.map_err(|e| {

@@ -21,8 +21,49 @@ pub struct NewRollout {
     pub stack: String,
     pub template: String,
     pub canary: i32,
-    pub wave_size: i32,
+    pub wave_size: WaveSize,
     pub max_failures: i32,
+}
+
+/// How many tenants a wave after the canary takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveSize {
+    Tenants(i32),
+    /// A share of the tenants after the canary, rounded up: `10%` of 95 is 10 a wave.
+    Percent(i32),
+}
+
+impl WaveSize {
+    /// `N` (1 to 100000) or `P%` (1% to 100%).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bad = || {
+            format!(
+                "wave_size must be a whole number from 1 to 100000 or a percentage from 1% to 100%, not {text:?}"
+            )
+        };
+        match text.strip_suffix('%') {
+            Some(p) => match p.trim().parse::<i32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(WaveSize::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match text.parse::<i32>() {
+                Ok(n) if (1..=100_000).contains(&n) => Ok(WaveSize::Tenants(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+
+    /// Tenants per wave for a rollout over `eligible` tenants whose first `canary` go alone.
+    pub fn resolve(self, eligible: usize, canary: i32) -> i32 {
+        match self {
+            WaveSize::Tenants(n) => n,
+            WaveSize::Percent(p) => {
+                let rest = (eligible as i64 - i64::from(canary.max(0))).max(0);
+                ((rest * i64::from(p) + 99) / 100).clamp(1, 100_000) as i32
+            }
+        }
+    }
 }
 
 /// A template's version: the first 12 hex digits of its SHA-256.
@@ -65,7 +106,7 @@ pub async fn start(
         &r.template,
         &version(&r.template),
         r.canary,
-        r.wave_size,
+        r.wave_size.resolve(tenants.len(), r.canary),
         r.max_failures,
         actor,
         &tenants,
@@ -223,5 +264,29 @@ pub async fn drive(
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wave_size_is_a_count_or_a_share_of_the_tenants_after_the_canary() {
+        assert_eq!(WaveSize::parse("25"), Ok(WaveSize::Tenants(25)));
+        assert_eq!(WaveSize::parse(" 10% "), Ok(WaveSize::Percent(10)));
+        for bad in ["0", "0%", "101%", "-5", "ten", "%", "1.5", "100001", ""] {
+            assert!(WaveSize::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(WaveSize::Tenants(7).resolve(1000, 1), 7);
+        assert_eq!(
+            WaveSize::Percent(10).resolve(96, 1),
+            10,
+            "10% of 95, rounded up"
+        );
+        assert_eq!(WaveSize::Percent(50).resolve(3, 1), 1);
+        assert_eq!(WaveSize::Percent(100).resolve(51, 1), 50);
+        assert_eq!(WaveSize::Percent(1).resolve(2, 1), 1, "never an empty wave");
+        assert_eq!(WaveSize::Percent(30).resolve(0, 1), 1);
     }
 }

@@ -161,11 +161,38 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
     assert_eq!(r.status(), 409, "a completed rollout cannot be paused");
     // With the driver stopped, a new rollout stays where control puts it.
     stop.cancel();
+    let rollouts = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rollouts")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let before = rollouts().await;
+    for bad in [json!("0%"), json!("150%"), json!("ten"), json!(0), json!(-3)] {
+        let r = app
+            .ops(
+                Method::POST,
+                "/v1/rollouts",
+                Some(json!({"stack": "baseline", "wave_size": bad})),
+            )
+            .await;
+        assert_eq!(r.status(), 400, "wave_size {bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("percentage"),
+            "{body}"
+        );
+    }
+    assert_eq!(rollouts().await, before, "a refused request changes nothing");
+    // A share of the tenants after the canary: 50 % of 2 is one a wave.
     let second: Value = app
         .ops(
             Method::POST,
             "/v1/rollouts",
-            Some(json!({"stack": "baseline"})),
+            Some(json!({"stack": "baseline", "wave_size": "50%"})),
         )
         .await
         .json()
@@ -173,6 +200,15 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
         .unwrap();
     let id2 = second["id"].as_str().unwrap();
     assert_eq!(second["state"], "running");
+    assert_eq!(second["wave_size"], 1, "{second:#}");
+    let waves: Vec<i32> = sqlx::query_scalar(
+        "SELECT wave FROM rollout_tenants WHERE rollout_id = $1::uuid ORDER BY wave",
+    )
+    .bind(id2)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(waves, vec![0, 1, 2]);
     for (action, state) in [
         ("pause", "paused"),
         ("resume", "running"),
