@@ -115,6 +115,24 @@ pub async fn running(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> 
     .await
 }
 
+/// The template (and its version) of the newest rollout of `stack` that was not aborted or halted:
+/// what a tenant provisioned now must get, so that it joins the fleet at the version the fleet is
+/// moving to rather than the file its process read at start.
+pub async fn current_template(
+    db: impl PgExecutor<'_>,
+    stack: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"SELECT template, version FROM rollouts
+           WHERE stack = $1 AND state IN ('running', 'paused', 'completed')
+           ORDER BY created_at DESC, id DESC LIMIT 1"#,
+        stack
+    )
+    .fetch_optional(db)
+    .await?
+    .map(|r| (r.template, r.version)))
+}
+
 pub async fn template(
     db: impl PgExecutor<'_>,
     id: Uuid,

@@ -23,7 +23,8 @@ pub struct TenantView {
     pub endpoint: Option<String>,
     /// The AWS region of the tenant's stack, custom domain and certificate.
     pub region: Option<String>,
-    /// The version (template hash) of the tenant stack a rollout last deployed, if any.
+    /// The version (first 12 hex digits of the SHA-256) of the template the tenant stack runs: the one
+    /// it was provisioned with, or the one a rollout last deployed.
     pub stack_version: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

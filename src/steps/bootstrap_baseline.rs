@@ -28,7 +28,8 @@ impl NamedStep for BootstrapBaseline {
 async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let account = account_id(ctx)?;
     let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
-    let spec = spec(silo, ctx, silo.templates.baseline.clone());
+    let (template, version) = super::provisioning_template(silo, "baseline").await?;
+    let spec = spec(silo, ctx, template);
     match converge(ctx, &silo.pool, &cfn, spec, "baseline").await? {
         StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
@@ -43,6 +44,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                     )
                 })?;
             ctx.set_resource("deployment_role_arn", role);
+            ctx.set_resource("baseline_stack_version", version);
             Ok(StepOutcome::Succeeded)
         }
     }

@@ -37,7 +37,8 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             )
         })?;
     let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
-    let spec = spec(ctx, role, silo.templates.tenant_stack.clone());
+    let (template, version) = super::provisioning_template(silo, "tenant").await?;
+    let spec = spec(ctx, role, template);
     match converge(ctx, &silo.pool, &cfn, spec, "tenant").await? {
         StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
@@ -51,6 +52,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             };
             ctx.set_resource("api_id", output("ApiId")?);
             ctx.set_resource("api_stage", output("StageName")?);
+            ctx.set_resource("tenant_stack_version", version);
             Ok(StepOutcome::Succeeded)
         }
     }

@@ -21,6 +21,7 @@ use crate::aws::accounts::Accounts;
 use crate::aws::organizations::Organizations;
 use crate::aws::route53::Route53;
 use crate::config::AwsSettings;
+use crate::db;
 use crate::domain::StepError;
 use crate::engine::{NamedStep, Registry};
 
@@ -78,6 +79,28 @@ impl Templates {
             tenant_stack: read("tenant-stack.yaml")?,
         })
     }
+}
+
+/// The template a tenant's `stack` (`tenant` or `baseline`) is deployed from while it provisions, and
+/// its version: the newest rollout's (not aborted or halted) if there is one, else the file read at
+/// start. A tenant that provisions during or after a rollout so joins the version the fleet moves to.
+pub(crate) async fn provisioning_template(
+    silo: &Silo,
+    stack: &str,
+) -> Result<(String, String), StepError> {
+    let rolled = db::rollouts::current_template(&silo.pool, stack)
+        .await
+        .map_err(|e| StepError::transient("DatabaseError", e.to_string()))?;
+    Ok(match rolled {
+        Some((template, version)) => (template, version),
+        None => {
+            let file = match stack {
+                "baseline" => &silo.templates.baseline,
+                _ => &silo.templates.tenant_stack,
+            };
+            (file.clone(), crate::lifecycle::rollout::version(file))
+        }
+    })
 }
 
 /// Everything the silo steps share.

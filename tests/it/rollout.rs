@@ -147,6 +147,24 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
         "wave 2 started before the canary finished"
     );
 
+    // A tenant provisioned after the rollout joins the fleet at its version: not the file this
+    // process read at start, nor the edit made after the rollout started.
+    app.signup(&signup_body("hooli")).await;
+    app.wait_for_state("hooli", &["active"], WITHIN).await;
+    let t = app.tenant("hooli").await;
+    assert_eq!(t["stack_version"], version, "{t:#}");
+    let inside = moto::sdk_in(&sdk, t["account_id"].as_str().unwrap()).await;
+    let body = aws_sdk_cloudformation::Client::new(&inside)
+        .get_template()
+        .stack_name("vend-tenant")
+        .send()
+        .await
+        .unwrap()
+        .template_body()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(body.contains("version-two") && !body.contains("not-this-one"));
+
     // Listing, pausing, resuming, aborting.
     let list: Value = app
         .ops(Method::GET, "/v1/rollouts", None)
@@ -168,7 +186,13 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
             .unwrap()
     };
     let before = rollouts().await;
-    for bad in [json!("0%"), json!("150%"), json!("ten"), json!(0), json!(-3)] {
+    for bad in [
+        json!("0%"),
+        json!("150%"),
+        json!("ten"),
+        json!(0),
+        json!(-3),
+    ] {
         let r = app
             .ops(
                 Method::POST,
@@ -186,8 +210,12 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
             "{body}"
         );
     }
-    assert_eq!(rollouts().await, before, "a refused request changes nothing");
-    // A share of the tenants after the canary: 50 % of 2 is one a wave.
+    assert_eq!(
+        rollouts().await,
+        before,
+        "a refused request changes nothing"
+    );
+    // A share of the tenants after the canary.
     let second: Value = app
         .ops(
             Method::POST,
@@ -200,7 +228,7 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
         .unwrap();
     let id2 = second["id"].as_str().unwrap();
     assert_eq!(second["state"], "running");
-    assert_eq!(second["wave_size"], 1, "{second:#}");
+    assert_eq!(second["wave_size"], 2, "{second:#}");
     let waves: Vec<i32> = sqlx::query_scalar(
         "SELECT wave FROM rollout_tenants WHERE rollout_id = $1::uuid ORDER BY wave",
     )
@@ -208,7 +236,8 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(waves, vec![0, 1, 2]);
+    // Four tenants: the canary, then 50 % of three (two, rounded up) a wave.
+    assert_eq!(waves, vec![0, 1, 1, 2]);
     for (action, state) in [
         ("pause", "paused"),
         ("resume", "running"),
