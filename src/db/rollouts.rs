@@ -228,6 +228,18 @@ pub async fn next_wave(
     ))
 }
 
+/// The rollout's failed tenants back to pending in their waves.
+pub async fn retry_failed(conn: &mut PgConnection, id: Uuid) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"UPDATE rollout_tenants SET state = 'pending', updated_at = now()
+           WHERE rollout_id = $1 AND state = 'failed'"#,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 pub async fn set_tenant(
     conn: &mut PgConnection,
     id: Uuid,

@@ -145,6 +145,12 @@ pub async fn control(pool: &PgPool, id: Uuid, action: Control) -> Result<Control
     let to = match (action, r.state.as_str()) {
         (Control::Pause, "running") => "paused",
         (Control::Resume, "paused") => "running",
+        // Ops fixed what failed: the failed tenants are tried again first (their wave is the
+        // earliest unfinished one), then the rollout goes on.
+        (Control::Resume, "halted") => {
+            db::rollouts::retry_failed(&mut tx, id).await?;
+            "running"
+        }
         (Control::Abort, "running" | "paused" | "halted") => "aborted",
         (_, s) => return Ok(Controlled::Refused(s.to_owned())),
     };

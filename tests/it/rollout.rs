@@ -263,3 +263,166 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
     assert_eq!(r.status(), 404);
     engine.stop().await;
 }
+
+/// The tenants of a rollout by wave and state, and whether each one's update run has finished.
+async fn rollout_tenants(app: &TestApp, id: &str) -> Vec<(String, i32, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT t.slug, rt.wave, rt.state, r.state FROM rollout_tenants rt
+         JOIN tenants t ON t.id = rt.tenant_id LEFT JOIN runs r ON r.id = rt.run_id
+         WHERE rt.rollout_id = $1::uuid ORDER BY rt.wave, t.slug",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+async fn runs_template(sdk: &aws_config::SdkConfig, account: &str) -> String {
+    let inside = moto::sdk_in(sdk, account).await;
+    aws_sdk_cloudformation::Client::new(&inside)
+        .get_template()
+        .stack_name("vend-tenant")
+        .send()
+        .await
+        .unwrap()
+        .template_body()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_fault_in_the_second_wave_halts_the_rollout_with_the_rest_untouched_and_resume_completes_it()
+ {
+    use vend_aws_proxy::{Proxy, ProxyConfig, Scripted};
+    let moto = moto::start().await;
+    let direct = moto::sdk(&moto.url).await;
+    moto::prepare_management(&direct).await;
+    let proxy = Proxy::new(ProxyConfig::new(&moto.url));
+    let addr = proxy.spawn().await.unwrap();
+    let (app, _rt) = spawn_silo(&format!("http://{addr}"), |_| {}, None).await;
+    let slugs: Vec<String> = (0..20).map(|i| format!("fleet{i:02}")).collect();
+    for s in &slugs {
+        app.signup(&signup_body(s)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for s in &slugs {
+        app.wait_for_state(s, &["active"], Duration::from_secs(180))
+            .await;
+    }
+    let file = app.templates.path().join("tenant-stack.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n  RolloutMarker:\n    Value: wave-test\n",
+            original.trim_end()
+        ),
+    )
+    .unwrap();
+    // The test drives the rollout pass by pass, so it knows when the second wave starts.
+    let r: Value = app
+        .ops(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"stack": "tenant", "canary": 1, "wave_size": 5, "max_failures": 0})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["tenants"]["total"], 20);
+    let advance = || vend::lifecycle::rollout::advance(&app.pool, &app.workflows);
+    advance().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let ts = rollout_tenants(&app, &id).await;
+        if ts[0].3.as_deref() == Some("succeeded") {
+            assert!(ts[1..].iter().all(|t| t.2 == "pending"), "{ts:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The canary is done; the next UpdateStack (a tenant of the second wave) fails for good.
+    proxy.script(
+        "cloudformation.UpdateStack",
+        [Scripted::Error {
+            status: 400,
+            code: "InsufficientCapabilitiesException".into(),
+        }],
+    );
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while rollout(&app, &id).await["state"] != "halted" {
+        advance().await.unwrap();
+        assert!(tokio::time::Instant::now() < deadline, "never halted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ts = rollout_tenants(&app, &id).await;
+    let failed: Vec<_> = ts.iter().filter(|t| t.2 == "failed").collect();
+    assert_eq!(failed.len(), 1, "{ts:?}");
+    assert_eq!(failed[0].1, 1, "the failure is in the second wave: {ts:?}");
+    let later: Vec<_> = ts.iter().filter(|t| t.1 >= 2).collect();
+    assert_eq!(later.len(), 14);
+    assert!(
+        later.iter().all(|t| t.2 == "pending" && t.3.is_none()),
+        "{ts:?}"
+    );
+    // The rest are untouched in AWS, and every tenant is still active.
+    for t in &later {
+        let tenant = app.tenant(&t.0).await;
+        assert_eq!(tenant["state"], "active");
+        let body = runs_template(&direct, tenant["account_id"].as_str().unwrap()).await;
+        assert!(!body.contains("wave-test"), "{} was updated", t.0);
+    }
+    // Halted stays halted: more passes start nothing.
+    for _ in 0..5 {
+        advance().await.unwrap();
+    }
+    assert_eq!(rollout(&app, &id).await["state"], "halted");
+    assert!(
+        rollout_tenants(&app, &id)
+            .await
+            .iter()
+            .filter(|t| t.1 >= 2)
+            .all(|t| t.2 == "pending")
+    );
+
+    // The cause is gone (the script is spent): resume retries the failed tenant, then goes on.
+    let r = app
+        .ops(Method::POST, &format!("/v1/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let stop = CancellationToken::new();
+    tokio::spawn(vend::lifecycle::rollout::drive(
+        app.pool.clone(),
+        app.workflows.clone(),
+        Duration::from_millis(100),
+        stop.clone(),
+    ));
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let r = rollout(&app, &id).await;
+            if r["state"] == "completed" {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the resumed rollout completes");
+    assert_eq!(
+        done["tenants"],
+        json!({"total": 20, "updated": 20, "failed": 0, "pending": 0}),
+        "{done:#}"
+    );
+    for s in &slugs {
+        let tenant = app.tenant(s).await;
+        assert_eq!(tenant["state"], "active");
+        assert_eq!(tenant["stack_version"], done["version"], "{s}");
+        let body = runs_template(&direct, tenant["account_id"].as_str().unwrap()).await;
+        assert!(body.contains("wave-test"), "{s} runs the old template");
+    }
+    stop.cancel();
+    engine.stop().await;
+}
