@@ -255,6 +255,126 @@ async fn killing_vend_during_offboarding_closes_each_account_once_and_leaves_not
     vend.kill().await;
 }
 
+#[tokio::test]
+async fn killing_vend_during_a_rollout_updates_every_tenant_once_and_completes_it() {
+    let w = world(Duration::from_millis(100)).await;
+    let (pool, db_url) = postgres::fresh_database().await;
+    let templates = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(postgres::repo_root().join("templates")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, templates.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let mut env = serve::env(&db_url, &w.proxy_url, w.workflows.path(), None);
+    env.retain(|(k, _)| k != "VEND_TEMPLATES_DIR");
+    env.push((
+        "VEND_TEMPLATES_DIR".into(),
+        templates.path().display().to_string(),
+    ));
+    let listen = Served::free_listen();
+    let log = w.logs.path().join("vend.log");
+    let mut vend = Served::start(&env, &listen, &log).await;
+    let slugs: Vec<String> = (0..6).map(|i| format!("roll-{i}")).collect();
+    for s in &slugs {
+        assert_eq!(post_signup(&vend.url, s).await, 202);
+    }
+    wait_all_active(&pool, slugs.len(), WITHIN).await;
+    let file = templates.path().join("tenant-stack.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n  RolloutMarker:\n    Value: survives-kills\n",
+            original.trim_end()
+        ),
+    )
+    .unwrap();
+    w.proxy.reset_stats();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/rollouts", vend.url))
+        .bearer_auth(OPS_TOKEN)
+        .json(&serde_json::json!({"stack": "tenant", "canary": 1, "wave_size": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seed: u64 = rand::random();
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..2500))).await;
+        vend.kill().await;
+        vend = Served::start(&env, &listen, &log).await;
+    }
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let done = loop {
+        let r: Value = reqwest::Client::new()
+            .get(format!("{}/v1/rollouts/{id}", vend.url))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["state"] == "completed" {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        done["tenants"],
+        serde_json::json!({"total": 6, "updated": 6, "failed": 0, "pending": 0}),
+        "{done:#}"
+    );
+    // One update run per tenant, whatever the kills did to its attempts.
+    let runs: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT t.slug, count(*) FROM runs r JOIN tenants t ON t.id = r.tenant_id
+         WHERE r.workflow = 'rollout' GROUP BY t.slug ORDER BY t.slug",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(runs.len(), slugs.len());
+    assert!(runs.iter().all(|(_, n)| *n == 1), "{runs:?}");
+    let accounts: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT slug, state, resources->>'account_id' FROM tenants ORDER BY slug")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (slug, state, account) in &accounts {
+        assert_eq!(state, "active", "{slug}");
+        let inside = moto::sdk_in(&w.moto_sdk, account).await;
+        let body = aws_sdk_cloudformation::Client::new(&inside)
+            .get_template()
+            .stack_name("vend-tenant")
+            .send()
+            .await
+            .unwrap()
+            .template_body()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            body.contains("survives-kills"),
+            "{slug} runs the old template"
+        );
+    }
+    // An update asked for again after a kill finds the stack already changing or changed: at most
+    // one more UpdateStack per tenant, never a second stack.
+    let updates = w.proxy.stats().calls("cloudformation.UpdateStack");
+    assert!(
+        (slugs.len() as u64..=2 * slugs.len() as u64).contains(&updates),
+        "{updates} UpdateStack calls for {} tenants",
+        slugs.len()
+    );
+    assert_eq!(w.proxy.stats().calls("cloudformation.CreateStack"), 0);
+    vend.kill().await;
+}
+
 /// tenant, fencing token, start and end of an attempt.
 type Attempt = (
     uuid::Uuid,
