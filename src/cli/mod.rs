@@ -143,6 +143,14 @@ mod tests {
                 "deploy_stack",
             ],
             vec!["vend", "tenants", "watch", "acme", "--interval", "2s"],
+            vec![
+                "vend",
+                "tenants",
+                "retry-failed",
+                "--step",
+                "deploy_stack",
+                "--dry-run",
+            ],
         ] {
             assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
         }

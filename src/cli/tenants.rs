@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::domain::{StepState, TenantState};
-use crate::http::views::{HistoryView, TenantDetail, TenantPage};
+use crate::http::views::{BulkRetryView, HistoryView, TenantDetail, TenantPage};
 
 use super::client::OpsClient;
 
@@ -44,6 +44,18 @@ enum TenantsCommand {
     History { slug: String },
     /// Run the failed or backing-off step now.
     Retry { slug: String },
+    /// Retry every tenant whose current run has a failed step (at most 1,000 a call).
+    RetryFailed {
+        /// Only tenants failed at this step.
+        #[arg(long)]
+        step: Option<String>,
+        /// Only tenants whose failed step ended with this error code.
+        #[arg(long)]
+        error_code: Option<String>,
+        /// List the tenants that would be retried; retry none.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Rewind to a step and run from there.
     Requeue {
         slug: String,
@@ -173,6 +185,35 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!("retry requested for {slug}");
                 print_detail(&t);
+            }
+        }
+        TenantsCommand::RetryFailed {
+            step,
+            error_code,
+            dry_run,
+        } => {
+            let body = json!({ "step": step, "error_code": error_code, "dry_run": dry_run });
+            let r: BulkRetryView = api.call(Method::POST, "/v1/retries", Some(&body)).await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for t in &r.tenants {
+                    println!(
+                        "{:<32} {:<20} {}",
+                        t.slug,
+                        t.step,
+                        t.error_code.as_deref().unwrap_or("")
+                    );
+                }
+                if r.dry_run {
+                    println!("{} failed tenants match; none retried (dry run)", r.matched);
+                } else {
+                    println!(
+                        "{} failed tenants matched, {} retried",
+                        r.matched,
+                        r.retried.len()
+                    );
+                }
             }
         }
         TenantsCommand::Requeue { slug, from } => {

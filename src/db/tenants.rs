@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{RunState, TenantState, Tier, Workflow};
+use crate::domain::{RunState, StepState, TenantState, Tier, Workflow};
 
 use super::decode;
 
@@ -370,6 +370,46 @@ impl TryFrom<RunRecord> for Run {
 }
 
 /// The tenant's current run: its latest one that was not cancelled.
+/// A tenant whose current run has a failed step: what a bulk retry would act on.
+#[derive(Debug, Clone)]
+pub struct FailedStep {
+    pub slug: String,
+    pub step: String,
+    pub error_code: Option<String>,
+}
+
+/// Tenants whose current run has a failed step, optionally only that step and that error code, oldest
+/// first, at most `limit`.
+pub async fn with_failed_step(
+    db: impl PgExecutor<'_>,
+    step: Option<&str>,
+    error_code: Option<&str>,
+    limit: i64,
+) -> Result<Vec<FailedStep>, sqlx::Error> {
+    sqlx::query_as!(
+        FailedStep,
+        r#"SELECT t.slug, s.name AS step, s.last_error_code AS error_code
+           FROM runs r
+           JOIN tenants t ON t.id = r.tenant_id
+           JOIN steps s ON s.run_id = r.id AND s.state = $1
+           WHERE r.state = $2
+             AND r.id = (SELECT c.id FROM runs c WHERE c.tenant_id = r.tenant_id AND c.state <> $3
+                         ORDER BY c.created_at DESC LIMIT 1)
+             AND ($4::text IS NULL OR s.name = $4)
+             AND ($5::text IS NULL OR s.last_error_code = $5)
+           ORDER BY t.id
+           LIMIT $6"#,
+        StepState::Failed.as_str(),
+        RunState::Failed.as_str(),
+        RunState::Cancelled.as_str(),
+        step,
+        error_code,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
 pub async fn current_run(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,

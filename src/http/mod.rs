@@ -111,6 +111,7 @@ fn ops_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::show_tenant))
         .routes(routes!(ops::tenant_history))
         .routes(routes!(ops::retry_tenant))
+        .routes(routes!(ops::bulk_retry))
         .routes(routes!(ops::requeue_tenant))
         .routes(routes!(ops::offboard_tenant))
         .routes(routes!(ops::restore_tenant))

@@ -244,6 +244,58 @@ pub async fn retry_tenant(
     Ok(Json(detail(&state, &slug).await?))
 }
 
+/// Retry every failed tenant matching a filter (its failed step, its error code), each as
+/// `POST /v1/tenants/{slug}/retry` would; `dry_run` only lists them. At most 1,000 a request.
+#[utoipa::path(
+    post, path = "/v1/retries", tag = "ops",
+    request_body = BulkRetryRequest,
+    responses(
+        (status = 200, description = "The tenants matched, and those retried", body = BulkRetryView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "The token lacks the scope this route needs", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn bulk_retry(
+    State(state): State<AppState>,
+    Extension(Operator(who)): Extension<Operator>,
+    ApiJson(req): ApiJson<BulkRetryRequest>,
+) -> Result<Json<BulkRetryView>, ApiError> {
+    for (field, v) in [("step", &req.step), ("error_code", &req.error_code)] {
+        if v.as_deref().is_some_and(|v| v.is_empty() || v.len() > 200) {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!("{field} must be 1 to 200 characters when given"),
+            ));
+        }
+    }
+    let done = lifecycle::operator::retry_failed(
+        &state.pool,
+        &state.workflows,
+        req.step.as_deref(),
+        req.error_code.as_deref(),
+        req.dry_run,
+        &who,
+    )
+    .await?;
+    if !req.dry_run {
+        tracing::info!(matched = done.matched.len(), retried = done.retried.len(), actor = %who, "operator bulk retry");
+    }
+    Ok(Json(BulkRetryView {
+        dry_run: req.dry_run,
+        matched: done.matched.len(),
+        tenants: done
+            .matched
+            .into_iter()
+            .map(|t| BulkRetryTenant {
+                slug: t.slug,
+                step: t.step,
+                error_code: t.error_code,
+            })
+            .collect(),
+        retried: done.retried,
+    }))
+}
+
 /// Rewind the tenant to a step of its workflow and run from there.
 #[utoipa::path(
     post, path = "/v1/tenants/{slug}/requeue", tag = "ops",

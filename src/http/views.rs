@@ -217,6 +217,37 @@ pub struct RequeueRequest {
     pub from_step: String,
 }
 
+/// `POST /v1/retries`: which failed tenants to retry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRetryRequest {
+    /// Only tenants whose failed step is this one.
+    pub step: Option<String>,
+    /// Only tenants whose failed step ended with this error code.
+    pub error_code: Option<String>,
+    /// Say which tenants would be retried, and retry none.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A tenant a bulk retry matched.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkRetryTenant {
+    pub slug: String,
+    pub step: String,
+    pub error_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkRetryView {
+    pub dry_run: bool,
+    /// Tenants whose current run has a failed step matching the filter (at most 1,000 a request).
+    pub matched: usize,
+    pub tenants: Vec<BulkRetryTenant>,
+    /// The slugs retried (empty on a dry run; a tenant changed meanwhile is left out).
+    pub retried: Vec<String>,
+}
+
 /// An open drift finding.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DriftFindingView {

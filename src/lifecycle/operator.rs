@@ -46,6 +46,41 @@ fn purpose_of(workflows: &Workflows, workflow: &str) -> Purpose {
 }
 
 /// Runs the tenant's failed step again with a fresh attempt budget, or ends its step's wait now.
+/// What a bulk retry found and did.
+#[derive(Debug, Clone, Default)]
+pub struct BulkRetry {
+    /// Tenants whose current run has a failed step matching the filter, with that step.
+    pub matched: Vec<db::tenants::FailedStep>,
+    /// Of those, the ones retried (none on a dry run).
+    pub retried: Vec<String>,
+}
+
+/// The most tenants one bulk retry acts on; ops repeat it for more.
+pub const BULK_LIMIT: i64 = 1000;
+
+/// Retries every tenant whose current run has a failed step (only `step`, only `error_code`, when
+/// given), each in its own transaction as [`retry`] does; with `dry_run`, only says which.
+pub async fn retry_failed(
+    pool: &PgPool,
+    workflows: &Workflows,
+    step: Option<&str>,
+    error_code: Option<&str>,
+    dry_run: bool,
+    actor: &str,
+) -> Result<BulkRetry, sqlx::Error> {
+    let matched = db::tenants::with_failed_step(pool, step, error_code, BULK_LIMIT).await?;
+    let mut retried = Vec::new();
+    if !dry_run {
+        for t in &matched {
+            // A tenant retried or changed meanwhile has nothing failed any more: skipped.
+            if let Retried::Done { .. } = retry(pool, workflows, &t.slug, actor).await? {
+                retried.push(t.slug.clone());
+            }
+        }
+    }
+    Ok(BulkRetry { matched, retried })
+}
+
 pub async fn retry(
     pool: &PgPool,
     workflows: &Workflows,

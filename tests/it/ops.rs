@@ -231,6 +231,89 @@ async fn retry_resumes_a_failed_tenant_and_refuses_when_there_is_nothing_to_retr
 }
 
 #[tokio::test]
+async fn a_bulk_retry_lists_first_on_a_dry_run_then_retries_every_matching_failed_tenant() {
+    let calls = Calls::default();
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "quota",
+        FailTimes {
+            times: 1,
+            error: StepError::permanent("ACCOUNT_LIMIT_EXCEEDED", "raise the quota"),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("a", "ok"), ("b", "quota"), ("c", "ok")], ""),
+    )
+    .await;
+    let slugs = ["acme", "globex", "initech"];
+    for s in slugs {
+        app.signup(&signup_body(s)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for s in slugs {
+        app.wait_for_state(s, &["failed"], WITHIN).await;
+    }
+    let bulk = |body: Value| {
+        let app = &app;
+        async move {
+            let r = app.ops(Method::POST, "/v1/retries", Some(body)).await;
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    // Bad input is refused and changes nothing.
+    for bad in [
+        json!({"step": ""}),
+        json!({"dry_run": "yes"}),
+        json!({"state": "failed"}),
+    ] {
+        let (status, body) = bulk(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, none) = bulk(json!({"error_code": "SomethingElse", "dry_run": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(none["matched"], 0);
+    // A dry run shows the count and the tenants, and retries none.
+    let (_, dry) = bulk(json!({"step": "b", "dry_run": true})).await;
+    assert_eq!(dry["matched"], 3, "{dry:#}");
+    assert_eq!(dry["retried"], json!([]));
+    let mut listed: Vec<&str> = dry["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["step"], "b");
+            assert_eq!(t["error_code"], "ACCOUNT_LIMIT_EXCEEDED");
+            t["slug"].as_str().unwrap()
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, slugs);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for s in slugs {
+        assert_eq!(
+            app.tenant(s).await["state"],
+            "failed",
+            "{s} after a dry run"
+        );
+        assert_eq!(calls.get(s), 1);
+    }
+    let (status, done) = bulk(json!({"error_code": "ACCOUNT_LIMIT_EXCEEDED"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(done["matched"], 3);
+    assert_eq!(done["retried"].as_array().unwrap().len(), 3, "{done:#}");
+    for s in slugs {
+        app.wait_for_state(s, &["active"], WITHIN).await;
+        let h = app.history(s).await;
+        assert!(h.iter().any(|e| e["kind"] == "operator.retry"), "{s}");
+    }
+    let (_, again) = bulk(json!({})).await;
+    assert_eq!(again["matched"], 0, "nothing failed any more");
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn retry_ends_a_backoff_early() {
     let calls = Calls::default();
     let registry = Registry::new().with(
