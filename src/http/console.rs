@@ -33,6 +33,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/ui", get(home))
         .route("/ui/login", post(login))
         .route("/ui/logout", post(logout))
+        .route("/ui/retries", get(retries_page).post(retries_action))
         .route("/ui/tenants/{slug}", get(tenant_page))
         .route("/ui/tenants/{slug}/{action}", post(action))
 }
@@ -243,8 +244,137 @@ async fn tenants_page(state: &AppState, s: &Session, f: ListFilter) -> Result<Ma
         @if let Some(next) = next {
             a href={ "/ui?cursor=" (next) "&state=" (filter.map_or("", |s| s.as_str())) } { "Next page →" }
         }
+        @if filter == Some(TenantState::Failed) && s.write {
+            p { a href="/ui/retries" { "Retry failed tenants…" } " (shows how many first)" }
+        }
         @if !s.write { p.why { "This token may only read: actions are hidden." } }
     })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RetriesForm {
+    csrf: Option<String>,
+    step: Option<String>,
+    error_code: Option<String>,
+}
+
+impl RetriesForm {
+    fn step(&self) -> Option<&str> {
+        self.step
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn error_code(&self) -> Option<&str> {
+        self.error_code
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// `GET /ui/retries?step=&error_code=`: the bulk retry's dry run. Which failed tenants match, and a
+/// confirmation form that retries exactly that filter.
+async fn retries_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<RetriesForm>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Redirect::to("/ui").into_response(),
+        Err(e) => return server_error(e),
+    };
+    let dry = match lifecycle::operator::retry_failed(
+        &state.pool,
+        &state.workflows,
+        f.step(),
+        f.error_code(),
+        true,
+        &s.operator,
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => return server_error(e),
+    };
+    let n = dry.matched.len();
+    let body = html! {
+        h1 { "Retry failed tenants" }
+        form method="get" action="/ui/retries" {
+            label { "Failed step " input type="text" name="step" value=(f.step().unwrap_or("")); }
+            " "
+            label { "Error code " input type="text" name="error_code" value=(f.error_code().unwrap_or("")); }
+            " "
+            button { "Count" }
+        }
+        p.count { (n) " failed tenant" @if n != 1 { "s" } " match" @if n as i64 >= lifecycle::operator::BULK_LIMIT { " (the first " (lifecycle::operator::BULK_LIMIT) "; retry again for more)" } "." }
+        @if n > 0 {
+            table {
+                thead { tr { th { "slug" } th { "failed step" } th { "error code" } } }
+                tbody {
+                    @for t in &dry.matched {
+                        tr {
+                            td { a href={ "/ui/tenants/" (t.slug) } { (t.slug) } }
+                            td { (t.step) }
+                            td { (t.error_code.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+            @if s.write {
+                form method="post" action="/ui/retries" {
+                    input type="hidden" name="csrf" value=(s.csrf);
+                    input type="hidden" name="step" value=(f.step().unwrap_or(""));
+                    input type="hidden" name="error_code" value=(f.error_code().unwrap_or(""));
+                    button { "Retry these " (n) " tenants" }
+                }
+            }
+        }
+        @if !s.write { p.why { "This token may only read: actions are hidden." } }
+    };
+    page("Retry failed tenants", Some(&s), body).into_response()
+}
+
+/// `POST /ui/retries`: the bulk retry itself; session, CSRF token and write scope as every action.
+async fn retries_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<RetriesForm>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return forbidden("Sign in first: this action needs a console session."),
+        Err(e) => return server_error(e),
+    };
+    if !csrf_ok(&s, form.csrf.as_deref()) {
+        return forbidden("The form's CSRF token does not match the session.");
+    }
+    if !s.write {
+        return forbidden("This token may only read.");
+    }
+    let done = match lifecycle::operator::retry_failed(
+        &state.pool,
+        &state.workflows,
+        form.step(),
+        form.error_code(),
+        false,
+        &s.operator,
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => return server_error(e),
+    };
+    tracing::info!(matched = done.matched.len(), retried = done.retried.len(), actor = %s.operator, "console bulk retry");
+    let body = html! {
+        h1 { "Retried" }
+        p.count { (done.retried.len()) " of " (done.matched.len()) " matching tenants retried." }
+        ul { @for slug in &done.retried { li { a href={ "/ui/tenants/" (slug) } { (slug) } } } }
+        p { a href="/ui?state=provisioning" { "Provisioning tenants" } " · " a href="/ui?state=failed" { "Still failed" } }
+    };
+    page("Retried", Some(&s), body).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -223,3 +223,83 @@ async fn the_console_logs_in_shows_tenants_and_retries_only_with_session_and_csr
     assert!(html.contains("name=\"token\""), "{html}");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_bulk_retry_in_the_console_shows_the_count_first_and_needs_session_csrf_and_write() {
+    let calls = Calls::default();
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "once",
+        FailTimes {
+            times: 1,
+            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
+            calls: calls.clone(),
+        },
+    );
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("first", "ok"), ("second", "once")], ""),
+    )
+    .await;
+    for s in ["acme", "globex"] {
+        app.signup(&signup_body(s)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for s in ["acme", "globex"] {
+        app.wait_for_state(s, &["failed"], WITHIN).await;
+    }
+    let (cookie, _) = sign_in(&app, ALICE_TOKEN).await;
+    let (_, list) = get(&app, "/ui?state=failed", Some(&cookie)).await;
+    assert!(list.contains("href=\"/ui/retries\""), "{list}");
+
+    // The dry run: the count and the tenants, nothing changed.
+    let (status, dry) = get(&app, "/ui/retries?step=second", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(dry.contains("2 failed tenants match"), "{dry}");
+    assert!(dry.contains("acme") && dry.contains("globex") && dry.contains("QuotaExceeded"));
+    let (_, none) = get(&app, "/ui/retries?error_code=Other", Some(&cookie)).await;
+    assert!(none.contains("0 failed tenants match"), "{none}");
+    let csrf = csrf_in(&dry);
+    assert_eq!(app.tenant("acme").await["state"], "failed");
+
+    // Without the CSRF token, or with a read-only session: 403, nothing retried.
+    assert_eq!(
+        post(&app, "/ui/retries", Some(&cookie), &[("step", "second")]).await,
+        StatusCode::FORBIDDEN
+    );
+    let (reader, _) = sign_in(&app, READ_TOKEN).await;
+    let (_, read_dry) = get(&app, "/ui/retries", Some(&reader)).await;
+    assert!(read_dry.contains("2 failed tenants match"), "{read_dry}");
+    assert!(
+        !read_dry.contains("method=\"post\" action=\"/ui/retries\""),
+        "{read_dry}"
+    );
+    let read_csrf = csrf_in(&read_dry);
+    assert_eq!(
+        post(&app, "/ui/retries", Some(&reader), &[("csrf", &read_csrf)]).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(calls.get("acme"), 1);
+    assert_eq!(app.tenant("globex").await["state"], "failed");
+
+    // Confirmed: both are retried, by alice, and become active.
+    assert_eq!(
+        post(
+            &app,
+            "/ui/retries",
+            Some(&cookie),
+            &[("csrf", &csrf), ("step", "second"), ("error_code", "")]
+        )
+        .await,
+        StatusCode::OK
+    );
+    for s in ["acme", "globex"] {
+        app.wait_for_state(s, &["active"], WITHIN).await;
+        let h = app.history(s).await;
+        assert!(
+            h.iter()
+                .any(|e| e["kind"] == "operator.retry" && e["actor"] == "alice"),
+            "{s}"
+        );
+    }
+    engine.stop().await;
+}
