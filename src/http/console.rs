@@ -343,17 +343,10 @@ async fn retries_action(
     headers: HeaderMap,
     Form(form): Form<RetriesForm>,
 ) -> Response {
-    let s = match session(&state, &headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return forbidden("Sign in first: this action needs a console session."),
-        Err(e) => return server_error(e),
+    let s = match acting_session(&state, &headers, form.csrf.as_deref()).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
-    if !csrf_ok(&s, form.csrf.as_deref()) {
-        return forbidden("The form's CSRF token does not match the session.");
-    }
-    if !s.write {
-        return forbidden("This token may only read.");
-    }
     let done = match lifecycle::operator::retry_failed(
         &state.pool,
         &state.workflows,
@@ -470,6 +463,33 @@ async fn logout(
         HeaderValue::from_static("vend_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     resp
+}
+
+/// The session an action runs under: it must exist, the form must carry its CSRF token, and its token
+/// must have the write scope; otherwise the 403 page (or the error) to answer with.
+async fn acting_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Result<Session, Response> {
+    let s = match session(state, headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(forbidden(
+                "Sign in first: this action needs a console session.",
+            ));
+        }
+        Err(e) => return Err(server_error(e)),
+    };
+    if !csrf_ok(&s, csrf) {
+        return Err(forbidden(
+            "The form's CSRF token does not match the session.",
+        ));
+    }
+    if !s.write {
+        return Err(forbidden("This token may only read."));
+    }
+    Ok(s)
 }
 
 fn csrf_ok(s: &Session, given: Option<&str>) -> bool {
@@ -661,17 +681,10 @@ async fn action(
     Path((slug, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let s = match session(&state, &headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return forbidden("Sign in first: this action needs a console session."),
-        Err(e) => return server_error(e),
+    let s = match acting_session(&state, &headers, form.csrf.as_deref()).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
-    if !csrf_ok(&s, form.csrf.as_deref()) {
-        return forbidden("The form's CSRF token does not match the session.");
-    }
-    if !s.write {
-        return forbidden("This token may only read.");
-    }
     let who = s.operator.clone();
     let done: Result<Result<(), String>, sqlx::Error> = async {
         Ok(match action.as_str() {
