@@ -233,14 +233,16 @@ impl DriftChecker {
         let ou = s.management.tenant_ou_id.clone();
         let parent = s.orgs.parent_of(&account).await?;
         let attached = s.orgs.scps_attached_to(&ou).await?;
-        let missing_scps = s
-            .orgs
-            .list_scps()
-            .await?
-            .into_iter()
-            .filter(|p| p.name.starts_with(SCP_PREFIX) && !attached.contains(&p.id))
-            .map(|p| (p.id, p.name))
-            .collect();
+        let mut missing_scps = Vec::new();
+        for p in s.orgs.list_scps().await? {
+            if !p.name.starts_with(SCP_PREFIX) || attached.contains(&p.id) {
+                continue;
+            }
+            // Only vend's own policies (tagged at creation) are its to re-attach, whatever their name.
+            if crate::aws::organizations::managed_by_vend(s.orgs.as_ref(), &p.id).await? {
+                missing_scps.push((p.id, p.name));
+            }
+        }
         let record = s
             .route53
             .target_of(&s.management.hosted_zone_id, &domain)

@@ -291,13 +291,7 @@ impl Reconciler {
     }
 
     async fn is_managed(&self, policy_id: &str) -> Result<bool, AwsError> {
-        let (key, value) = crate::aws::organizations::MANAGED_BY;
-        Ok(self
-            .orgs
-            .tags_of(policy_id)
-            .await?
-            .iter()
-            .any(|(k, v)| k == key && v == value))
+        crate::aws::organizations::managed_by_vend(self.orgs.as_ref(), policy_id).await
     }
 
     /// Refreshes the local index of the organization's accounts.

@@ -53,6 +53,16 @@ pub struct PolicySummary {
 /// name.
 pub const MANAGED_BY: (&str, &str) = ("vend:managed-by", "vend");
 
+/// Whether the policy carries [`MANAGED_BY`]: vend made it.
+pub async fn managed_by_vend(orgs: &dyn Organizations, policy_id: &str) -> Result<bool, AwsError> {
+    let (key, value) = MANAGED_BY;
+    Ok(orgs
+        .tags_of(policy_id)
+        .await?
+        .iter()
+        .any(|(k, v)| k == key && v == value))
+}
+
 /// What vend needs from Organizations, in its own terms. A trait so tests can interpose on the real
 /// service (e.g. crash right after `create_account` returns) without faking it.
 #[async_trait]

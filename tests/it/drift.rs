@@ -89,6 +89,15 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
         .send()
         .await
         .unwrap();
+    // Someone else's policy with vend's prefix, not attached: not vend's, so not a finding.
+    org.create_policy()
+        .name("vend-someone-elses")
+        .description("made by hand")
+        .content(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"s3:*","Resource":"*"}]}"#)
+        .r#type(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
     let r53 = aws_sdk_route53::Client::new(&sdk);
     let zone = moto::base_zone_id(&r53).await;
     let domain = format!("acme.{BASE_DOMAIN}");
