@@ -106,6 +106,26 @@ pub struct Entry {
     pub started_at: Option<DateTime<Utc>>,
 }
 
+/// The tenant's entries newest first, older than entry `before` (all with `None`), at most `limit`:
+/// the console shows what happened last and pages back.
+pub async fn newest(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Entry>, sqlx::Error> {
+    sqlx::query_as!(
+        Entry,
+        r#"SELECT id, at, kind, step, attempt, lease_token, actor, message, detail, started_at
+           FROM history WHERE tenant_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"#,
+        tenant_id,
+        before.unwrap_or(i64::MAX),
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// At most `limit` entries after the entry `after` (0: from the start), oldest first.
 pub async fn page(
     db: impl PgExecutor<'_>,

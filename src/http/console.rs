@@ -499,10 +499,20 @@ fn csrf_ok(s: &Session, given: Option<&str>) -> bool {
 
 /// `GET /ui/tenants/{slug}`: the tenant, each step with its state and attempts, why it waits, its
 /// resources and history, and the actions the session may take.
+/// Console history entries a page.
+const HISTORY_PAGE: i64 = 100;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryPage {
+    /// Show entries older than this one.
+    history_before: Option<i64>,
+}
+
 async fn tenant_page(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(slug): Path<String>,
+    Query(hp): Query<HistoryPage>,
 ) -> Response {
     let s = match session(&state, &headers).await {
         Ok(Some(s)) => s,
@@ -523,14 +533,34 @@ async fn tenant_page(
                 .into_response();
         }
     };
-    let history = match db::tenants::by_slug(&state.pool, &slug).await {
-        Ok(Some(t)) => db::history::page(&state.pool, t.id, 0, 500)
-            .await
-            .unwrap_or_default(),
+    let mut history = match db::tenants::by_slug(&state.pool, &slug).await {
+        Ok(Some(t)) => {
+            match db::history::newest(&state.pool, t.id, hp.history_before, HISTORY_PAGE + 1).await
+            {
+                Ok(h) => h,
+                Err(e) => return server_error(e),
+            }
+        }
         _ => Vec::new(),
     };
+    // One more than a page tells whether there are older entries.
+    let older = (history.len() as i64 > HISTORY_PAGE).then(|| {
+        history.truncate(HISTORY_PAGE as usize);
+        history.last().map(|e| e.id)
+    });
     let now = Utc::now();
-    page(&slug, Some(&s), tenant_markup(&detail, &history, &s, now)).into_response()
+    let body = html! {
+        (tenant_markup(&detail, &history, &s, now))
+        p {
+            @if hp.history_before.is_some() {
+                a href={ "/ui/tenants/" (slug) } { "← Newest entries" } " "
+            }
+            @if let Some(Some(id)) = older {
+                a href={ "/ui/tenants/" (slug) "?history_before=" (id) } { "Older entries →" }
+            }
+        }
+    };
+    page(&slug, Some(&s), body).into_response()
 }
 
 fn tenant_markup(
@@ -583,7 +613,7 @@ fn tenant_markup(
         }
         h2 { "Resources" }
         pre { (serde_json::to_string_pretty(&d.resources).unwrap_or_default()) }
-        h2 { "History" }
+        h2 { "History" small { " newest first" } }
         table {
             thead { tr { th { "at" } th { "kind" } th { "step" } th { "attempt" } th { "actor" } th { "message" } } }
             tbody {

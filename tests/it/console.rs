@@ -303,3 +303,59 @@ async fn a_bulk_retry_in_the_console_shows_the_count_first_and_needs_session_csr
     }
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenants_history_shows_the_newest_entries_first_and_pages_back() {
+    let registry = Registry::new().with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("first", "ok")], "")).await;
+    app.signup(&signup_body("acme")).await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = 'acme'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    for i in 0..150 {
+        let message = format!("operator note {i:03}");
+        vend::db::history::append(
+            &app.pool,
+            id,
+            &vend::db::history::NewEntry::new(vend::domain::HistoryKind::OperatorRetry, &message),
+        )
+        .await
+        .unwrap();
+    }
+    let (cookie, _) = sign_in(&app, ALICE_TOKEN).await;
+    let (status, first) = get(&app, "/ui/tenants/acme", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(
+        first.contains("operator note 149"),
+        "the newest entry is on the first page"
+    );
+    assert!(first.contains("operator note 050") && !first.contains("operator note 049"));
+    assert!(
+        first.find("note 149").unwrap() < first.find("note 148").unwrap(),
+        "newest first"
+    );
+    let at = first
+        .find("?history_before=")
+        .expect("a link to older entries");
+    let before: String = first[at + 16..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let (_, older) = get(
+        &app,
+        &format!("/ui/tenants/acme?history_before={before}"),
+        Some(&cookie),
+    )
+    .await;
+    assert!(older.contains("operator note 049") && older.contains("operator note 000"));
+    assert!(!older.contains("operator note 050"), "no entry twice");
+    assert!(
+        older.contains("signup accepted"),
+        "the oldest entry on the last page"
+    );
+    assert!(
+        !older.contains("?history_before="),
+        "the last page has no older link"
+    );
+}
