@@ -864,15 +864,7 @@ async fn scp_state(sdk: &SdkConfig) -> Vec<(String, usize, String)> {
         .send()
         .await
         .unwrap();
-    let roots = org.list_roots().send().await.unwrap();
-    let ou = org
-        .list_organizational_units_for_parent()
-        .parent_id(roots.roots()[0].id().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ou.organizational_units().len(), 1, "one tenant OU");
-    let ou_id = ou.organizational_units()[0].id().unwrap().to_owned();
+    let ou_id = moto::tenant_ou_id(&org).await;
     let attached = org
         .list_policies_for_target()
         .target_id(&ou_id)
@@ -984,6 +976,41 @@ async fn an_invalid_scp_file_stops_start_up_with_its_name() {
     );
 }
 
+/// vend's AWS start-up on a fresh database, in the background: its readiness and its task.
+async fn start_in_background(
+    sdk: &SdkConfig,
+) -> (
+    vend::readiness::Readiness,
+    tokio::task::JoinHandle<Result<vend::app::AwsRuntime, anyhow::Error>>,
+) {
+    let (pool, _) = crate::support::postgres::fresh_database().await;
+    let readiness = vend::readiness::Readiness::starting("start");
+    let unprepared = vend::app::AwsRuntime::prepare(
+        crate::support::silo_settings(),
+        sdk.clone(),
+        pool,
+        vend::telemetry::Metrics::new(),
+        None,
+    )
+    .unwrap();
+    let seen = readiness.clone();
+    let start = tokio::spawn(async move { unprepared.until_ready(&readiness).await });
+    (seen, start)
+}
+
+/// Waits until start-up reports that it waits for a reason containing every one of `needles`.
+async fn wait_for_reason(seen: &vend::readiness::Readiness, needles: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let why = seen.waiting_for().unwrap_or_default();
+        if needles.iter().all(|n| why.contains(n)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_scp_with_vends_name_that_vend_did_not_create_is_never_changed() {
     let moto = moto::start().await;
@@ -1009,28 +1036,8 @@ async fn an_scp_with_vends_name_that_vend_did_not_create_is_never_changed() {
         .id()
         .unwrap()
         .to_owned();
-    let (pool, _) = crate::support::postgres::fresh_database().await;
-    let readiness = vend::readiness::Readiness::starting("start");
-    let unprepared = vend::app::AwsRuntime::prepare(
-        crate::support::silo_settings(),
-        sdk.clone(),
-        pool.clone(),
-        vend::telemetry::Metrics::new(),
-        None,
-    )
-    .unwrap();
-    let seen = readiness.clone();
-    let start = tokio::spawn(async move { unprepared.until_ready(&readiness).await });
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let why = seen.waiting_for().unwrap_or_default();
-        if why.contains("vend did not create it") {
-            assert!(why.contains(&foreign_id), "{why}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{why}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (seen, start) = start_in_background(&sdk).await;
+    wait_for_reason(&seen, &["vend did not create it", &foreign_id]).await;
     assert!(
         !start.is_finished(),
         "not ready while the guardrail is not vend's"
@@ -1051,17 +1058,7 @@ async fn an_scp_with_vends_name_that_vend_did_not_create_is_never_changed() {
         }
     };
     assert_eq!(content(foreign_id.clone()).await, theirs, "left as it was");
-    let roots = org.list_roots().send().await.unwrap();
-    let ou_id = org
-        .list_organizational_units_for_parent()
-        .parent_id(roots.roots()[0].id().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .organizational_units()[0]
-        .id()
-        .unwrap()
-        .to_owned();
+    let ou_id = moto::tenant_ou_id(&org).await;
     let attached = org
         .list_policies_for_target()
         .target_id(&ou_id)
@@ -1110,41 +1107,16 @@ async fn an_scp_with_vends_name_that_vend_did_not_create_is_never_changed() {
 async fn start_up_explains_a_missing_organization_and_a_missing_zone_and_waits_for_them() {
     let moto = moto::start().await;
     let sdk = moto::sdk(&moto.url).await;
-    let (pool, _) = crate::support::postgres::fresh_database().await;
-    let readiness = vend::readiness::Readiness::starting("start");
-    let unprepared = vend::app::AwsRuntime::prepare(
-        crate::support::silo_settings(),
-        sdk.clone(),
-        pool.clone(),
-        vend::telemetry::Metrics::new(),
-        None,
-    )
-    .unwrap();
-    let seen = readiness.clone();
-    let start = tokio::spawn(async move { unprepared.until_ready(&readiness).await });
-    let wait_for = |needles: Vec<String>| {
-        let seen = seen.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + WITHIN;
-            loop {
-                let why = seen.waiting_for().unwrap_or_default();
-                if needles.iter().all(|n| why.contains(n.as_str())) {
-                    return;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{why}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let (seen, start) = start_in_background(&sdk).await;
     // Not an ending: the reason is reported, and start-up goes on once ops fix it.
-    wait_for(vec!["not in an AWS Organization".into()]).await;
+    wait_for_reason(&seen, &["not in an AWS Organization"]).await;
     aws_sdk_organizations::Client::new(&sdk)
         .create_organization()
         .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
         .send()
         .await
         .unwrap();
-    wait_for(vec!["VEND_BASE_DOMAIN".into(), BASE_DOMAIN.into()]).await;
+    wait_for_reason(&seen, &["VEND_BASE_DOMAIN", BASE_DOMAIN]).await;
     assert!(!start.is_finished());
     aws_sdk_route53::Client::new(&sdk)
         .create_hosted_zone()

@@ -348,16 +348,7 @@ async fn killing_vend_during_a_rollout_updates_every_tenant_once_and_completes_i
             .unwrap();
     for (slug, state, account) in &accounts {
         assert_eq!(state, "active", "{slug}");
-        let inside = moto::sdk_in(&w.moto_sdk, account).await;
-        let body = aws_sdk_cloudformation::Client::new(&inside)
-            .get_template()
-            .stack_name("vend-tenant")
-            .send()
-            .await
-            .unwrap()
-            .template_body()
-            .unwrap_or_default()
-            .to_owned();
+        let body = moto::stack_template(&w.moto_sdk, account, "vend-tenant").await;
         assert!(
             body.contains("survives-kills"),
             "{slug} runs the old template"

@@ -106,16 +106,7 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
         assert_eq!(t["state"], "active", "{s} stayed active");
         assert_eq!(t["stack_version"], version, "{s}: {t:#}");
         let account = t["account_id"].as_str().unwrap();
-        let inside = moto::sdk_in(&sdk, account).await;
-        let body = aws_sdk_cloudformation::Client::new(&inside)
-            .get_template()
-            .stack_name("vend-tenant")
-            .send()
-            .await
-            .unwrap()
-            .template_body()
-            .unwrap_or_default()
-            .to_owned();
+        let body = moto::stack_template(&sdk, account, "vend-tenant").await;
         assert!(
             body.contains("version-two"),
             "{s}: the stack runs the old template"
@@ -153,16 +144,7 @@ async fn a_rollout_updates_every_tenant_in_waves_to_the_template_as_it_was_at_th
     app.wait_for_state("hooli", &["active"], WITHIN).await;
     let t = app.tenant("hooli").await;
     assert_eq!(t["stack_version"], version, "{t:#}");
-    let inside = moto::sdk_in(&sdk, t["account_id"].as_str().unwrap()).await;
-    let body = aws_sdk_cloudformation::Client::new(&inside)
-        .get_template()
-        .stack_name("vend-tenant")
-        .send()
-        .await
-        .unwrap()
-        .template_body()
-        .unwrap_or_default()
-        .to_owned();
+    let body = moto::stack_template(&sdk, t["account_id"].as_str().unwrap(), "vend-tenant").await;
     assert!(body.contains("version-two") && !body.contains("not-this-one"));
 
     // Listing, pausing, resuming, aborting.
@@ -278,16 +260,7 @@ async fn rollout_tenants(app: &TestApp, id: &str) -> Vec<(String, i32, String, O
 }
 
 async fn runs_template(sdk: &aws_config::SdkConfig, account: &str) -> String {
-    let inside = moto::sdk_in(sdk, account).await;
-    aws_sdk_cloudformation::Client::new(&inside)
-        .get_template()
-        .stack_name("vend-tenant")
-        .send()
-        .await
-        .unwrap()
-        .template_body()
-        .unwrap_or_default()
-        .to_owned()
+    moto::stack_template(sdk, account, "vend-tenant").await
 }
 
 #[tokio::test]

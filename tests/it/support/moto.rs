@@ -288,3 +288,30 @@ pub async fn the_one_certificate(
     );
     certs[0].clone()
 }
+
+/// The template body of stack `name` in `account` (empty if it has none).
+pub async fn stack_template(base: &SdkConfig, account: &str, name: &str) -> String {
+    let inside = sdk_in(base, account).await;
+    aws_sdk_cloudformation::Client::new(&inside)
+        .get_template()
+        .stack_name(name)
+        .send()
+        .await
+        .unwrap()
+        .template_body()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The id of the one OU under the organization's root (vend's tenant OU).
+pub async fn tenant_ou_id(org: &aws_sdk_organizations::Client) -> String {
+    let roots = org.list_roots().send().await.unwrap();
+    let ous = org
+        .list_organizational_units_for_parent()
+        .parent_id(roots.roots()[0].id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ous.organizational_units().len(), 1, "one tenant OU");
+    ous.organizational_units()[0].id().unwrap().to_owned()
+}
