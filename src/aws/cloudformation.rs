@@ -1,9 +1,10 @@
-//! CloudFormation in a tenant account: describe, create (with a client request token), update, delete.
+//! CloudFormation in a tenant account: describe, create (with a client request token), update through a
+//! change set (created, described, executed), delete.
 
 use std::collections::BTreeMap;
 
 use aws_sdk_cloudformation::Client;
-use aws_sdk_cloudformation::types::{Capability, Parameter, Tag};
+use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Tag};
 
 use super::{Aws, AwsError};
 
@@ -24,6 +25,26 @@ pub struct StackInfo {
     pub reason: Option<String>,
     pub outputs: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
+}
+
+/// A change set as CloudFormation reports it.
+#[derive(Debug, Clone)]
+pub struct ChangeSetInfo {
+    /// `CREATE_PENDING`, `CREATE_IN_PROGRESS`, `CREATE_COMPLETE`, `DELETE_*` or `FAILED`.
+    pub status: String,
+    /// `AVAILABLE`, `UNAVAILABLE`, `EXECUTE_IN_PROGRESS`, `EXECUTE_COMPLETE`, `EXECUTE_FAILED`, `OBSOLETE`.
+    pub execution_status: String,
+    pub reason: Option<String>,
+}
+
+impl ChangeSetInfo {
+    /// CloudFormation refused it because the stack already is what it describes.
+    pub fn without_changes(&self) -> bool {
+        self.status == "FAILED"
+            && self.reason.as_deref().is_some_and(|r| {
+                r.contains("didn't contain changes") || r.contains("No updates are to be performed")
+            })
+    }
 }
 
 pub struct Cfn {
@@ -119,26 +140,75 @@ impl Cfn {
         }
     }
 
-    /// Updates the stack; `false` if there was nothing to change.
-    pub async fn update(&self, spec: &StackSpec, token: &str) -> Result<bool, AwsError> {
+    /// The change set `change_set` of stack `stack`; `None` if there is none of that name.
+    pub async fn change_set(
+        &self,
+        stack: &str,
+        change_set: &str,
+    ) -> Result<Option<ChangeSetInfo>, AwsError> {
         let r = self
             .aws
             .call(
-                "cloudformation.UpdateStack",
+                "cloudformation.DescribeChangeSet",
                 self.client
-                    .update_stack()
+                    .describe_change_set()
+                    .stack_name(stack)
+                    .change_set_name(change_set)
+                    .send(),
+            )
+            .await;
+        match r {
+            Ok(o) => Ok(Some(ChangeSetInfo {
+                status: o
+                    .status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                execution_status: o
+                    .execution_status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                reason: o.status_reason().map(str::to_owned),
+            })),
+            Err(e)
+                if e.code.starts_with("ChangeSetNotFound")
+                    || (e.code == "ValidationError" && e.message.contains("does not exist")) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the update change set `change_set` for the stack as `spec` describes it (one of that
+    /// name already there, from before a crash, is not an error); `false` if CloudFormation says there
+    /// is nothing to change.
+    pub async fn create_change_set(
+        &self,
+        spec: &StackSpec,
+        change_set: &str,
+        token: &str,
+    ) -> Result<bool, AwsError> {
+        let r = self
+            .aws
+            .call(
+                "cloudformation.CreateChangeSet",
+                self.client
+                    .create_change_set()
                     .stack_name(&spec.name)
+                    .change_set_name(change_set)
+                    .change_set_type(ChangeSetType::Update)
                     .template_body(&spec.template_body)
                     .set_parameters(Some(Self::parameters(spec)))
                     .set_tags(Some(Self::tags(spec)))
                     .set_role_arn(spec.role_arn.clone())
                     .capabilities(Capability::CapabilityNamedIam)
-                    .client_request_token(token)
+                    .client_token(token)
                     .send(),
             )
             .await;
         match r {
             Ok(_) => Ok(true),
+            Err(e) if e.code == "AlreadyExistsException" => Ok(true),
             Err(e)
                 if e.code == "ValidationError"
                     && e.message.contains("No updates are to be performed") =>
@@ -146,6 +216,51 @@ impl Cfn {
                 Ok(false)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Executes the change set; `token` makes a retried call a no-op on AWS's side.
+    pub async fn execute_change_set(
+        &self,
+        stack: &str,
+        change_set: &str,
+        token: &str,
+    ) -> Result<(), AwsError> {
+        self.aws
+            .call(
+                "cloudformation.ExecuteChangeSet",
+                self.client
+                    .execute_change_set()
+                    .stack_name(stack)
+                    .change_set_name(change_set)
+                    .client_request_token(token)
+                    .send(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes the change set (one already gone is fine).
+    pub async fn delete_change_set(&self, stack: &str, change_set: &str) -> Result<(), AwsError> {
+        let r = self
+            .aws
+            .call(
+                "cloudformation.DeleteChangeSet",
+                self.client
+                    .delete_change_set()
+                    .stack_name(stack)
+                    .change_set_name(change_set)
+                    .send(),
+            )
+            .await;
+        match r {
+            Err(e)
+                if e.code.starts_with("ChangeSetNotFound")
+                    || (e.code == "ValidationError" && e.message.contains("does not exist")) =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
         }
     }
 

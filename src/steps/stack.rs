@@ -55,6 +55,66 @@ async fn started(
     })
 }
 
+/// How soon to look at a change set again: CloudFormation computes one in seconds.
+const CHANGE_SET_LOOK: Duration = Duration::from_secs(2);
+
+/// Updates a stack at rest to `spec` through the change set named after `spec`'s hash: created, looked
+/// at until CloudFormation has computed it, then executed. `None` when there is nothing to change (or
+/// this change set already ran); a spent or obsolete change set is deleted so the next look makes it
+/// afresh. Every call is safe to repeat after a crash: the name and tokens come from the content.
+async fn through_change_set(
+    ctx: &mut StepContext,
+    timer: &Timed<'_>,
+    pool: &PgPool,
+    cfn: &Cfn,
+    spec: &StackSpec,
+    hash: &str,
+    token: &str,
+) -> Result<Option<StackProgress>, StepError> {
+    let name = format!("vend-{}", &hash[..16]);
+    let preparing = |what: &str| {
+        Some(StackProgress::InProgress {
+            note: format!("change set {name}: {what}"),
+            after: CHANGE_SET_LOOK,
+        })
+    };
+    let Some(cs) = cfn.change_set(&spec.name, &name).await? else {
+        if !cfn.create_change_set(spec, &name, token).await? {
+            return Ok(None);
+        }
+        return Ok(preparing("CREATE_PENDING"));
+    };
+    if cs.without_changes() {
+        return Ok(None);
+    }
+    match (cs.status.as_str(), cs.execution_status.as_str()) {
+        (_, "AVAILABLE") => {
+            cfn.execute_change_set(&spec.name, &name, &format!("{token}-execute"))
+                .await?;
+            started(ctx, timer, pool, "UPDATE_IN_PROGRESS")
+                .await
+                .map(Some)
+        }
+        (_, "EXECUTE_COMPLETE") => Ok(None),
+        ("FAILED", _) => {
+            cfn.delete_change_set(&spec.name, &name).await?;
+            Err(StepError::permanent(
+                "ChangeSetFailed",
+                format!(
+                    "CloudFormation could not prepare the update of stack {}: {}; fix the cause, then retry",
+                    spec.name,
+                    cs.reason.as_deref().unwrap_or("no reason given")
+                ),
+            ))
+        }
+        (_, spent @ ("EXECUTE_FAILED" | "OBSOLETE")) => {
+            cfn.delete_change_set(&spec.name, &name).await?;
+            Ok(preparing(&format!("{spent}, made again")))
+        }
+        (status, _) => Ok(preparing(status)),
+    }
+}
+
 /// Drives the stack `spec` one step towards its template. `key` names it in the tenant's resources
 /// (`<key>_stack_id`, `<key>_failed`, and `<key>_op_*` timing the change in progress). How long a
 /// change takes is learned (`stack:<key>`), and the looks at it are timed by that.
@@ -109,8 +169,11 @@ pub async fn converge(
             })
         }
         "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
-            if stack.tags.get(HASH_TAG) != Some(&hash) && cfn.update(&spec, &token).await? {
-                return started(ctx, &timer, pool, "UPDATE_IN_PROGRESS").await;
+            if stack.tags.get(HASH_TAG) != Some(&hash)
+                && let Some(progress) =
+                    through_change_set(ctx, &timer, pool, cfn, &spec, &hash, &token).await?
+            {
+                return Ok(progress);
             }
             timer.finished(pool, ctx).await?;
             ctx.set_resource(&failed_key, serde_json::Value::Null);
@@ -128,14 +191,19 @@ pub async fn converge(
         }
         // A failed update rolled back to the last good state: on an operator retry, update again.
         "UPDATE_ROLLBACK_COMPLETE" if retrying => {
-            ctx.set_resource(&failed_key, serde_json::Value::Null);
-            if cfn
-                .update(&spec, &format!("{token}-retry-{}", ctx.attempt))
-                .await?
-            {
-                started(ctx, &timer, pool, "UPDATE_IN_PROGRESS").await
-            } else {
-                Ok(StackProgress::Ready(stack))
+            match through_change_set(ctx, &timer, pool, cfn, &spec, &hash, &token).await? {
+                // Still preparing: the failure stays recorded, so the next look comes back here.
+                Some(StackProgress::InProgress { note, after }) if !note.starts_with("UPDATE") => {
+                    Ok(StackProgress::InProgress { note, after })
+                }
+                Some(progress) => {
+                    ctx.set_resource(&failed_key, serde_json::Value::Null);
+                    Ok(progress)
+                }
+                None => {
+                    ctx.set_resource(&failed_key, serde_json::Value::Null);
+                    Ok(StackProgress::Ready(stack))
+                }
             }
         }
         "ROLLBACK_COMPLETE"

@@ -354,12 +354,12 @@ async fn killing_vend_during_a_rollout_updates_every_tenant_once_and_completes_i
             "{slug} runs the old template"
         );
     }
-    // An update asked for again after a kill finds the stack already changing or changed: at most
-    // one more UpdateStack per tenant, never a second stack.
-    let updates = w.proxy.stats().calls("cloudformation.UpdateStack");
+    // Each update is a change set, executed; one asked for again after a kill finds it made or run
+    // already: at most one more ExecuteChangeSet per tenant, never a second stack.
+    let updates = w.proxy.stats().calls("cloudformation.ExecuteChangeSet");
     assert!(
         (slugs.len() as u64..=2 * slugs.len() as u64).contains(&updates),
-        "{updates} UpdateStack calls for {} tenants",
+        "{updates} ExecuteChangeSet calls for {} tenants",
         slugs.len()
     );
     assert_eq!(w.proxy.stats().calls("cloudformation.CreateStack"), 0);

@@ -317,9 +317,9 @@ async fn a_fault_in_the_second_wave_halts_the_rollout_with_the_rest_untouched_an
         assert!(tokio::time::Instant::now() < deadline, "{ts:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The canary is done; the next UpdateStack (a tenant of the second wave) fails for good.
+    // The canary is done; the next update executed (a tenant of the second wave) fails for good.
     proxy.script(
-        "cloudformation.UpdateStack",
+        "cloudformation.ExecuteChangeSet",
         [Scripted::Error {
             status: 400,
             code: "InsufficientCapabilitiesException".into(),
