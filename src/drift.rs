@@ -259,8 +259,7 @@ impl DriftChecker {
         let stack_status = Cfn::new(&aws)
             .describe(crate::steps::TENANT_STACK)
             .await?
-            .map(|s| s.status)
-            .filter(|s| s != "DELETE_COMPLETE");
+            .map(|s| s.status);
         Ok(Some(Facts {
             domain,
             tenant_ou: ou,

@@ -76,7 +76,13 @@ impl Cfn {
             }
             Err(e) => return Err(e),
         };
-        Ok(out.stacks().first().map(|s| StackInfo {
+        // A deleted stack is gone: AWS finds it by name no more, and an emulator that still lists
+        // it must not make a step take it for the stack to converge.
+        let live = out.stacks().first().filter(|s| {
+            s.stack_status()
+                .is_none_or(|x| x.as_str() != "DELETE_COMPLETE")
+        });
+        Ok(live.map(|s| StackInfo {
             stack_id: s.stack_id().unwrap_or_default().to_owned(),
             status: s
                 .stack_status()

@@ -162,9 +162,6 @@ async fn delete_stack(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome,
     let Some(stack) = cfn.describe(STACK_NAME).await? else {
         return Ok(StepOutcome::Succeeded);
     };
-    if stack.status == "DELETE_COMPLETE" {
-        return Ok(StepOutcome::Succeeded);
-    }
     if stack.tags.get(TENANT_TAG).map(String::as_str) != Some(ctx.tenant.slug.as_str()) {
         return Err(StepError::permanent(
             "StackNotOurs",
@@ -197,7 +194,6 @@ async fn delete_stack(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome,
     // Some deletions are over at once (an empty stack, an emulator): no wait for those.
     match cfn.describe(&stack.stack_id).await? {
         None => Ok(StepOutcome::Succeeded),
-        Some(s) if s.status == "DELETE_COMPLETE" => Ok(StepOutcome::Succeeded),
         Some(s) => Ok(StepOutcome::Wait {
             after: ctx.poll_interval,
             note: format!("tenant stack deletion started ({})", s.status),
