@@ -230,20 +230,13 @@ impl Limiter {
             self.acquire_spare(operation, account).await;
             return Ok(());
         }
-        let wait = {
-            let (key, budget) = self.resolve(operation, account);
-            let budget = self.share_of(budget);
-            let now = Instant::now();
-            let mut buckets = self.buckets.lock().expect("limiter lock");
-            let bucket = buckets
-                .entry(key)
-                .or_insert_with(|| Bucket::new(budget, now));
+        let wait = self.with_bucket(operation, account, |bucket, now| {
             let wait = bucket.wait(now);
             if wait > max_wait {
                 return Err(wait);
             }
-            bucket.reserve(now)
-        };
+            Ok(bucket.reserve(now))
+        })?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -254,23 +247,36 @@ impl Limiter {
     /// (never going into debt, so foreground callers find the reserve intact).
     async fn acquire_spare(&self, operation: &str, account: Option<&str>) {
         loop {
-            let wait = {
-                let (key, budget) = self.resolve(operation, account);
-                let budget = self.share_of(budget);
-                let now = Instant::now();
-                let mut buckets = self.buckets.lock().expect("limiter lock");
-                let bucket = buckets
-                    .entry(key)
-                    .or_insert_with(|| Bucket::new(budget, now));
+            let wait = self.with_bucket(operation, account, |bucket, now| {
                 let wait = bucket.wait_above(now, bucket.burst / 2.0);
                 if wait.is_zero() {
                     bucket.tokens -= 1.0;
-                    return;
                 }
                 wait
-            };
+            });
+            if wait.is_zero() {
+                return;
+            }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Runs `f` on the bucket of this call's budget (made at its full burst the first time), under the
+    /// limiter's lock.
+    fn with_bucket<R>(
+        &self,
+        operation: &str,
+        account: Option<&str>,
+        f: impl FnOnce(&mut Bucket, Instant) -> R,
+    ) -> R {
+        let (key, budget) = self.resolve(operation, account);
+        let budget = self.share_of(budget);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("limiter lock");
+        let bucket = buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::new(budget, now));
+        f(bucket, now)
     }
 
     /// AWS throttled a call: halve the rate (multiplicative decrease).
