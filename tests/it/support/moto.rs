@@ -47,30 +47,39 @@ pub async fn start() -> Moto {
 
 /// As [`start`], with moto's own settings in its environment (e.g. `MOTO_ACM_VALIDATION_WAIT`).
 pub async fn start_with(env: &[(&str, &str)]) -> Moto {
-    let port = free_port();
-    let child = Command::new(moto_binary())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting moto_server");
-    on_exit(&format!("kill {} 2>/dev/null", child.id()));
-    let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if http.get(format!("{url}/moto-api/")).send().await.is_ok() {
-            break;
+    // A port taken between choosing and binding it makes moto exit; then another port is tried.
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        on_exit(&format!("kill {} 2>/dev/null", child.id()));
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if child.try_wait().expect("polling moto_server").is_some() {
+                break;
+            }
+            // Only moto answers its own dashboard with a success; anything else is not it.
+            if let Ok(r) = http.get(format!("{url}/moto-api/")).send().await
+                && r.status().is_success()
+            {
+                return Moto { url, child };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "moto did not start on {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "moto did not start on {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Moto { url, child }
+    panic!("moto_server exited at start five times (ports taken?)");
 }
 
 /// SDK configuration for the management account, pointed at `url`.

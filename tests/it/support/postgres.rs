@@ -25,12 +25,32 @@ pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A loopback port for a server a test starts as a separate process (Postgres, moto, `vend serve`).
+///
+/// Taken from below the kernel's ephemeral range (32768-60999 on Linux), never twice in one test
+/// process: a port from `bind(0)` is an ephemeral one, and between releasing it here and the child
+/// binding it, another test's in-process listener or outgoing connection could be given the same
+/// port - CI once saw moto's readiness check answered by a vend server of another test.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding a loopback port")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start at a random place so that test binaries run one after another do not reuse a port a
+    // lingering child of the previous one may still hold.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        uuid::Uuid::new_v4().as_u128() as u32 % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Spawns a detached process that runs `cleanup` (a shell command) once this process is gone.
