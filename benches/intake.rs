@@ -65,6 +65,7 @@ fn main() {
         }
         f.flush().unwrap();
         drop(f);
+        let before = rt.block_on(wal_and_tenants(&db));
         let out = std::process::Command::new("wrk")
             .args([
                 &format!("-t{threads}"),
@@ -87,6 +88,8 @@ fn main() {
             .lines()
             .rev()
             .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        let after = rt.block_on(wal_and_tenants(&db));
+        let signups = (after.1 - before.1).max(1);
         match json {
             Some(v) => {
                 let achieved =
@@ -100,6 +103,10 @@ fn main() {
                     v["non_2xx"],
                     v["socket_errors"],
                 );
+                println!(
+                    "            {signups} signups stored, WAL {:.2} kB per signup (rows, index entries, commit records and full-page images)",
+                    (after.0 - before.0) as f64 / signups as f64 / 1024.0
+                );
             }
             None => println!(
                 "rate {rate}: wrk failed: {stdout} {}",
@@ -109,4 +116,18 @@ fn main() {
         std::thread::sleep(Duration::from_secs(2));
     }
     drop(pg);
+}
+
+/// The WAL position in bytes and the number of tenants stored: what the round wrote per signup.
+async fn wal_and_tenants(url: &str) -> (i64, i64) {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, (SELECT count(*) FROM tenants)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    c.close().await.ok();
+    row
 }

@@ -2,6 +2,11 @@
 //!
 //! A claim stamps a fresh fencing token (`lease_token`) and pushes `due_at` to the lease expiry; every
 //! later write by that worker names the token, so a worker whose lease was taken over changes nothing.
+//!
+//! A run has a row for each step it has reached, not for every step of its workflow: the first is
+//! written with the run, each next one when the step before it succeeds (already claimed, in the
+//! group commit). A signup then writes one step row instead of six; the views fill in the steps not
+//! reached yet from the workflow ([`with_unreached`]).
 
 use std::time::Duration;
 
@@ -10,7 +15,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{HistoryKind, Purpose, RunState, StepState, Tier, WaitReason};
+use crate::domain::{HistoryKind, Purpose, RunState, StepState, Tier, WaitReason, Workflow};
 
 use super::decode;
 
@@ -192,10 +197,11 @@ pub struct Success {
     pub patch: Value,
     pub event_id: Uuid,
     pub payload: Value,
-    /// The last step of the workflow: the run succeeds, the tenant takes the purpose's done state
-    /// (`active`, `closed`), and `done_event` is written too. Otherwise the tenant's next step is
-    /// claimed for the batch's owner.
-    pub last: bool,
+    /// The name of the workflow's next step, whose row is written (or, after an operator's rewind,
+    /// found pending) and claimed for the batch's owner. `None` after the last step: the run
+    /// succeeds, the tenant takes the purpose's done state (`active`, `closed`), and `done_event` is
+    /// written too.
+    pub next_step: Option<String>,
     pub purpose: Purpose,
     pub done_event: Uuid,
 }
@@ -232,7 +238,8 @@ pub async fn succeed_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut payloads, mut lasts, mut done_events) = (
+    let (mut payloads, mut lasts, mut next_steps, mut done_events) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -252,13 +259,15 @@ pub async fn succeed_many(
         patches.push(s.patch);
         events.push(s.event_id);
         payloads.push(s.payload);
-        lasts.push(s.last);
+        let last = s.next_step.is_none();
+        lasts.push(last);
+        next_steps.push(s.next_step.unwrap_or_default());
         done_events.push(s.done_event);
         let done = s.purpose.done_state();
         done_states.push(done.as_str());
         done_types.push(s.purpose.done_event().as_str());
         // Read only for a run's last step: no allocation for the others on the hot path.
-        done_messages.push(if s.last {
+        done_messages.push(if last {
             format!("{} → {}", s.purpose.running_state().as_str(), done.as_str())
         } else {
             String::new()
@@ -269,10 +278,10 @@ pub async fn succeed_many(
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::uuid[], $5::text[], $6::int[],
                                  $7::jsonb[], $8::uuid[], $9::jsonb[], $10::bool[], $11::uuid[],
-                                 $14::text[], $15::text[], $16::text[])
+                                 $14::text[], $15::text[], $16::text[], $20::text[])
                 WITH ORDINALITY AS i(run_id, position, token, tenant_id, step, attempt, patch, event_id,
                                      payload, last, done_event, done_state, done_type, done_message,
-                                     ord)
+                                     next_step, ord)
         ),
         -- Joined on the key, not on an address looked up first (`ctid`, as the claim does for rows it
         -- has just locked): a row whose heartbeat commits while this waits for it is then followed to
@@ -286,7 +295,7 @@ pub async fn succeed_many(
               AND s.state = 'running'
             RETURNING i.ord, i.run_id, i.position, i.token, i.tenant_id, i.step, i.attempt, i.patch,
                       i.event_id, i.payload, i.last, i.done_event, i.done_state, i.done_type,
-                      i.done_message, s.attempt_started_at
+                      i.done_message, i.next_step, s.attempt_started_at
         ),
         tenant AS (
             UPDATE tenants t SET resources = t.resources || f.patch,
@@ -299,16 +308,22 @@ pub async fn succeed_many(
             FROM fenced f
             WHERE r.id = f.run_id AND f.last
         ),
+        -- The next step's row is written when the run reaches it, already claimed; one an operator's
+        -- rewind left behind is claimed if it is pending, and left alone otherwise.
         next AS (
-            UPDATE steps s SET state = 'running', lease_owner = $12, lease_token = nextval('lease_tokens'),
-                   due_at = now() + make_interval(secs => $13), attempts = s.attempts + 1,
-                   wait_reason = NULL, started_at = coalesce(s.started_at, now()),
-                   attempt_started_at = now(), updated_at = now()
-            FROM fenced f
-            WHERE NOT f.last AND s.run_id = f.run_id AND s.position = f.position + 1
-              AND s.state = 'pending'
-            RETURNING f.ord, f.tenant_id, s.position, s.name, s.attempts, s.throttles, s.lease_token,
-                      s.started_at
+            INSERT INTO steps AS s (run_id, position, name, state, lease_owner, lease_token, due_at,
+                                    attempts, started_at, attempt_started_at)
+            SELECT f.run_id, f.position + 1, f.next_step, 'running', $12, nextval('lease_tokens'),
+                   now() + make_interval(secs => $13), 1, now(), now()
+            FROM fenced f WHERE NOT f.last
+            ON CONFLICT (run_id, position) DO UPDATE
+                SET state = 'running', lease_owner = excluded.lease_owner,
+                    lease_token = excluded.lease_token, due_at = excluded.due_at,
+                    attempts = s.attempts + 1, wait_reason = NULL,
+                    started_at = coalesce(s.started_at, now()), attempt_started_at = now(),
+                    updated_at = now()
+                WHERE s.state = 'pending'
+            RETURNING s.run_id, s.position, s.name, s.attempts, s.throttles, s.lease_token, s.started_at
         ),
         -- One INSERT per table, rows in order: data-modifying CTEs run in no guaranteed order, and a
         -- tenant's history must read "succeeded" before "active". The next step's attempt gets its
@@ -354,7 +369,8 @@ pub async fn succeed_many(
                n.throttles AS "throttles?", n.lease_token AS "lease_token?",
                n.started_at AS "started_at?", now() AS "now!",
                (SELECT count(*) FROM deliveries) AS "deliveries!"
-        FROM input i LEFT JOIN fenced f ON f.ord = i.ord LEFT JOIN next n ON n.ord = i.ord
+        FROM input i LEFT JOIN fenced f ON f.ord = i.ord
+             LEFT JOIN next n ON n.run_id = f.run_id AND n.position = f.position + 1
         ORDER BY i.ord
         "#,
         &runs,
@@ -376,6 +392,7 @@ pub async fn succeed_many(
         HistoryKind::StepSucceeded.as_str(),
         HistoryKind::TenantState.as_str(),
         RunState::Succeeded.as_str(),
+        &next_steps,
     )
     .fetch_all(db)
     .await?;
@@ -535,17 +552,21 @@ pub async fn update_after_attempt(
     Ok(())
 }
 
-/// Makes the step at `position` of `run_id` due now (the workflow advanced to it).
+/// Makes the step `name` at `position` of `run_id` due now (the workflow advanced to it): its row is
+/// written, or found where an operator's rewind left it.
 pub async fn make_due(
     conn: &mut PgConnection,
     run_id: Uuid,
     position: i32,
+    name: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"UPDATE steps SET state = 'pending', due_at = now(), updated_at = now()
-           WHERE run_id = $1 AND position = $2"#,
+        r#"INSERT INTO steps AS s (run_id, position, name, state, due_at)
+           VALUES ($1, $2, $3, 'pending', now())
+           ON CONFLICT (run_id, position) DO UPDATE SET state = 'pending', due_at = now(), updated_at = now()"#,
         run_id,
-        position
+        position,
+        name
     )
     .execute(conn)
     .await?;
@@ -623,6 +644,36 @@ impl TryFrom<StepRecord> for Step {
             attempt_started_at: r.attempt_started_at,
         })
     }
+}
+
+/// A run's step rows followed by the workflow's steps it has not reached, as never-tried pending
+/// steps: every step of the run, as views and operator actions see it. Without the workflow (no
+/// longer loaded) only the rows.
+pub fn with_unreached(mut steps: Vec<Step>, workflow: Option<&Workflow>) -> Vec<Step> {
+    let Some(workflow) = workflow else {
+        return steps;
+    };
+    let reached = steps.last().map_or(0, |s| s.position as usize + 1);
+    for (position, def) in workflow.steps.iter().enumerate().skip(reached) {
+        steps.push(Step {
+            position: position as i32,
+            name: def.name.clone(),
+            state: StepState::Pending,
+            wait_reason: None,
+            due_at: None,
+            attempts: 0,
+            throttles: 0,
+            polls: 0,
+            last_error: None,
+            last_error_code: None,
+            started_at: None,
+            finished_at: None,
+            lease_owner: None,
+            lease_token: None,
+            attempt_started_at: None,
+        });
+    }
+    steps
 }
 
 /// The steps of a run in order.

@@ -132,7 +132,8 @@ pub async fn store_answer(
 pub struct NewSignup<'a> {
     pub tenant: &'a Tenant,
     pub run_id: Uuid,
-    pub steps: &'a [String],
+    /// The name of the workflow's first step.
+    pub first_step: &'a str,
     pub history_kind: &'a str,
     pub history_message: &'a str,
     pub history_detail: &'a Value,
@@ -152,8 +153,9 @@ pub enum SignupInsert {
     WebhookIdTaken,
 }
 
-/// Writes a signup whole — tenant, run, steps (the first due now), history entry, event with its
+/// Writes a signup whole — tenant, run, its first step (due now), history entry, event with its
 /// deliveries, and the stored answer — in one statement, which is one round trip and one commit.
+/// A run's later steps get their rows when it reaches them (see [`super::steps`]).
 /// The statement writes nothing when the slug is taken, and fails whole when the webhook-id is.
 pub async fn insert_signup(
     db: impl PgExecutor<'_>,
@@ -173,8 +175,7 @@ pub async fn insert_signup(
                RETURNING id
            ), s AS (
                INSERT INTO steps (run_id, position, name, state, due_at)
-               SELECT r.id, n.ord - 1, n.name, 'pending', CASE WHEN n.ord = 1 THEN now() END
-               FROM r, unnest($11::text[]) WITH ORDINALITY AS n(name, ord)
+               SELECT r.id, 0, $11, 'pending', now() FROM r
            ), h AS (
                INSERT INTO history (tenant_id, kind, actor, message, detail)
                SELECT t.id, $12, 'signup', $13, $14 FROM t
@@ -200,7 +201,7 @@ pub async fn insert_signup(
         t.signup_id,
         t.created_at,
         n.run_id,
-        n.steps,
+        n.first_step,
         n.history_kind,
         n.history_message,
         n.history_detail,
@@ -446,26 +447,30 @@ pub async fn latest_run_of(
     .transpose()
 }
 
-/// Starts a run of `workflow` for the tenant with a row for every step; the first is due now.
+/// Starts a run of `workflow` for the tenant with its first step due now (later steps get their rows
+/// when the run reaches them).
 pub async fn insert_run(
     conn: &mut PgConnection,
     run_id: Uuid,
     tenant_id: Uuid,
     workflow: &Workflow,
 ) -> Result<(), sqlx::Error> {
-    let names: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
+    let first = workflow
+        .steps
+        .first()
+        .map(|s| s.name.as_str())
+        .ok_or_else(|| sqlx::Error::Protocol(format!("workflow {} has no steps", workflow.name)))?;
     sqlx::query!(
         r#"WITH run AS (
                INSERT INTO runs (id, tenant_id, workflow, state) VALUES ($1, $2, $3, $5)
                RETURNING id
            )
            INSERT INTO steps (run_id, position, name, state, due_at)
-           SELECT run.id, s.ord - 1, s.name, 'pending', CASE WHEN s.ord = 1 THEN now() END
-           FROM run, unnest($4::text[]) WITH ORDINALITY AS s(name, ord)"#,
+           SELECT run.id, 0, $4, 'pending', now() FROM run"#,
         run_id,
         tenant_id,
         workflow.name,
-        &names,
+        first,
         RunState::Running.as_str(),
     )
     .execute(conn)

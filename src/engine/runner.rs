@@ -259,7 +259,7 @@ impl Engine {
         if let (Decision::Succeed, Some(w)) = (decision, workflow) {
             let last = claim.position as usize + 1 >= w.steps.len();
             if last || !self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                return self.succeed_grouped(claim, last, patch, resources).await;
+                return self.succeed_grouped(claim, patch, resources).await;
             }
         }
         if !self
@@ -279,23 +279,21 @@ impl Engine {
 }
 
 impl Engine {
-    /// What the claim's run does to its tenant (a workflow no longer loaded counts as provisioning).
-    fn purpose(&self, claim: &Claim) -> Purpose {
-        self.workflows
-            .get(&claim.workflow)
-            .map_or(Purpose::Provision, |w| w.purpose)
-    }
-
     fn attempt<'a>(
         &'a self,
         claim: &'a Claim,
         resources: &'a Map<String, Value>,
     ) -> lifecycle::attempt::Attempt<'a> {
+        let workflow = self.workflows.get(&claim.workflow);
         lifecycle::attempt::Attempt {
             claim,
             worker: self.config.worker_id.as_str(),
-            purpose: self.purpose(claim),
+            // A workflow no longer loaded counts as provisioning.
+            purpose: workflow.map_or(Purpose::Provision, |w| w.purpose),
             resources,
+            next_step: workflow
+                .and_then(|w| w.steps.get(claim.position as usize + 1))
+                .map(|s| s.name.as_str()),
         }
     }
 
@@ -305,11 +303,11 @@ impl Engine {
     async fn succeed_grouped(
         &self,
         claim: &Claim,
-        last: bool,
         patch: &Map<String, Value>,
         resources: &Map<String, Value>,
     ) -> Result<Option<Option<Claim>>, sqlx::Error> {
-        let success = self.attempt(claim, resources).success(last, patch);
+        let success = self.attempt(claim, resources).success(patch);
+        let last = success.next_step.is_none();
         let (pool, owner, lease) = (
             &self.pool,
             self.config.worker_id.as_str(),

@@ -104,7 +104,10 @@ pub(super) async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail,
         .await?
         .ok_or_else(|| no_tenant(slug))?;
     let steps = match db::tenants::current_run(&state.pool, tenant.id).await? {
-        Some(run) => db::steps::for_run(&state.pool, run.id).await?,
+        Some(run) => db::steps::with_unreached(
+            db::steps::for_run(&state.pool, run.id).await?,
+            state.workflows.get(&run.workflow),
+        ),
         None => Vec::new(),
     };
     Ok(TenantDetail {

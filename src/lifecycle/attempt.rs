@@ -24,6 +24,9 @@ pub struct Attempt<'a> {
     pub purpose: Purpose,
     /// The tenant's resources after the attempt.
     pub resources: &'a Map<String, Value>,
+    /// The name of the workflow's step after this one; `None` after the last (or when the workflow
+    /// is no longer loaded).
+    pub next_step: Option<&'a str>,
 }
 
 impl Attempt<'_> {
@@ -75,7 +78,9 @@ impl Attempt<'_> {
                     &payload,
                 )
                 .await?;
-                db::steps::make_due(&mut tx, claim.run_id, claim.position + 1).await?;
+                if let Some(next) = self.next_step {
+                    db::steps::make_due(&mut tx, claim.run_id, claim.position + 1, next).await?;
+                }
                 db::notify(&mut tx, db::STEPS_CHANNEL).await?;
                 notify_outbox = true;
             }
@@ -176,9 +181,10 @@ impl Attempt<'_> {
     }
 
     /// The success of the attempt as the group commit writes it, with the claim of the next step (or,
-    /// after the `last` step, the tenant's done state and event).
-    pub fn success(&self, last: bool, patch: &Map<String, Value>) -> db::steps::Success {
+    /// after the last step, the tenant's done state and event).
+    pub fn success(&self, patch: &Map<String, Value>) -> db::steps::Success {
         let claim = self.claim;
+        let last = self.next_step.is_none();
         let tenant_state = if last {
             self.purpose.done_state()
         } else {
@@ -192,7 +198,7 @@ impl Attempt<'_> {
             patch: Value::Object(patch.clone()),
             event_id: uuid::Uuid::now_v7(),
             payload: event_payload(claim, self.resources, tenant_state, "succeeded", None),
-            last,
+            next_step: self.next_step.map(str::to_owned),
             purpose: self.purpose,
             // Only the last step's commit writes the run's done event (`tenant.active`, ...).
             done_event: if last {

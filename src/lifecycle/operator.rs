@@ -157,7 +157,10 @@ pub async fn requeue(
             steps: workflow.steps.iter().map(|s| s.name.clone()).collect(),
         });
     };
-    let steps = db::steps::lock_for_run(&mut tx, run.id).await?;
+    let steps = db::steps::with_unreached(
+        db::steps::lock_for_run(&mut tx, run.id).await?,
+        Some(workflow),
+    );
     let now = chrono::Utc::now();
     if let Some(s) = steps
         .iter()

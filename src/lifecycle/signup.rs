@@ -65,13 +65,13 @@ pub async fn accept(
     workflow: &Workflow,
     answer: &StoredAnswer,
 ) -> Result<Outcome, sqlx::Error> {
-    let steps: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
     let inserted = db::tenants::insert_signup(
         pool,
         &NewSignup {
             tenant,
             run_id: Uuid::now_v7(),
-            steps: &steps,
+            // A loaded workflow has at least one step (refused at load otherwise).
+            first_step: &workflow.steps[0].name,
             history_kind: HistoryKind::SignupAccepted.as_str(),
             history_message: &format!("signup accepted; workflow {}", workflow.name),
             history_detail: &json!({"webhook_id": tenant.signup_id, "tier": tenant.tier}),

@@ -700,7 +700,7 @@ async fn group_commit_keeps_a_step_whose_heartbeat_it_waited_for_but_not_a_taken
             patch: serde_json::json!({}),
             event_id: uuid::Uuid::now_v7(),
             payload: serde_json::json!({}),
-            last: false,
+            next_step: Some("b".into()),
             purpose: vend::domain::Purpose::Provision,
             done_event: uuid::Uuid::now_v7(),
         };
