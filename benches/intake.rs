@@ -34,7 +34,7 @@ fn main() {
     let db = pg.database("vend");
     // The API tier alone: no workers, no dispatcher, so no AWS configuration either.
     let env = vec![("DATABASE_URL", db.clone())];
-    let (_vend, url) = vend_serve_with(
+    let (vend, url) = vend_serve_with(
         &["--no-workers", "--no-dispatcher"],
         &env,
         &tmp.path().join("vend.log"),
@@ -66,6 +66,8 @@ fn main() {
         f.flush().unwrap();
         drop(f);
         let before = rt.block_on(wal_and_tenants(&db));
+        let vend_pid = vend.0.id().to_string();
+        let cpu_before = (process_cpu_seconds(&vend_pid), pg.cpu_seconds());
         let out = std::process::Command::new("wrk")
             .args([
                 &format!("-t{threads}"),
@@ -88,6 +90,7 @@ fn main() {
             .lines()
             .rev()
             .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        let cpu_after = (process_cpu_seconds(&vend_pid), pg.cpu_seconds());
         let after = rt.block_on(wal_and_tenants(&db));
         let signups = (after.1 - before.1).max(1);
         match json {
@@ -103,9 +106,12 @@ fn main() {
                     v["non_2xx"],
                     v["socket_errors"],
                 );
+                let per = |a: f64, b: f64| (b - a) / signups as f64 * 1e6;
                 println!(
-                    "            {signups} signups stored, WAL {:.2} kB per signup (rows, index entries, commit records and full-page images)",
-                    (after.0 - before.0) as f64 / signups as f64 / 1024.0
+                    "            {signups} signups stored; per signup: WAL {:.2} kB, CPU vend {:.0} us, Postgres {:.0} us (autovacuum included)",
+                    (after.0 - before.0) as f64 / signups as f64 / 1024.0,
+                    per(cpu_before.0, cpu_after.0),
+                    per(cpu_before.1, cpu_after.1),
                 );
             }
             None => println!(

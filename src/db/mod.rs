@@ -29,12 +29,28 @@ pub const OUTBOX_CHANNEL: &str = "vend_outbox";
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long a pooled connection may have been idle and still be used without a check.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         // A pool that cannot get a connection quickly is an outage: fail the request (503) rather than
         // queue behind it.
         .acquire_timeout(Duration::from_secs(5))
+        // A connection is checked with a round trip before use only when it has been idle a while:
+        // one busy a moment ago is alive, and the check on every acquire cost each signup a round
+        // trip (and Postgres a wake-up). A connection that broke in between (the server restarted
+        // under load) fails its request once and is replaced.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_PING {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(url)
         .await
 }
