@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -61,12 +61,23 @@ fn page(title: &str, who: Option<&Session>, body: Markup) -> Html<String> {
                         }
                     }
                     main { (body) }
+                    script { (PreEscaped(LIVE_JS)) }
                 }
             }
         }
         .into_string(),
     )
 }
+
+/// A page region marked `data-live="true"` (a tenant that is moving) is fetched again every 2 s and
+/// swapped in place until it says it is at rest; focus in a form pauses it so nothing typed is lost.
+/// Without JavaScript the page is the same, only not updated (the `<noscript>` refresh covers that).
+const LIVE_JS: &str = "(function(){var live=document.getElementById('live');\
+if(!live||live.dataset.live!=='true')return;var t=setInterval(async function(){\
+var a=document.activeElement;if(a&&a.form)return;try{var r=await fetch(location.href,{credentials:'same-origin'});\
+if(!r.ok)return;var d=new DOMParser().parseFromString(await r.text(),'text/html');\
+var n=d.getElementById('live');if(!n)return;document.getElementById('live').replaceWith(n);\
+if(n.dataset.live!=='true')clearInterval(t);}catch(e){}},2000);})();";
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
 header{display:flex;gap:1em;align-items:center;padding:.6em 1em;background:#1f2937;color:#fff}\
@@ -570,7 +581,13 @@ fn tenant_markup(
     now: DateTime<Utc>,
 ) -> Markup {
     let t = &d.tenant;
+    let moving = matches!(
+        t.state,
+        TenantState::Pending | TenantState::Provisioning | TenantState::Offboarding
+    );
     html! {
+        @if moving { noscript { meta http-equiv="refresh" content="10"; } }
+        div #live data-live=(moving) {
         h1 { (t.slug) " " small class={ "state-" (t.state.as_str()) } { (t.state.as_str()) } }
         p { (t.name) " · " (t.tier.as_str()) " · region " (t.region.as_deref().unwrap_or("-"))
             " · account " (t.account_id.as_deref().unwrap_or("-"))
@@ -596,6 +613,7 @@ fn tenant_markup(
                     }
                 }
             }
+        }
         }
         @if s.write {
             h2 { "Actions" }

@@ -3,6 +3,7 @@
 mod support;
 
 mod aws;
+mod browser;
 mod chaos;
 mod cli;
 mod console;

@@ -1,5 +1,6 @@
 //! The test harness: a real Postgres per test, the real HTTP router on a loopback socket, real engines.
 
+pub mod browser;
 pub mod localstack;
 pub mod moto;
 pub mod postgres;

@@ -1,0 +1,120 @@
+//! The ops console in a real browser (headless Chromium over WebDriver): sign in with a token, filter
+//! the tenants, open a failed one, retry it through the confirmation, and watch the page update itself
+//! until the tenant is active.
+//!
+//! With `VEND_SCREENSHOTS=DIR` it also saves the pages it visits as PNGs (docs/screenshots is made so).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vend::domain::StepError;
+use vend::engine::Registry;
+
+use crate::support::browser::Browser;
+use crate::support::steps::{Calls, FailTimes, Succeed, WaitTimes};
+use crate::support::{ALICE_TOKEN, signup_body, spawn_app, workflow_toml};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn screenshot_dir() -> Option<PathBuf> {
+    std::env::var_os("VEND_SCREENSHOTS").map(PathBuf::from)
+}
+
+#[tokio::test]
+async fn an_operator_retries_a_failed_tenant_in_the_browser_and_sees_it_become_active() {
+    let registry = Registry::new()
+        .with("ok", Succeed::default())
+        .with(
+            "once",
+            FailTimes {
+                times: 1,
+                error: StepError::permanent("QuotaExceeded", "raise the quota first"),
+                calls: Calls::default(),
+            },
+        )
+        // After the retry, a few polls: the page must follow the tenant while it moves, by itself.
+        .with(
+            "slow",
+            WaitTimes {
+                times: 3,
+                after: Duration::from_millis(700),
+                calls: Calls::default(),
+            },
+        );
+    let app = spawn_app(
+        registry,
+        &workflow_toml(
+            &[("first", "ok"), ("second", "once"), ("third", "slow")],
+            "",
+        ),
+    )
+    .await;
+    // Two failed tenants, and one still pending (signed up with no worker running) that the filter
+    // must leave out.
+    app.signup(&signup_body("acme")).await;
+    app.signup(&signup_body("zeta")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("acme", &["failed"], WITHIN).await;
+    app.wait_for_state("zeta", &["failed"], WITHIN).await;
+    engine.stop().await;
+    app.signup(&signup_body("beta")).await;
+
+    let shots = screenshot_dir();
+    let b = Browser::start().await;
+    b.goto(&format!("{}/ui", app.base)).await;
+    b.type_into("input[name=token]", ALICE_TOKEN).await;
+    b.click("form[action='/ui/login'] button").await;
+    b.wait_for_text("h1", "Tenants", WITHIN).await;
+
+    // Filter: only failed tenants.
+    b.click("select[name=state] option[value=failed]").await;
+    b.click("form[action='/ui'] button").await;
+    let table = b.wait_for_text("main table", "acme", WITHIN).await;
+    assert!(table.contains("zeta"), "{table}");
+    assert!(
+        !table.contains("beta"),
+        "the filter shows failed tenants only: {table}"
+    );
+    // And by slug.
+    b.type_into("input[name=slug]", "zeta").await;
+    b.click("form[action='/ui'] button").await;
+    let table = b.wait_for_text("main table", "zeta", WITHIN).await;
+    assert!(!table.contains("acme"), "{table}");
+    if let Some(d) = &shots {
+        b.goto(&format!("{}/ui", app.base)).await;
+        b.screenshot(&d.join("console-tenants.png")).await;
+    }
+
+    // The failed tenant: which step failed and why.
+    b.goto(&format!("{}/ui?state=failed", app.base)).await;
+    b.click("a[href='/ui/tenants/acme']").await;
+    b.wait_for_text("h1", "failed", WITHIN).await;
+    let steps = b.text("#live table").await;
+    assert!(
+        steps.contains("second") && steps.contains("QuotaExceeded"),
+        "{steps}"
+    );
+    if let Some(d) = &shots {
+        b.screenshot(&d.join("console-tenant-failed.png")).await;
+    }
+
+    // Retry, through its confirmation; the page then follows the tenant on its own to active.
+    let engine = app.start_engine(app.engine_config("w1"));
+    b.click("form[action='/ui/tenants/acme/retry'] button")
+        .await;
+    b.accept_dialog().await;
+    b.wait_for_text("h1", "provisioning", WITHIN).await;
+    if let Some(d) = &shots {
+        b.screenshot(&d.join("console-tenant-provisioning.png"))
+            .await;
+    }
+    b.wait_for_text("h1", "active", WITHIN).await;
+    let steps = b.text("#live table").await;
+    assert_eq!(
+        steps.matches("succeeded").count(),
+        3,
+        "every step succeeded: {steps}"
+    );
+    engine.stop().await;
+    assert_eq!(app.tenant("acme").await["state"], "active");
+}
