@@ -346,6 +346,11 @@ pub async fn serve(
         config.retention,
         shutdown.clone(),
     ));
+    tasks.spawn(keep_recording_throttles(
+        pool.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let background = run_background(
         config,
         worker_id,
@@ -366,6 +371,32 @@ pub async fn serve(
     pool.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Every few seconds, and once more at shutdown, adds the AWS throttles this replica saw to the
+/// fleet's per-minute record (the console's fleet page). A failed write keeps them for the next.
+async fn keep_recording_throttles(
+    pool: sqlx::PgPool,
+    metrics: Arc<crate::telemetry::Metrics>,
+    shutdown: CancellationToken,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(EVERY) => false,
+            () = shutdown.cancelled() => true,
+        };
+        let counts = metrics.take_throttles();
+        if !counts.is_empty()
+            && let Err(e) = db::fleet::record_throttles(&pool, &counts).await
+        {
+            tracing::debug!(error = %e, "throttle counts not written; kept for the next write");
+            metrics.return_throttles(counts);
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Once an hour, one replica removes what is past `VEND_RETENTION` (see `db::retention`).

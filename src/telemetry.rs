@@ -96,9 +96,47 @@ pub struct Metrics {
     pub deliveries_by_state: Family<StateLabels, Gauge>,
     pub queue_depth: Gauge,
     pub creation_budget_waits: Counter,
+    /// Throttles per AWS service since the last [`Metrics::take_throttles`]: what this replica adds
+    /// to the fleet's per-minute record in Postgres.
+    throttle_tally: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
 impl Metrics {
+    /// AWS throttled a call of `operation` (`service.Operation`).
+    pub fn throttled(&self, operation: &str) {
+        self.aws_throttles
+            .get_or_create(&AwsLabels {
+                operation: operation.to_owned(),
+            })
+            .inc();
+        let service = operation.split('.').next().unwrap_or(operation);
+        let mut tally = self
+            .throttle_tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *tally.entry(service.to_owned()).or_default() += 1;
+    }
+
+    /// The throttles per service counted since the last call, counted from zero again.
+    pub fn take_throttles(&self) -> Vec<(String, i64)> {
+        let mut tally = self
+            .throttle_tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *tally).into_iter().collect()
+    }
+
+    /// Gives back throttles that could not be written, to go with the next write.
+    pub fn return_throttles(&self, counts: Vec<(String, i64)>) {
+        let mut tally = self
+            .throttle_tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (service, n) in counts {
+            *tally.entry(service).or_default() += n;
+        }
+    }
+
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("vend");
         let m = Metrics {
@@ -115,6 +153,7 @@ impl Metrics {
             deliveries_by_state: Family::default(),
             queue_depth: Gauge::default(),
             creation_budget_waits: Counter::default(),
+            throttle_tally: Default::default(),
             registry: Registry::default(),
         };
         registry.register(

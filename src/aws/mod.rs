@@ -189,12 +189,7 @@ impl Aws {
                 let e = e.during(operation);
                 if e.class == ErrorClass::Throttled {
                     self.limiter.throttled(operation, account);
-                    self.metrics
-                        .aws_throttles
-                        .get_or_create(&AwsLabels {
-                            operation: operation.to_owned(),
-                        })
-                        .inc();
+                    self.metrics.throttled(operation);
                 }
                 tracing::debug!(aws.operation = operation, error.code = %e.code, error.class = e.class.as_str(), "AWS call failed");
                 Err(e)

@@ -4,6 +4,7 @@
 pub mod closures;
 pub mod drift;
 pub mod durations;
+pub mod fleet;
 pub mod history;
 pub mod org;
 pub mod outbox;

@@ -47,6 +47,10 @@ pub async fn purge(pool: &PgPool, keep: Duration, batch: i64) -> Result<Purged, 
         .rows_affected();
     tx.commit().await?;
     super::sessions::purge_expired(pool).await?;
+    // The fleet page shows the last hour; a week is kept for a look back.
+    sqlx::query!("DELETE FROM aws_throttles WHERE minute < now() - interval '7 days'")
+        .execute(pool)
+        .await?;
     Ok(Purged {
         signup_answers,
         events,

@@ -33,6 +33,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/ui", get(home))
         .route("/ui/login", post(login))
         .route("/ui/logout", post(logout))
+        .route("/ui/fleet", get(fleet_page))
         .route("/ui/retries", get(retries_page).post(retries_action))
         .route("/ui/tenants/{slug}", get(tenant_page))
         .route("/ui/tenants/{slug}/{action}", post(action))
@@ -52,6 +53,9 @@ fn page(title: &str, who: Option<&Session>, body: Markup) -> Html<String> {
                 body {
                     header {
                         a href="/ui" { strong { "vend" } " ops console" }
+                        @if who.is_some() {
+                            nav { a href="/ui" { "Tenants" } " " a href="/ui/fleet" { "Fleet" } }
+                        }
                         @if let Some(s) = who {
                             span.who { "signed in as " (s.operator) }
                             form method="post" action="/ui/logout" {
@@ -84,7 +88,8 @@ header{display:flex;gap:1em;align-items:center;padding:.6em 1em;background:#1f29
 header a{color:#fff;text-decoration:none}.who{margin-left:auto}main{padding:1em}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left}\
 .state-failed{color:#b91c1c}.state-active,.state-succeeded{color:#15803d}.state-waiting{color:#b45309}\
-.why{color:#555}form.inline{display:inline}.counts span{margin-right:1em}";
+.why{color:#555}form.inline{display:inline}.counts span{margin-right:1em}\
+header nav a{margin-right:.8em;color:#cbd5e1}.legend span{margin-right:1em}";
 
 fn digest(id: &str) -> Vec<u8> {
     Sha256::digest(id.as_bytes()).to_vec()
@@ -156,6 +161,143 @@ fn login_form(message: Option<&str>) -> Markup {
             button { "Sign in" }
         }
     }
+}
+
+/// `GET /ui/fleet`: signups and activations per hour over the last day, AWS throttles per service and
+/// minute over the last hour, CreateAccount slots in use and the line for them, the latest rollouts.
+async fn fleet_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Redirect::to("/ui").into_response(),
+        Err(e) => return server_error(e),
+    };
+    match fleet_markup(&state, Utc::now()).await {
+        Ok(body) => page("Fleet", Some(&s), body).into_response(),
+        Err(e) => server_error(e),
+    }
+}
+
+async fn fleet_markup(state: &AppState, now: DateTime<Utc>) -> Result<Markup, sqlx::Error> {
+    use super::charts::{Series, bars};
+    use crate::domain::EventType;
+    use chrono::DurationRound;
+    const HOURS: i64 = 24;
+    let first = now
+        .duration_trunc(chrono::TimeDelta::hours(1))
+        .unwrap_or(now)
+        - chrono::TimeDelta::hours(HOURS - 1);
+    let rows = db::fleet::events_per_hour(
+        &state.pool,
+        first,
+        &[EventType::TenantCreated, EventType::TenantActive],
+    )
+    .await?;
+    let mut signups = vec![0i64; HOURS as usize];
+    let mut activations = vec![0i64; HOURS as usize];
+    for (hour, kind, n) in rows {
+        let i = (hour - first).num_hours();
+        let Ok(i) = usize::try_from(i) else { continue };
+        let Some(slot) = (if kind == EventType::TenantCreated.as_str() {
+            signups.get_mut(i)
+        } else {
+            activations.get_mut(i)
+        }) else {
+            continue;
+        };
+        *slot += n;
+    }
+    let labels: Vec<String> = (0..HOURS)
+        .map(|h| {
+            (first + chrono::TimeDelta::hours(h))
+                .format("%H:00")
+                .to_string()
+        })
+        .collect();
+    // Throttles per service and minute over the last hour, every replica's.
+    let first_minute = now
+        .duration_trunc(chrono::TimeDelta::minutes(1))
+        .unwrap_or(now)
+        - chrono::TimeDelta::minutes(59);
+    let mut by_service: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (minute, service, n) in db::fleet::throttles_since(&state.pool, first_minute).await? {
+        let Ok(i) = usize::try_from((minute - first_minute).num_minutes()) else {
+            continue;
+        };
+        if let Some(slot) = by_service
+            .entry(service)
+            .or_insert_with(|| vec![0; 60])
+            .get_mut(i)
+        {
+            *slot += n;
+        }
+    }
+    let minute_labels: Vec<String> = (0..60)
+        .map(|m| {
+            (first_minute + chrono::TimeDelta::minutes(m))
+                .format("%H:%M")
+                .to_string()
+        })
+        .collect();
+    const PALETTE: [&str; 6] = [
+        "#b45309", "#7c3aed", "#0891b2", "#be123c", "#4d7c0f", "#334155",
+    ];
+    let throttle_series: Vec<Series<'_>> = by_service
+        .iter()
+        .enumerate()
+        .map(|(i, (service, values))| Series {
+            label: service,
+            color: PALETTE[i % PALETTE.len()],
+            values,
+        })
+        .collect();
+    let in_use = db::slots::open(&state.pool).await?;
+    let in_line = db::fleet::slot_queue(&state.pool).await?;
+    let rollouts = db::rollouts::list(&state.pool, 10).await?;
+    Ok(html! {
+        h1 { "Fleet" }
+        h2 { "Signups and activations per hour" small { " last 24 hours, UTC" } }
+        (bars(&labels, 3, &[
+            Series { label: "signups", color: "#2563eb", values: &signups },
+            Series { label: "activations", color: "#16a34a", values: &activations },
+        ]))
+        p { "Last 24 hours: " strong { (signups.iter().sum::<i64>()) } " signups, "
+            strong { (activations.iter().sum::<i64>()) } " activations." }
+        h2 { "AWS throttles per minute" small { " last hour, every replica" } }
+        @if throttle_series.is_empty() {
+            p #throttles { "None in the last hour." }
+        } @else {
+            (bars(&minute_labels, 10, &throttle_series))
+            p #throttles {
+                @for (service, values) in &by_service {
+                    span { (service) ": " strong { (values.iter().sum::<i64>()) } } " "
+                }
+            }
+        }
+        h2 { "CreateAccount" }
+        p.counts {
+            span { "slots in use: " strong #slots-in-use { (in_use) } }
+            span { "waiting in line for one: " strong #slots-waiting { (in_line) } }
+        }
+        h2 { "Rollouts" }
+        @if rollouts.is_empty() {
+            p { "None yet." }
+        } @else {
+            table {
+                thead { tr { th { "started" } th { "stack" } th { "version" } th { "state" } th { "by" } } }
+                tbody {
+                    @for r in &rollouts {
+                        tr {
+                            td { (r.created_at.format("%Y-%m-%d %H:%M")) }
+                            td { (r.stack) }
+                            td { code { (r.version) } }
+                            td class={ "state-" (r.state) } { (r.state) }
+                            td { (r.actor) }
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 #[derive(Debug, Deserialize)]

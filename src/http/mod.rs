@@ -1,6 +1,7 @@
 //! HTTP: the signup webhook, the ops API and health. The router and the OpenAPI document are built from
 //! the same annotated handlers, so they cannot drift apart.
 
+mod charts;
 pub mod console;
 pub mod error;
 pub mod offboard;

@@ -1,6 +1,6 @@
 //! The ops console in a real browser (headless Chromium over WebDriver): sign in with a token, filter
 //! the tenants, open a failed one, retry it through the confirmation, and watch the page update itself
-//! until the tenant is active.
+//! until the tenant is active; then the fleet page.
 //!
 //! With `VEND_SCREENSHOTS=DIR` it also saves the pages it visits as PNGs (docs/screenshots is made so).
 
@@ -117,4 +117,12 @@ async fn an_operator_retries_a_failed_tenant_in_the_browser_and_sees_it_become_a
     );
     engine.stop().await;
     assert_eq!(app.tenant("acme").await["state"], "active");
+
+    // The fleet page, from the header: this hour's signups and activations drawn as bars.
+    b.click("header nav a[href='/ui/fleet']").await;
+    b.wait_for_text("h1", "Fleet", WITHIN).await;
+    assert!(b.try_find("svg.chart rect.bar").await.is_some());
+    if let Some(d) = &shots {
+        b.screenshot(&d.join("console-fleet.png")).await;
+    }
 }

@@ -359,3 +359,71 @@ async fn a_tenants_history_shows_the_newest_entries_first_and_pages_back() {
         "the last page has no older link"
     );
 }
+
+#[tokio::test]
+async fn the_fleet_page_charts_this_hours_signups_and_activations() {
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "once",
+        FailTimes {
+            times: 1,
+            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
+            calls: Calls::default(),
+        },
+    );
+    let app = spawn_app(registry, &workflow_toml(&[("first", "ok")], "")).await;
+    for slug in ["acme", "beta", "gamma"] {
+        app.signup(&signup_body(slug)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["acme", "beta", "gamma"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    engine.stop().await;
+    app.signup(&signup_body("delta")).await;
+
+    let (status, _) = get(&app, "/ui/fleet", None).await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "no session: back to the login"
+    );
+    let (cookie, _) = sign_in(&app, READ_TOKEN).await;
+    let (status, html) = get(&app, "/ui/fleet", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    let hour = chrono::Utc::now().format("%H:00").to_string();
+    // Signed up this hour: four; active: three (the hour may just have turned: then the bars are in
+    // the previous one, and the totals say the same).
+    assert!(
+        html.contains("<strong>4</strong> signups")
+            && html.contains("<strong>3</strong> activations"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("{hour} · signups: 4"))
+            || !html.contains(&format!("{hour} · signups")),
+        "{html}"
+    );
+    assert!(html.contains("<svg"), "{html}");
+    assert!(
+        html.contains(r#"id="slots-in-use">0<"#) && html.contains(r#"id="slots-waiting">0<"#),
+        "{html}"
+    );
+    assert!(html.contains("None in the last hour."), "{html}");
+
+    // Two replicas add the throttles they saw: the page shows their sum per service.
+    vend::db::fleet::record_throttles(&app.pool, &[("organizations".into(), 3)])
+        .await
+        .unwrap();
+    vend::db::fleet::record_throttles(
+        &app.pool,
+        &[("organizations".into(), 2), ("cloudformation".into(), 1)],
+    )
+    .await
+    .unwrap();
+    let (_, html) = get(&app, "/ui/fleet", Some(&cookie)).await;
+    assert!(
+        html.contains("organizations: <strong>5</strong>")
+            && html.contains("cloudformation: <strong>1</strong>"),
+        "{html}"
+    );
+}

@@ -632,5 +632,23 @@ async fn start_up_outlasts_an_aws_that_throttles_from_the_first_request() {
     }
     wait_all_active(&pool, 1, WITHIN).await;
     assert_exactly_one_of_everything(&w.moto_sdk, &["early".to_owned()]).await;
+    // The throttles it absorbed are on record for the fleet page, by service (written every 5 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let orgs: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(throttles)::bigint FROM aws_throttles WHERE service = 'organizations'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if orgs.unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no organizations throttle recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     vend.kill().await;
 }
