@@ -1,6 +1,7 @@
 //! Charts drawn on the server as SVG: no script and no image service, readable in any browser, and
 //! testable as text.
 
+use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
 /// One series of a bar chart: a value per bucket.
@@ -62,6 +63,48 @@ pub fn bars(labels: &[String], label_every: usize, series: &[Series<'_>]) -> Mar
     }
 }
 
+/// One bar of a [`timeline`]: an attempt (or a wait) of the step in lane `lane`.
+pub struct Span {
+    pub lane: usize,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub color: &'static str,
+    pub title: String,
+}
+
+const LANE: f64 = 22.0;
+const NAMES: f64 = 140.0;
+
+/// A lane per step, a bar per span, on one time axis from the first start to `now` (or the last end).
+/// A bar is at least 2 px wide, so that an attempt of milliseconds still shows.
+pub fn timeline(lanes: &[String], spans: &[Span], now: DateTime<Utc>) -> Markup {
+    let from = spans.iter().map(|s| s.start).min().unwrap_or(now);
+    let to = spans.iter().map(|s| s.end).max().unwrap_or(now).max(now);
+    let total = (to - from).num_milliseconds().max(1) as f64;
+    let plot = WIDTH - NAMES;
+    let x = |t: DateTime<Utc>| NAMES + (t - from).num_milliseconds().max(0) as f64 / total * plot;
+    let height = LANE * lanes.len() as f64 + 16.0;
+    html! {
+        svg.timeline xmlns="http://www.w3.org/2000/svg" width=(WIDTH) height=(height)
+            viewBox={ "0 0 " (WIDTH) " " (height) } role="img" {
+            @for (i, name) in lanes.iter().enumerate() {
+                text x="0" y=(fmt(LANE * i as f64 + 15.0)) font-size="12" { (name) }
+                line x1=(NAMES) y1=(fmt(LANE * (i + 1) as f64)) x2=(WIDTH)
+                    y2=(fmt(LANE * (i + 1) as f64)) stroke="#eee" {}
+            }
+            @for s in spans {
+                rect.span x=(fmt(x(s.start))) y=(fmt(LANE * s.lane as f64 + 4.0))
+                    width=(fmt((x(s.end) - x(s.start)).max(2.0))) height=(fmt(LANE - 8.0))
+                    fill=(s.color) {
+                    title { (s.title) }
+                }
+            }
+            text x=(NAMES) y=(fmt(height - 2.0)) font-size="10" { (from.format("%H:%M:%S")) }
+            text x=(WIDTH) y=(fmt(height - 2.0)) font-size="10" text-anchor="end" { (to.format("%H:%M:%S")) }
+        }
+    }
+}
+
 fn fmt(v: f64) -> String {
     format!("{v:.1}")
 }
@@ -108,6 +151,54 @@ mod tests {
         assert_eq!(h[2], plot / 2.0);
         assert!(svg.contains("<title>00h · signups: 4</title>"), "{svg}");
         assert!(svg.contains(">02h<"), "{svg}");
+    }
+
+    #[test]
+    fn a_timeline_places_spans_in_their_lanes_in_proportion_to_time() {
+        let t0 = DateTime::parse_from_rfc3339("2026-12-03T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: i64| t0 + chrono::TimeDelta::seconds(s);
+        let lanes = vec!["create_account".to_owned(), "await_account".to_owned()];
+        let spans = [
+            Span {
+                lane: 0,
+                start: at(0),
+                end: at(10),
+                color: "#16a34a",
+                title: "attempt 1".into(),
+            },
+            Span {
+                lane: 1,
+                start: at(10),
+                end: at(10),
+                color: "#d97706",
+                title: "poll".into(),
+            },
+        ];
+        let svg = timeline(&lanes, &spans, at(40)).into_string();
+        let plot = WIDTH - NAMES;
+        // The first span is a quarter of the 40 s axis, from its start; the second is an instant,
+        // drawn 2 px wide, in the second lane.
+        assert!(
+            svg.contains(&format!(
+                r#"x="{}" y="4.0" width="{}""#,
+                fmt(NAMES),
+                fmt(plot / 4.0)
+            )),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(&format!(
+                r#"x="{}" y="26.0" width="2.0""#,
+                fmt(NAMES + plot / 4.0)
+            )),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(">10:00:00<") && svg.contains(">10:00:40<"),
+            "{svg}"
+        );
     }
 
     #[test]

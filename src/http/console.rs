@@ -686,15 +686,18 @@ async fn tenant_page(
                 .into_response();
         }
     };
-    let mut history = match db::tenants::by_slug(&state.pool, &slug).await {
+    let (mut history, recent) = match db::tenants::by_slug(&state.pool, &slug).await {
         Ok(Some(t)) => {
-            match db::history::newest(&state.pool, t.id, hp.history_before, HISTORY_PAGE + 1).await
-            {
-                Ok(h) => h,
-                Err(e) => return server_error(e),
+            let page =
+                db::history::newest(&state.pool, t.id, hp.history_before, HISTORY_PAGE + 1).await;
+            // The timeline draws the latest attempts whichever page of history is shown.
+            let recent = db::history::newest(&state.pool, t.id, None, TIMELINE_ENTRIES).await;
+            match (page, recent) {
+                (Ok(h), Ok(r)) => (h, r),
+                (Err(e), _) | (_, Err(e)) => return server_error(e),
             }
         }
-        _ => Vec::new(),
+        _ => (Vec::new(), Vec::new()),
     };
     // One more than a page tells whether there are older entries.
     let older = (history.len() as i64 > HISTORY_PAGE).then(|| {
@@ -703,7 +706,7 @@ async fn tenant_page(
     });
     let now = Utc::now();
     let body = html! {
-        (tenant_markup(&detail, &history, &s, now))
+        (tenant_markup(&detail, &history, &recent, &s, now))
         p {
             @if hp.history_before.is_some() {
                 a href={ "/ui/tenants/" (slug) } { "← Newest entries" } " "
@@ -716,9 +719,80 @@ async fn tenant_page(
     page(&slug, Some(&s), body).into_response()
 }
 
+/// How many of the newest history entries the attempt timeline draws from.
+const TIMELINE_ENTRIES: i64 = 200;
+
+/// Each attempt in `recent` (entries that end one carry its start) as a bar in its step's lane,
+/// colored by how it ended, and the attempt running now up to `now`.
+fn attempt_timeline(d: &TenantDetail, recent: &[db::history::Entry], now: DateTime<Utc>) -> Markup {
+    use super::charts::{Span, timeline};
+    let lanes: Vec<String> = d.steps.iter().map(|s| s.name.clone()).collect();
+    let lane_of = |name: &str| lanes.iter().position(|l| l == name);
+    let mut spans: Vec<Span> = recent
+        .iter()
+        .filter_map(|e| {
+            let lane = lane_of(e.step.as_deref()?)?;
+            let start = e.started_at?;
+            let color = match e.kind.as_str() {
+                "step.succeeded" => "#16a34a",
+                "step.failed" => "#b91c1c",
+                "step.throttled" => "#7c3aed",
+                "step.backoff" => "#ea580c",
+                "step.waiting" => "#d97706",
+                _ => "#6b7280",
+            };
+            Some(Span {
+                lane,
+                start,
+                end: e.at.max(start),
+                color,
+                title: format!(
+                    "{} · attempt {} · {} · {}",
+                    e.step.as_deref().unwrap_or(""),
+                    e.attempt.unwrap_or(0),
+                    e.kind,
+                    e.message
+                ),
+            })
+        })
+        .collect();
+    for (lane, st) in d.steps.iter().enumerate() {
+        if st.state == StepState::Running {
+            let since = recent
+                .iter()
+                .filter(|e| e.step.as_deref() == Some(st.name.as_str()))
+                .map(|e| e.at)
+                .max()
+                .or(st.started_at)
+                .unwrap_or(now);
+            spans.push(Span {
+                lane,
+                start: since,
+                end: now,
+                color: "#2563eb",
+                title: format!("{} · attempt {} · running", st.name, st.attempts),
+            });
+        }
+    }
+    if spans.is_empty() {
+        return html! { p.why { "No attempt yet." } };
+    }
+    html! {
+        (timeline(&lanes, &spans, now))
+        p.legend {
+            @for (color, what) in [("#16a34a", "succeeded"), ("#2563eb", "running"), ("#d97706", "waiting (polls)"),
+                                   ("#7c3aed", "throttled"), ("#ea580c", "backoff"), ("#b91c1c", "failed"),
+                                   ("#6b7280", "abandoned")] {
+                span { svg width="10" height="10" { rect width="10" height="10" fill=(color) {} } " " (what) }
+            }
+        }
+    }
+}
+
 fn tenant_markup(
     d: &TenantDetail,
     history: &[db::history::Entry],
+    recent: &[db::history::Entry],
     s: &Session,
     now: DateTime<Utc>,
 ) -> Markup {
@@ -756,6 +830,8 @@ fn tenant_markup(
                 }
             }
         }
+        h2 { "Attempts" small { " each bar an attempt; hover for how it ended" } }
+        (attempt_timeline(d, recent, now))
         }
         @if s.write {
             h2 { "Actions" }

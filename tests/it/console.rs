@@ -154,6 +154,14 @@ async fn the_console_logs_in_shows_tenants_and_retries_only_with_session_and_csr
     ] {
         assert!(page.contains(want), "the tenant page lacks {want:?}");
     }
+    // The attempt timeline: a bar for each ended attempt, in its step's lane, saying how it ended.
+    assert_eq!(page.matches("<rect class=\"span\"").count(), 2, "{page}");
+    for want in [
+        "<title>first · attempt 1 · step.succeeded · step succeeded</title>",
+        "<title>second · attempt 1 · step.failed · step failed: QuotaExceeded: raise the quota first</title>",
+    ] {
+        assert!(page.contains(want), "the timeline lacks {want:?}: {page}");
+    }
     let csrf = csrf_in(&page);
 
     // Actions need the session and its CSRF token: 403 and nothing done without either.
