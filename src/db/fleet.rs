@@ -74,3 +74,17 @@ pub async fn throttles_since(
         .map(|r| (r.minute, r.service, r.throttles))
         .collect())
 }
+
+/// The place in the line for a CreateAccount slot of a step waiting there since `started_at` (1:
+/// next). Slots go to the longest-waiting step first (`db::slots`), which is this order.
+pub async fn slot_place(
+    db: impl PgExecutor<'_>,
+    started_at: Option<DateTime<Utc>>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) + 1 AS "n!" FROM steps WHERE wait_reason = 'slot' AND started_at < $1"#,
+        started_at.unwrap_or_else(Utc::now)
+    )
+    .fetch_one(db)
+    .await
+}

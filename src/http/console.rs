@@ -705,8 +705,19 @@ async fn tenant_page(
         history.last().map(|e| e.id)
     });
     let now = Utc::now();
+    let place_in_line = match detail
+        .steps
+        .iter()
+        .find(|st| st.wait_reason.as_deref() == Some("slot"))
+    {
+        Some(st) => match db::fleet::slot_place(&state.pool, st.started_at).await {
+            Ok(p) => Some(p),
+            Err(e) => return server_error(e),
+        },
+        None => None,
+    };
     let body = html! {
-        (tenant_markup(&detail, &history, &recent, &s, now))
+        (tenant_markup(&detail, &history, &recent, place_in_line, &s, now))
         p {
             @if hp.history_before.is_some() {
                 a href={ "/ui/tenants/" (slug) } { "← Newest entries" } " "
@@ -793,6 +804,7 @@ fn tenant_markup(
     d: &TenantDetail,
     history: &[db::history::Entry],
     recent: &[db::history::Entry],
+    place_in_line: Option<i64>,
     s: &Session,
     now: DateTime<Utc>,
 ) -> Markup {
@@ -821,7 +833,7 @@ fn tenant_markup(
                         td { (fmt_time(st.started_at)) }
                         td { (fmt_time(st.finished_at)) }
                         td.why {
-                            @if let Some(w) = why_waiting(st, now) { (w) br; }
+                            @if let Some(w) = why_waiting(st, now, place_in_line) { (w) br; }
                             @if let (Some(code), Some(msg)) = (&st.last_error_code, &st.last_error) {
                                 code { (code) } ": " (msg)
                             }
@@ -848,6 +860,10 @@ fn tenant_markup(
             }
         }
         h2 { "Resources" }
+        @let links = console_links(t.account_id.as_deref(), &d.resources);
+        @if !links.is_empty() {
+            ul.links { @for (what, href) in &links { li { a href=(href) rel="noreferrer" { (what) } } } }
+        }
         pre { (serde_json::to_string_pretty(&d.resources).unwrap_or_default()) }
         h2 { "History" small { " newest first" } }
         table {
@@ -887,7 +903,13 @@ fn fmt_time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// What a step waits for, in words, from its state, wait reason, error code and next attempt.
-pub fn why_waiting(st: &StepView, now: DateTime<Utc>) -> Option<String> {
+/// What the step waits for, in words. `place_in_line` is a slot-waiting step's place in the FIFO line
+/// for a CreateAccount slot (1: next), when known.
+pub fn why_waiting(
+    st: &StepView,
+    now: DateTime<Utc>,
+    place_in_line: Option<i64>,
+) -> Option<String> {
     let when = st.next_attempt_at.map(|at| {
         let left = (at - now).num_seconds().max(0);
         format!(
@@ -905,7 +927,8 @@ pub fn why_waiting(st: &StepView, now: DateTime<Utc>) -> Option<String> {
         StepState::Waiting => Some(
             match (st.wait_reason.as_deref(), st.last_error_code.as_deref()) {
                 (Some("slot"), _) => format!(
-                    "queued for a CreateAccount slot (AWS allows 5 in flight); a freed slot wakes it, at the latest {until}"
+                    "queued for a CreateAccount slot (AWS allows 5 in flight){}; a freed slot wakes it, at the latest {until}",
+                    place_in_line.map_or(String::new(), |p| format!(", {} in line", ordinal(p)))
                 ),
                 (_, Some("AccountCreationBudget")) => {
                     format!("the account creation budget is spent; next try {until}")
@@ -928,6 +951,50 @@ pub fn why_waiting(st: &StepView, now: DateTime<Utc>) -> Option<String> {
         StepState::Failed => Some("failed: retry or requeue it".into()),
         _ => None,
     }
+}
+
+/// Links into the AWS console for what vend made for the tenant: its account, and each stack whose id
+/// its resources hold (in the stack's own region, read from its ARN).
+fn console_links(account_id: Option<&str>, resources: &serde_json::Value) -> Vec<(String, String)> {
+    let mut links = Vec::new();
+    if let Some(id) = account_id {
+        links.push((
+            format!("Account {id} in AWS Organizations"),
+            format!("https://console.aws.amazon.com/organizations/v2/home/accounts/{id}"),
+        ));
+    }
+    if let Some(map) = resources.as_object() {
+        for (key, value) in map {
+            let Some(arn) = value
+                .as_str()
+                .filter(|v| v.starts_with("arn:aws:cloudformation:"))
+            else {
+                continue;
+            };
+            let Some(region) = arn.split(':').nth(3) else {
+                continue;
+            };
+            let stack_id: String = url::form_urlencoded::byte_serialize(arn.as_bytes()).collect();
+            links.push((
+                format!("Stack {key} in CloudFormation ({region})"),
+                format!(
+                    "https://{region}.console.aws.amazon.com/cloudformation/home?region={region}#/stacks/stackinfo?stackId={stack_id}"
+                ),
+            ));
+        }
+    }
+    links
+}
+
+fn ordinal(n: i64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 fn human(secs: i64) -> String {
@@ -1056,10 +1123,41 @@ mod tests {
     }
 
     #[test]
+    fn resources_link_to_the_account_and_each_stack_in_its_region() {
+        let links = console_links(
+            Some("123456789012"),
+            &serde_json::json!({
+                "tenant_stack_id": "arn:aws:cloudformation:eu-west-1:123456789012:stack/vend-acme/abc",
+                "region": "eu-west-1",
+            }),
+        );
+        assert_eq!(links.len(), 2, "{links:?}");
+        assert!(links[0].1.ends_with("/accounts/123456789012"));
+        assert!(
+            links[1].1.starts_with("https://eu-west-1.console.aws.amazon.com/cloudformation/home?region=eu-west-1#")
+                && links[1].1.ends_with("stackId=arn%3Aaws%3Acloudformation%3Aeu-west-1%3A123456789012%3Astack%2Fvend-acme%2Fabc"),
+            "{links:?}"
+        );
+        assert!(console_links(None, &serde_json::json!({})).is_empty());
+    }
+
+    #[test]
     fn waiting_steps_say_what_they_wait_for() {
         let now = Utc::now();
-        let w = |r, c| why_waiting(&step(StepState::Waiting, r, c, now), now).unwrap();
+        let w = |r, c| why_waiting(&step(StepState::Waiting, r, c, now), now, None).unwrap();
         assert!(w(Some("slot"), None).contains("CreateAccount slot"));
+        let placed = why_waiting(
+            &step(StepState::Waiting, Some("slot"), None, now),
+            now,
+            Some(3),
+        );
+        assert!(placed.unwrap().contains(", 3rd in line;"));
+        assert_eq!(
+            [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111]
+                .map(ordinal)
+                .join(" "),
+            "1st 2nd 3rd 4th 11th 12th 13th 21st 22nd 101st 111th"
+        );
         assert!(w(Some("throttle"), Some("AccountCreationBudget")).contains("creation budget"));
         assert!(w(Some("throttle"), Some("CloseAccountQuota")).contains("CloseAccount quota"));
         assert!(w(Some("throttle"), Some("TooManyRequestsException")).contains("throttled"));
@@ -1071,7 +1169,7 @@ mod tests {
             w(Some("poll"), None)
         );
         assert_eq!(
-            why_waiting(&step(StepState::Succeeded, None, None, now), now),
+            why_waiting(&step(StepState::Succeeded, None, None, now), now, None),
             None
         );
     }

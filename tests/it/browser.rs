@@ -116,8 +116,16 @@ async fn an_operator_retries_a_failed_tenant_in_the_browser_and_sees_it_become_a
         "every step succeeded: {steps}"
     );
     // The timeline followed too: the failed attempt, the retried one, the waits and the last.
-    assert!(b.try_find("svg.timeline rect.span[fill='#b91c1c']").await.is_some());
-    assert!(b.try_find("svg.timeline rect.span[fill='#d97706']").await.is_some());
+    assert!(
+        b.try_find("svg.timeline rect.span[fill='#b91c1c']")
+            .await
+            .is_some()
+    );
+    assert!(
+        b.try_find("svg.timeline rect.span[fill='#d97706']")
+            .await
+            .is_some()
+    );
     if let Some(d) = &shots {
         b.screenshot(&d.join("console-tenant-active.png")).await;
     }

@@ -435,3 +435,34 @@ async fn the_fleet_page_charts_this_hours_signups_and_activations() {
         "{html}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_queued_for_a_create_account_slot_shows_its_place_in_line() {
+    let registry = Registry::new().with("ok", Succeed::default());
+    let app = spawn_app(registry, &workflow_toml(&[("first", "ok")], "")).await;
+    for slug in ["acme", "beta", "gamma"] {
+        app.signup(&signup_body(slug)).await;
+    }
+    // The three wait for a slot, in signup order (as create_account leaves them when all are taken).
+    sqlx::query(
+        "UPDATE steps s SET state = 'waiting', wait_reason = 'slot', due_at = now() + interval '1 hour',
+                started_at = t.created_at
+         FROM runs r JOIN tenants t ON t.id = r.tenant_id WHERE s.run_id = r.id",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let (cookie, _) = sign_in(&app, READ_TOKEN).await;
+    for (slug, place) in [("acme", "1st"), ("beta", "2nd"), ("gamma", "3rd")] {
+        let (status, html) = get(&app, &format!("/ui/tenants/{slug}"), Some(&cookie)).await;
+        assert_eq!(status, 200);
+        assert!(
+            html.contains(&format!(
+                "queued for a CreateAccount slot (AWS allows 5 in flight), {place} in line"
+            )),
+            "{slug}: {html}"
+        );
+    }
+    let (_, html) = get(&app, "/ui/fleet", Some(&cookie)).await;
+    assert!(html.contains(r#"id="slots-waiting">3<"#), "{html}");
+}
