@@ -266,3 +266,28 @@ pub async fn count_by_state(db: impl PgExecutor<'_>) -> Result<Vec<(String, i64)
         .await?;
     Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
 }
+
+/// Makes a delivery of one of `tenant_id`'s events that has ended (delivered or failed) due again
+/// with a fresh attempt budget, unless its endpoint is disabled. `false` when there is no such
+/// delivery (another tenant's, still pending, or its endpoint disabled): nothing changed.
+pub async fn redeliver(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    event_id: Uuid,
+    endpoint_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query!(
+        r#"UPDATE deliveries d SET state = 'pending', due_at = now(), attempts = 0,
+               last_status = NULL, last_error = NULL, delivered_at = NULL, lease_token = NULL
+           FROM events e, endpoints ep
+           WHERE d.event_id = $2 AND d.endpoint_id = $3 AND d.state IN ('delivered', 'failed')
+             AND e.id = d.event_id AND e.tenant_id = $1
+             AND ep.id = d.endpoint_id AND ep.disabled_at IS NULL"#,
+        tenant_id,
+        event_id,
+        endpoint_id,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}

@@ -18,6 +18,8 @@ pub enum HistoryKind {
     TenantState,
     OperatorRetry,
     OperatorRequeue,
+    /// An operator sent an event to an endpoint again.
+    OperatorRedeliver,
     RunCancelled,
     TenantOffboarding,
     TenantRestored,
@@ -25,7 +27,7 @@ pub enum HistoryKind {
 }
 
 impl HistoryKind {
-    pub const ALL: [HistoryKind; 16] = [
+    pub const ALL: [HistoryKind; 17] = [
         HistoryKind::SignupAccepted,
         HistoryKind::StepSucceeded,
         HistoryKind::StepWaiting,
@@ -38,6 +40,7 @@ impl HistoryKind {
         HistoryKind::TenantState,
         HistoryKind::OperatorRetry,
         HistoryKind::OperatorRequeue,
+        HistoryKind::OperatorRedeliver,
         HistoryKind::RunCancelled,
         HistoryKind::TenantOffboarding,
         HistoryKind::TenantRestored,
@@ -58,6 +61,7 @@ impl HistoryKind {
             HistoryKind::TenantState => "tenant.state",
             HistoryKind::OperatorRetry => "operator.retry",
             HistoryKind::OperatorRequeue => "operator.requeue",
+            HistoryKind::OperatorRedeliver => "operator.redeliver",
             HistoryKind::RunCancelled => "run.cancelled",
             HistoryKind::TenantOffboarding => "tenant.offboarding",
             HistoryKind::TenantRestored => "tenant.restored",

@@ -589,6 +589,8 @@ pub struct ActionForm {
     csrf: Option<String>,
     from_step: Option<String>,
     reason: Option<String>,
+    event_id: Option<String>,
+    endpoint: Option<String>,
 }
 
 /// `POST /ui/logout`.
@@ -716,8 +718,12 @@ async fn tenant_page(
         },
         None => None,
     };
+    let deliveries = match db::outbox::list_deliveries(&state.pool, None, Some(&slug), 20).await {
+        Ok(d) => d,
+        Err(e) => return server_error(e),
+    };
     let body = html! {
-        (tenant_markup(&detail, &history, &recent, place_in_line, &s, now))
+        (tenant_markup(&detail, &history, &recent, place_in_line, &deliveries, &s, now))
         p {
             @if hp.history_before.is_some() {
                 a href={ "/ui/tenants/" (slug) } { "← Newest entries" } " "
@@ -805,6 +811,7 @@ fn tenant_markup(
     history: &[db::history::Entry],
     recent: &[db::history::Entry],
     place_in_line: Option<i64>,
+    deliveries: &[db::outbox::Delivery],
     s: &Session,
     now: DateTime<Utc>,
 ) -> Markup {
@@ -865,6 +872,36 @@ fn tenant_markup(
             ul.links { @for (what, href) in &links { li { a href=(href) rel="noreferrer" { (what) } } } }
         }
         pre { (serde_json::to_string_pretty(&d.resources).unwrap_or_default()) }
+        h2 { "Event deliveries" small { " newest first" } }
+        @if deliveries.is_empty() {
+            p.why { "None (no endpoint is configured, or nothing was sent yet)." }
+        } @else {
+            table #deliveries {
+                thead { tr { th { "event" } th { "endpoint" } th { "state" } th { "attempts" } th { "last answer" } th { "delivered" } @if s.write { th {} } } }
+                tbody {
+                    @for dl in deliveries {
+                        tr {
+                            td { (dl.event_type) }
+                            td { (dl.endpoint_id) }
+                            td class={ "state-" (dl.state) } { (dl.state) }
+                            td { (dl.attempts) }
+                            td { (dl.last_status.map(|c| c.to_string()).unwrap_or_default()) " " (dl.last_error.as_deref().unwrap_or("")) }
+                            td { (fmt_time(dl.delivered_at)) }
+                            @if s.write {
+                                td {
+                                    @if dl.state == "delivered" || dl.state == "failed" {
+                                        (action_form(&t.slug, "redeliver", "Redeliver", &s.csrf, html! {
+                                            input type="hidden" name="event_id" value=(dl.event_id);
+                                            input type="hidden" name="endpoint" value=(dl.endpoint_id);
+                                        }))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         h2 { "History" small { " newest first" } }
         table {
             thead { tr { th { "at" } th { "kind" } th { "step" } th { "attempt" } th { "actor" } th { "message" } } }
@@ -1074,6 +1111,30 @@ async fn action(
                 {
                     Restored::Done(_) => Ok(()),
                     other => Err(format!("not restored: {other:?}")),
+                }
+            }
+            "redeliver" => {
+                use lifecycle::operator::Redelivered;
+                let event = form
+                    .event_id
+                    .as_deref()
+                    .and_then(|e| uuid::Uuid::parse_str(e).ok());
+                match (event, form.endpoint.as_deref()) {
+                    (Some(event), Some(endpoint)) => {
+                        match lifecycle::operator::redeliver(
+                            &state.pool,
+                            &slug,
+                            event,
+                            endpoint,
+                            &who,
+                        )
+                        .await?
+                        {
+                            Redelivered::Done => Ok(()),
+                            other => Err(format!("not redelivered: {other:?}")),
+                        }
+                    }
+                    _ => Err("redeliver needs an event id and an endpoint".to_owned()),
                 }
             }
             _ => Err(format!("unknown action {action:?}")),

@@ -1,5 +1,5 @@
 //! Operator actions on a tenant's current run (the offboard run of an offboarding tenant): retry
-//! and requeue. Both lock the tenant row and the run's step rows, so they serialize with claims
+//! and requeue; and redelivery of one of its events. Both lock the tenant row and the run's step rows, so they serialize with claims
 //! (which skip locked rows) and with each other.
 
 use serde_json::json;
@@ -219,4 +219,48 @@ pub async fn requeue(
     db::notify(&mut tx, db::STEPS_CHANNEL).await?;
     tx.commit().await?;
     Ok(Requeued::Done)
+}
+
+/// How a redelivery ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redelivered {
+    Done,
+    NotFound,
+    /// No delivery of that event to that endpoint has ended (it may still be pending), or the
+    /// endpoint is disabled.
+    Nothing,
+}
+
+/// Sends one of the tenant's events to `endpoint` again: its delivery (delivered or failed) is due now
+/// with a fresh attempt budget, and the tenant's history says who asked.
+pub async fn redeliver(
+    pool: &PgPool,
+    slug: &str,
+    event_id: uuid::Uuid,
+    endpoint: &str,
+    actor: &str,
+) -> Result<Redelivered, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(tenant) = db::tenants::lock_by_slug(&mut tx, slug).await? else {
+        return Ok(Redelivered::NotFound);
+    };
+    if !db::outbox::redeliver(&mut tx, tenant.id, event_id, endpoint).await? {
+        return Ok(Redelivered::Nothing);
+    }
+    db::history::append(
+        &mut *tx,
+        tenant.id,
+        &NewEntry {
+            actor: Some(actor),
+            detail: Some(json!({"event_id": event_id, "endpoint": endpoint})),
+            ..NewEntry::new(
+                HistoryKind::OperatorRedeliver,
+                &format!("event {event_id} to be sent to {endpoint} again"),
+            )
+        },
+    )
+    .await?;
+    db::notify(&mut tx, db::OUTBOX_CHANNEL).await?;
+    tx.commit().await?;
+    Ok(Redelivered::Done)
 }

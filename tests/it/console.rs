@@ -28,7 +28,7 @@ fn client() -> reqwest::Client {
 }
 
 /// Signs in with `token`; the session cookie (`name=value`) and the raw Set-Cookie header.
-async fn sign_in(app: &TestApp, token: &str) -> (String, String) {
+pub(crate) async fn sign_in(app: &TestApp, token: &str) -> (String, String) {
     let r = client()
         .post(format!("{}/ui/login", app.base))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -48,7 +48,7 @@ async fn sign_in(app: &TestApp, token: &str) -> (String, String) {
     (pair, set)
 }
 
-async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> (StatusCode, String) {
+pub(crate) async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> (StatusCode, String) {
     let mut req = client().get(format!("{}{path}", app.base));
     if let Some(c) = cookie {
         req = req.header("cookie", c);
@@ -57,7 +57,7 @@ async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> (StatusCode, St
     (r.status(), r.text().await.unwrap())
 }
 
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     path: &str,
     cookie: Option<&str>,
@@ -74,7 +74,7 @@ async fn post(
 }
 
 /// The CSRF token in a page's forms.
-fn csrf_in(html: &str) -> String {
+pub(crate) fn csrf_in(html: &str) -> String {
     let at = html
         .find("name=\"csrf\" value=\"")
         .expect("a form with a CSRF token");

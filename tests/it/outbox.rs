@@ -408,3 +408,132 @@ async fn past_retention_signup_answers_and_finished_events_go_and_the_audit_trai
     assert_eq!(count("SELECT count(*) FROM tenants").await, 2);
     assert_eq!(count("SELECT count(*) FROM history").await, history_before);
 }
+
+#[tokio::test]
+async fn an_operator_redelivers_a_failed_event_from_the_console_with_the_same_id() {
+    use crate::console::{csrf_in, get, post, sign_in};
+    use crate::support::{ALICE_TOKEN, READ_TOKEN};
+    let (receiver, url) = start_receiver(vec![(503, None); 3]).await;
+    let app = spawn_app(
+        Registry::new().with("ok", Succeed::default()),
+        &workflow_toml(&[("a", "ok")], ""),
+    )
+    .await;
+    let dispatcher = app.dispatcher(vec![endpoint(&url)], vec![Duration::from_millis(10); 2]);
+    dispatcher.sync_endpoints().await.unwrap();
+    app.signup(&signup_body("acme")).await;
+    let state = |slug: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, String)>(
+                "SELECT d.event_id::text, d.endpoint_id, d.state FROM deliveries d
+                 JOIN events e ON e.id = d.event_id JOIN tenants t ON t.id = e.tenant_id
+                 WHERE t.slug = $1",
+            )
+            .bind(slug)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // acme's tenant.created fails three times (the schedule's end); other's then goes through.
+    for _ in 0..200 {
+        dispatcher.dispatch_once().await.unwrap();
+        if state("acme").await.2 == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    app.signup(&signup_body("other")).await;
+    for _ in 0..200 {
+        dispatcher.dispatch_once().await.unwrap();
+        if state("other").await.2 == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let (event_id, endpoint_id, s) = state("acme").await;
+    assert_eq!(s, "failed");
+    let first_id = receiver.got.lock().unwrap()[0].id.clone();
+
+    // A read-only operator sees the delivery but no button; one who may write redelivers it.
+    let (reader, _) = sign_in(&app, READ_TOKEN).await;
+    let (_, page) = get(&app, "/ui/tenants/acme", Some(&reader)).await;
+    assert!(
+        page.contains("id=\"deliveries\"") && page.contains("tenant.created"),
+        "{page}"
+    );
+    assert!(!page.contains("Redeliver"), "{page}");
+    let (cookie, _) = sign_in(&app, ALICE_TOKEN).await;
+    let (_, page) = get(&app, "/ui/tenants/acme", Some(&cookie)).await;
+    assert!(
+        page.contains("Redeliver") && page.contains(&event_id),
+        "{page}"
+    );
+    let csrf = csrf_in(&page);
+    // Another tenant's event through acme's page, or no CSRF token: refused, nothing changes.
+    let (other_event, _, _) = state("other").await;
+    assert_eq!(
+        post(
+            &app,
+            "/ui/tenants/acme/redeliver",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("event_id", &other_event),
+                ("endpoint", &endpoint_id)
+            ]
+        )
+        .await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        post(
+            &app,
+            "/ui/tenants/acme/redeliver",
+            Some(&cookie),
+            &[("event_id", &event_id), ("endpoint", &endpoint_id)]
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(state("other").await.2, "delivered");
+    assert_eq!(state("acme").await.2, "failed");
+
+    assert_eq!(
+        post(
+            &app,
+            "/ui/tenants/acme/redeliver",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("event_id", &event_id),
+                ("endpoint", &endpoint_id)
+            ]
+        )
+        .await,
+        StatusCode::SEE_OTHER
+    );
+    for _ in 0..200 {
+        dispatcher.dispatch_once().await.unwrap();
+        if state("acme").await.2 == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(state("acme").await.2, "delivered");
+    // Sent again under the same webhook-id, so a receiver that saw it before can tell.
+    let got = receiver.got.lock().unwrap().clone();
+    let acme: Vec<_> = got.iter().filter(|r| r.id == first_id).collect();
+    assert_eq!(acme.len(), 4, "three failed attempts and the redelivery");
+    let history: Value = app
+        .ops(Method::GET, "/v1/tenants/acme/history", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        history.to_string().contains("operator.redeliver"),
+        "{history}"
+    );
+}
