@@ -95,6 +95,21 @@ fn endpoint(url: &str) -> WebhookEndpoint {
     }
 }
 
+/// Runs dispatch passes until `done` (asked after each) holds, at most 200 of them 15 ms apart.
+async fn dispatch_until<F, Fut>(dispatcher: &vend::engine::dispatcher::Dispatcher, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        dispatcher.dispatch_once().await.unwrap();
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f() {
@@ -262,18 +277,14 @@ async fn an_endpoint_that_never_accepts_is_given_up_after_the_schedule() {
     let dispatcher = app.dispatcher(vec![endpoint(&url)], vec![Duration::from_millis(10); 2]);
     dispatcher.sync_endpoints().await.unwrap();
     app.signup(&signup_body("acme")).await;
-    for _ in 0..200 {
-        dispatcher.dispatch_once().await.unwrap();
-        let failed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state = 'failed'")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        if failed == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
+    dispatch_until(&dispatcher, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries WHERE state = 'failed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
     assert_eq!(
         receiver.got.lock().unwrap().len(),
         3,
@@ -437,21 +448,12 @@ async fn an_operator_redelivers_a_failed_event_from_the_console_with_the_same_id
         }
     };
     // acme's tenant.created fails three times (the schedule's end); other's then goes through.
-    for _ in 0..200 {
-        dispatcher.dispatch_once().await.unwrap();
-        if state("acme").await.2 == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
+    dispatch_until(&dispatcher, || async { state("acme").await.2 == "failed" }).await;
     app.signup(&signup_body("other")).await;
-    for _ in 0..200 {
-        dispatcher.dispatch_once().await.unwrap();
-        if state("other").await.2 == "delivered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
+    dispatch_until(&dispatcher, || async {
+        state("other").await.2 == "delivered"
+    })
+    .await;
     let (event_id, endpoint_id, s) = state("acme").await;
     assert_eq!(s, "failed");
     let first_id = receiver.got.lock().unwrap()[0].id.clone();
@@ -514,13 +516,10 @@ async fn an_operator_redelivers_a_failed_event_from_the_console_with_the_same_id
         .await,
         StatusCode::SEE_OTHER
     );
-    for _ in 0..200 {
-        dispatcher.dispatch_once().await.unwrap();
-        if state("acme").await.2 == "delivered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
+    dispatch_until(&dispatcher, || async {
+        state("acme").await.2 == "delivered"
+    })
+    .await;
     assert_eq!(state("acme").await.2, "delivered");
     // Sent again under the same webhook-id, so a receiver that saw it before can tell.
     let got = receiver.got.lock().unwrap().clone();
