@@ -18,6 +18,8 @@ pub struct AwsError {
     pub message: String,
     pub retry_after: Option<Duration>,
     pub operation: &'static str,
+    /// AWS's id for the request, from the error or the answer's headers.
+    pub request_id: Option<String>,
 }
 
 impl AwsError {
@@ -28,6 +30,7 @@ impl AwsError {
             message: message.into(),
             retry_after: None,
             operation: "",
+            request_id: None,
         }
     }
 
@@ -137,6 +140,12 @@ where
                     message,
                     retry_after: retry_after(s.raw()),
                     operation: "",
+                    request_id: s
+                        .err()
+                        .meta()
+                        .extra("aws_request_id")
+                        .map(str::to_owned)
+                        .or_else(|| request_id(s.raw())),
                 }
             }
             // No answer, or an answer that could not be read: the outcome is unknown, try again.
@@ -163,6 +172,7 @@ where
                     message: format!("unreadable answer from AWS (HTTP {status})"),
                     retry_after: retry_after(r.raw()),
                     operation: "",
+                    request_id: request_id(r.raw()),
                 }
             }
             SdkError::ConstructionFailure(_) => AwsError::new(
@@ -173,6 +183,14 @@ where
             _ => AwsError::new(ErrorClass::Transient, "Unknown", err.to_string()),
         }
     }
+}
+
+/// The request id AWS puts in its answer's headers (the name differs between protocols).
+fn request_id(raw: &HttpResponse) -> Option<String> {
+    ["x-amzn-requestid", "x-amz-request-id", "x-amzn-request-id"]
+        .iter()
+        .find_map(|h| raw.headers().get(*h))
+        .map(str::to_owned)
 }
 
 trait MaxTransient {
@@ -204,6 +222,7 @@ pub fn outcome_unknown(e: &AwsError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::StepError;
 
     #[test]
     fn limit_exceeded_is_a_quota_or_a_rate_depending_on_the_service() {
@@ -258,6 +277,43 @@ mod tests {
         ] {
             assert_eq!(class_of(c, Some(400)), ErrorClass::Permanent, "{c}");
         }
+    }
+
+    #[test]
+    fn a_service_error_keeps_awss_request_id_from_the_error_or_the_headers() {
+        use aws_sdk_organizations::operation::create_account::CreateAccountError;
+        use aws_smithy_types::error::ErrorMetadata;
+        let answer = |header: Option<&str>| {
+            let mut r = HttpResponse::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap(),
+                aws_smithy_types::body::SdkBody::empty(),
+            );
+            if let Some(id) = header {
+                r.headers_mut().insert("x-amzn-RequestId", id.to_owned());
+            }
+            r
+        };
+        let err = |extra: Option<&str>| {
+            let mut m = ErrorMetadata::builder()
+                .code("ConstraintViolationException")
+                .message("no");
+            if let Some(id) = extra {
+                m = m.custom("aws_request_id", id);
+            }
+            CreateAccountError::generic(m.build())
+        };
+        let from_headers: AwsError = SdkError::service_error(err(None), answer(Some("h-1"))).into();
+        assert_eq!(from_headers.request_id.as_deref(), Some("h-1"));
+        let from_body: AwsError =
+            SdkError::service_error(err(Some("b-2")), answer(Some("h-1"))).into();
+        assert_eq!(from_body.request_id.as_deref(), Some("b-2"));
+        let none: AwsError = SdkError::service_error(err(None), answer(None)).into();
+        assert_eq!(none.request_id, None);
+        assert_eq!(
+            StepError::from(from_headers).request_id.as_deref(),
+            Some("h-1"),
+            "kept into the step's error"
+        );
     }
 
     #[test]

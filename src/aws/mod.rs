@@ -206,6 +206,7 @@ impl From<AwsError> for StepError {
     fn from(e: AwsError) -> Self {
         let mut s = StepError::new(e.class, e.code, e.message);
         s.retry_after = e.retry_after;
+        s.request_id = e.request_id;
         s
     }
 }

@@ -108,6 +108,8 @@ pub struct StepError {
     pub message: String,
     /// A delay the error itself asks for (e.g. `Retry-After`); backoff never goes below it.
     pub retry_after: Option<Duration>,
+    /// The AWS request id of the answer, when AWS gave one: what a support case asks for.
+    pub request_id: Option<String>,
 }
 
 impl StepError {
@@ -117,6 +119,7 @@ impl StepError {
             code: code.into(),
             message: message.into(),
             retry_after: None,
+            request_id: None,
         }
     }
 

@@ -764,11 +764,15 @@ fn attempt_timeline(d: &TenantDetail, recent: &[db::history::Entry], now: DateTi
                 end: e.at.max(start),
                 color,
                 title: format!(
-                    "{} · attempt {} · {} · {}",
+                    "{} · attempt {} · {} · {}{}",
                     e.step.as_deref().unwrap_or(""),
                     e.attempt.unwrap_or(0),
                     e.kind,
-                    e.message
+                    e.message,
+                    e.detail
+                        .as_ref()
+                        .and_then(|d| d["error"]["aws_request_id"].as_str())
+                        .map_or(String::new(), |id| format!(" · AWS request id {id}"))
                 ),
             })
         })

@@ -103,10 +103,9 @@ impl Attempt<'_> {
                     WaitReason::Backoff => HistoryKind::StepBackoff,
                     WaitReason::Throttle => HistoryKind::StepThrottled,
                 };
-                let detail = error.as_ref().map(|e| {
-                    json!({"error": {"class": e.class.as_str(), "code": e.code, "message": e.message},
-                           "retry_in_ms": after.as_millis() as u64})
-                });
+                let detail = error.as_ref().map(
+                    |e| json!({"error": error_detail(e), "retry_in_ms": after.as_millis() as u64}),
+                );
                 let detail =
                     detail.or_else(|| Some(json!({"retry_in_ms": after.as_millis() as u64})));
                 let message = match error {
@@ -136,7 +135,7 @@ impl Attempt<'_> {
                     FailReason::TimedOut => "step failed: timed out",
                 };
                 let message = format!("{why}: {}", error.display());
-                let detail = json!({"error": {"class": error.class.as_str(), "code": error.code, "message": error.message}});
+                let detail = json!({"error": error_detail(error)});
                 db::history::append(
                     &mut *tx,
                     claim.tenant_id,
@@ -208,6 +207,15 @@ impl Attempt<'_> {
             },
         }
     }
+}
+
+/// An attempt's error as its history entry keeps it; AWS's request id only when there is one.
+fn error_detail(e: &StepError) -> Value {
+    let mut d = json!({"class": e.class.as_str(), "code": e.code, "message": e.message});
+    if let Some(id) = &e.request_id {
+        d["aws_request_id"] = json!(id);
+    }
+    d
 }
 
 fn step_entry<'a>(

@@ -126,6 +126,15 @@ async fn throttles_and_errors_on_every_api_still_vend_each_tenant_exactly_once()
         per_tenant <= CALLS_PER_TENANT_BOUND,
         "{per_tenant:.1} AWS calls per tenant: a retry storm"
     );
+    // A step attempt that met one of those answers keeps AWS's request id in its history entry (the
+    // proxy answers as AWS does, with an id), for a support case.
+    let with_ids: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM history WHERE detail->'error'->>'aws_request_id' IS NOT NULL",
+    )
+    .fetch_one(&c.app.pool)
+    .await
+    .unwrap();
+    assert!(with_ids > 0, "no attempt recorded an AWS request id");
     c.proxy.set_faults(0.0, 0.0, 0.0);
     assert_exactly_one_of_everything(&c.moto_sdk, &slugs).await;
 }
