@@ -274,27 +274,85 @@ pub async fn lock_by_slug(
 /// A page of tenants, newest first. `before` is the id of the last tenant of the previous page.
 /// Two statements rather than one with `$1 IS NULL OR ...`: a prepared statement gets a generic plan,
 /// and only the filtered form can walk the `(state, id)` index.
+/// What a tenants listing may be narrowed to; every field set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<TenantState>,
+    pub tier: Option<Tier>,
+    /// The current step (in flight or failed) has this name.
+    pub step: Option<String>,
+    /// The current step's last error has this code.
+    pub error_code: Option<String>,
+    /// The current step started longer ago than this.
+    pub in_step_longer_than: Option<std::time::Duration>,
+}
+
+impl ListFilter {
+    /// Whether the filter is about the current step: then only tenants with one are listed.
+    fn on_current_step(&self) -> bool {
+        self.step.is_some() || self.error_code.is_some() || self.in_step_longer_than.is_some()
+    }
+}
+
 pub async fn list(
     db: impl PgExecutor<'_>,
-    state: Option<TenantState>,
+    filter: &ListFilter,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Tenant>, sqlx::Error> {
     // UUIDv7 ids never reach the all-ones uuid: it stands for "from the newest".
     let before = before.unwrap_or(Uuid::max());
+    if filter.on_current_step() {
+        // A tenant's current step is the one row of its run that is in flight (it has a due time:
+        // steps_due) or failed (steps_failed); every other tenant has none. Both sets are small
+        // next to the table, so the tenants are found from them.
+        let recs = sqlx::query_as!(
+            TenantRecord,
+            r#"WITH cur AS (
+                   SELECT run_id, name, last_error_code, coalesce(started_at, updated_at) AS since
+                   FROM steps WHERE due_at IS NOT NULL
+                   UNION ALL
+                   SELECT run_id, name, last_error_code, coalesce(started_at, updated_at)
+                   FROM steps WHERE state = 'failed'
+               )
+               SELECT t.id, t.slug, t.name, t.owner_email, t.tier, t.workflow, t.state, t.resources,
+                      t.signup_id, t.created_at, t.updated_at
+               FROM cur JOIN runs r ON r.id = cur.run_id JOIN tenants t ON t.id = r.tenant_id
+               WHERE r.state <> $8 AND t.id < $1
+                 AND ($2::text IS NULL OR t.state = $2) AND ($3::text IS NULL OR t.tier = $3)
+                 AND ($4::text IS NULL OR cur.name = $4)
+                 AND ($5::text IS NULL OR cur.last_error_code = $5)
+                 AND ($6::float8 IS NULL OR cur.since < now() - make_interval(secs => $6))
+               ORDER BY t.id DESC
+               LIMIT $7"#,
+            before,
+            filter.state.map(TenantState::as_str),
+            filter.tier.map(Tier::as_str),
+            filter.step.as_deref(),
+            filter.error_code.as_deref(),
+            filter.in_step_longer_than.map(|d| d.as_secs_f64()),
+            limit,
+            RunState::Cancelled.as_str(),
+        )
+        .fetch_all(db)
+        .await?;
+        return recs.into_iter().map(Tenant::try_from).collect();
+    }
+    let tier = filter.tier.map(Tier::as_str);
     let recs =
-        match state {
+        match filter.state {
             Some(state) => sqlx::query_as!(
                 TenantRecord,
                 r#"SELECT id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
                           created_at, updated_at
                    FROM tenants
-                   WHERE state = $1 AND id < $2
+                   WHERE state = $1 AND id < $2 AND ($4::text IS NULL OR tier = $4)
                    ORDER BY id DESC
                    LIMIT $3"#,
                 state.as_str(),
                 before,
                 limit,
+                tier,
             )
             .fetch_all(db)
             .await?,
@@ -303,11 +361,12 @@ pub async fn list(
                 r#"SELECT id, slug, name, owner_email, tier, workflow, state, resources, signup_id,
                           created_at, updated_at
                    FROM tenants
-                   WHERE id < $1
+                   WHERE id < $1 AND ($3::text IS NULL OR tier = $3)
                    ORDER BY id DESC
                    LIMIT $2"#,
                 before,
                 limit,
+                tier,
             )
             .fetch_all(db)
             .await?,

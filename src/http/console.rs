@@ -303,6 +303,10 @@ async fn fleet_markup(state: &AppState, now: DateTime<Utc>) -> Result<Markup, sq
 #[derive(Debug, Deserialize)]
 pub struct ListFilter {
     state: Option<String>,
+    tier: Option<String>,
+    step: Option<String>,
+    error_code: Option<String>,
+    in_step_longer_than: Option<String>,
     slug: Option<String>,
     cursor: Option<String>,
 }
@@ -325,11 +329,32 @@ async fn home(
 }
 
 async fn tenants_page(state: &AppState, s: &Session, f: ListFilter) -> Result<Markup, sqlx::Error> {
-    let filter = f
-        .state
-        .as_deref()
-        .filter(|v| !v.is_empty())
-        .and_then(TenantState::parse);
+    // A bad value is said on the page and the list is unfiltered by it, as a form should behave.
+    let (list_filter, invalid) = match super::ops::list_filter(
+        f.state.as_deref(),
+        f.tier.as_deref(),
+        f.step.as_deref(),
+        f.error_code.as_deref(),
+        f.in_step_longer_than.as_deref(),
+    ) {
+        Ok(l) => (l, None),
+        Err(e) => (db::tenants::ListFilter::default(), Some(e.message)),
+    };
+    let filter = list_filter.state;
+    // Carried into the next page's link.
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            [
+                ("state", f.state.as_deref()),
+                ("tier", f.tier.as_deref()),
+                ("step", f.step.as_deref()),
+                ("error_code", f.error_code.as_deref()),
+                ("in_step_longer_than", f.in_step_longer_than.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v))),
+        )
+        .finish();
     let counts = db::tenants::count_by_state(&state.pool).await?;
     let slug = f.slug.as_deref().map(str::trim).filter(|v| !v.is_empty());
     let before = f
@@ -345,7 +370,7 @@ async fn tenants_page(state: &AppState, s: &Session, f: ListFilter) -> Result<Ma
             None,
         ),
         None => {
-            let mut t = db::tenants::list(&state.pool, filter, before, 51).await?;
+            let mut t = db::tenants::list(&state.pool, &list_filter, before, 51).await?;
             let next = (t.len() > 50).then(|| {
                 t.truncate(50);
                 t.last().map(|t| t.id.to_string())
@@ -370,10 +395,29 @@ async fn tenants_page(state: &AppState, s: &Session, f: ListFilter) -> Result<Ma
                 }
             } }
             " "
+            label { "Tier " select name="tier" {
+                option value="" { "any" }
+                @for tier in ["free", "pro", "enterprise"] {
+                    option value=(tier) selected[f.tier.as_deref() == Some(tier)] { (tier) }
+                }
+            } }
+            " "
+            label { "Current step " input type="text" name="step" size="14" value=(f.step.as_deref().unwrap_or("")); }
+            " "
+            label { "Error code " input type="text" name="error_code" size="18" value=(f.error_code.as_deref().unwrap_or("")); }
+            " "
+            label { "In the step longer than " select name="in_step_longer_than" {
+                option value="" { "any time" }
+                @for d in ["10m", "1h", "6h", "1d", "7d"] {
+                    option value=(d) selected[f.in_step_longer_than.as_deref() == Some(d)] { (d) }
+                }
+            } }
+            " "
             label { "Slug " input type="search" name="slug" value=(slug.unwrap_or("")); }
             " "
             button { "Filter" }
         }
+        @if let Some(why) = &invalid { p.state-failed { (why) } }
         @if views.is_empty() {
             p { "No tenants match." }
         } @else {
@@ -395,7 +439,7 @@ async fn tenants_page(state: &AppState, s: &Session, f: ListFilter) -> Result<Ma
             }
         }
         @if let Some(next) = next {
-            a href={ "/ui?cursor=" (next) "&state=" (filter.map_or("", |s| s.as_str())) } { "Next page →" }
+            a href={ "/ui?cursor=" (next) "&" (query) } { "Next page →" }
         }
         @if filter == Some(TenantState::Failed) && s.write {
             p { a href="/ui/retries" { "Retry failed tenants…" } " (shows how many first)" }

@@ -33,10 +33,62 @@ pub struct ApiQuery<T>(pub T);
 pub struct ListParams {
     /// Only tenants in this state.
     pub state: Option<String>,
+    /// Only tenants of this tier: `free`, `pro` or `enterprise`.
+    pub tier: Option<String>,
+    /// Only tenants whose current step (in flight or failed) has this name.
+    pub step: Option<String>,
+    /// Only tenants whose current step's last error has this code.
+    pub error_code: Option<String>,
+    /// Only tenants whose current step started longer ago than this (`30m`, `2h`, `1d`).
+    pub in_step_longer_than: Option<String>,
     /// Page size, 1 to 500; default 50.
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// The listing filter from its query parameters (empty ones mean no filter), or what is wrong.
+pub(super) fn list_filter(
+    state: Option<&str>,
+    tier: Option<&str>,
+    step: Option<&str>,
+    error_code: Option<&str>,
+    in_step_longer_than: Option<&str>,
+) -> Result<db::tenants::ListFilter, ApiError> {
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    Ok(db::tenants::ListFilter {
+        state: given(state)
+            .map(|s| {
+                TenantState::parse(s).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_state",
+                        "state must be one of pending, provisioning, active, failed, offboarding, closed",
+                    )
+                })
+            })
+            .transpose()?,
+        tier: given(tier)
+            .map(|t| {
+                crate::domain::Tier::parse(t).map_err(|_| {
+                    ApiError::bad_request("invalid_tier", "tier must be one of free, pro, enterprise")
+                })
+            })
+            .transpose()?,
+        step: given(step).map(str::to_owned),
+        error_code: given(error_code).map(str::to_owned),
+        in_step_longer_than: given(in_step_longer_than)
+            .map(|d| {
+                humantime::parse_duration(d).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_duration",
+                        "in_step_longer_than must be a duration such as 30m, 2h or 1d",
+                    )
+                })
+            })
+            .transpose()?,
+    })
 }
 
 /// List tenants, newest first.
@@ -54,18 +106,13 @@ pub async fn list_tenants(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<TenantPage>, ApiError> {
-    let filter = p
-        .state
-        .as_deref()
-        .map(|s| {
-            TenantState::parse(s).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_state",
-                    "state must be one of pending, provisioning, active, failed, offboarding, closed",
-                )
-            })
-        })
-        .transpose()?;
+    let filter = list_filter(
+        p.state.as_deref(),
+        p.tier.as_deref(),
+        p.step.as_deref(),
+        p.error_code.as_deref(),
+        p.in_step_longer_than.as_deref(),
+    )?;
     let limit = match p.limit.as_deref() {
         None => 50,
         Some(l) => l
@@ -86,7 +133,7 @@ pub async fn list_tenants(
         })
         .transpose()?;
     // One more than asked tells whether another page exists without a count query.
-    let mut tenants = db::tenants::list(&state.pool, filter, before, limit + 1).await?;
+    let mut tenants = db::tenants::list(&state.pool, &filter, before, limit + 1).await?;
     let next_cursor = if tenants.len() as i64 > limit {
         tenants.truncate(limit as usize);
         tenants.last().map(|t| t.id.to_string())

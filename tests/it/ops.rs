@@ -504,3 +504,65 @@ async fn unknown_routes_and_methods_answer_json() {
         "method_not_allowed"
     );
 }
+
+#[tokio::test]
+async fn tenants_are_filtered_by_tier_current_step_error_code_and_time_in_the_step() {
+    let registry = Registry::new().with("ok", Succeed::default()).with(
+        "once",
+        FailTimes {
+            times: 1,
+            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
+            calls: Calls::default(),
+        },
+    );
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("first", "ok"), ("second", "once")], ""),
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("acme", &["failed"], WITHIN).await;
+    engine.stop().await;
+    // Signed up with no worker running: at its first step, due now.
+    let mut beta = signup_body("beta");
+    beta["tier"] = json!("pro");
+    app.signup(&beta).await;
+
+    let slugs = |q: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .ops(Method::GET, &format!("/v1/tenants?{q}"), None)
+                .await;
+            assert_eq!(r.status(), 200, "{q}");
+            let v: Value = r.json().await.unwrap();
+            v["tenants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["slug"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(slugs("step=second").await, ["acme"]);
+    assert_eq!(slugs("error_code=QuotaExceeded").await, ["acme"]);
+    assert_eq!(slugs("step=first").await, ["beta"]);
+    assert_eq!(slugs("tier=pro").await, ["beta"]);
+    assert_eq!(slugs("tier=enterprise").await, ["acme"]);
+    assert!(slugs("tier=enterprise&step=first").await.is_empty());
+    assert!(slugs("state=failed&step=first").await.is_empty());
+    assert!(slugs("in_step_longer_than=1h").await.is_empty());
+    assert_eq!(slugs("in_step_longer_than=1ms&step=second").await, ["acme"]);
+    for (q, code) in [
+        ("tier=gold", "invalid_tier"),
+        ("in_step_longer_than=soon", "invalid_duration"),
+    ] {
+        let r = app
+            .ops(Method::GET, &format!("/v1/tenants?{q}"), None)
+            .await;
+        assert_eq!(r.status(), 400, "{q}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{q}");
+    }
+}
