@@ -7,11 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vend::domain::StepError;
-use vend::engine::Registry;
-
 use crate::support::browser::Browser;
-use crate::support::steps::{Calls, FailTimes, Succeed, WaitTimes};
+use crate::support::steps::{Calls, WaitTimes};
 use crate::support::{ALICE_TOKEN, signup_body, spawn_app, workflow_toml};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -22,16 +19,7 @@ fn screenshot_dir() -> Option<PathBuf> {
 
 #[tokio::test]
 async fn an_operator_retries_a_failed_tenant_in_the_browser_and_sees_it_become_active() {
-    let registry = Registry::new()
-        .with("ok", Succeed::default())
-        .with(
-            "once",
-            FailTimes {
-                times: 1,
-                error: StepError::permanent("QuotaExceeded", "raise the quota first"),
-                calls: Calls::default(),
-            },
-        )
+    let registry = crate::support::steps::ok_and_fails_once(Calls::default())
         // After the retry, a few polls: the page must follow the tenant while it moves, by itself.
         .with(
             "slow",

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
-use vend::domain::StepError;
 use vend::engine::Registry;
 
-use crate::support::steps::{Calls, FailTimes, Succeed};
+use crate::support::steps::{Calls, Succeed};
 use crate::support::{ALICE_TOKEN, READ_TOKEN, TestApp, signup_body, spawn_app, workflow_toml};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -84,14 +83,7 @@ pub(crate) fn csrf_in(html: &str) -> String {
 #[tokio::test]
 async fn the_console_logs_in_shows_tenants_and_retries_only_with_session_and_csrf() {
     let calls = Calls::default();
-    let registry = Registry::new().with("ok", Succeed::default()).with(
-        "once",
-        FailTimes {
-            times: 1,
-            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
-            calls: calls.clone(),
-        },
-    );
+    let registry = crate::support::steps::ok_and_fails_once(calls.clone());
     let app = spawn_app(
         registry,
         &workflow_toml(&[("first", "ok"), ("second", "once")], ""),
@@ -235,14 +227,7 @@ async fn the_console_logs_in_shows_tenants_and_retries_only_with_session_and_csr
 #[tokio::test]
 async fn a_bulk_retry_in_the_console_shows_the_count_first_and_needs_session_csrf_and_write() {
     let calls = Calls::default();
-    let registry = Registry::new().with("ok", Succeed::default()).with(
-        "once",
-        FailTimes {
-            times: 1,
-            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
-            calls: calls.clone(),
-        },
-    );
+    let registry = crate::support::steps::ok_and_fails_once(calls.clone());
     let app = spawn_app(
         registry,
         &workflow_toml(&[("first", "ok"), ("second", "once")], ""),
@@ -370,14 +355,7 @@ async fn a_tenants_history_shows_the_newest_entries_first_and_pages_back() {
 
 #[tokio::test]
 async fn the_fleet_page_charts_this_hours_signups_and_activations() {
-    let registry = Registry::new().with("ok", Succeed::default()).with(
-        "once",
-        FailTimes {
-            times: 1,
-            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
-            calls: Calls::default(),
-        },
-    );
+    let registry = crate::support::steps::ok_and_fails_once(Calls::default());
     let app = spawn_app(registry, &workflow_toml(&[("first", "ok")], "")).await;
     for slug in ["acme", "beta", "gamma"] {
         app.signup(&signup_body(slug)).await;

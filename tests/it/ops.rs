@@ -507,14 +507,7 @@ async fn unknown_routes_and_methods_answer_json() {
 
 #[tokio::test]
 async fn tenants_are_filtered_by_tier_current_step_error_code_and_time_in_the_step() {
-    let registry = Registry::new().with("ok", Succeed::default()).with(
-        "once",
-        FailTimes {
-            times: 1,
-            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
-            calls: Calls::default(),
-        },
-    );
+    let registry = crate::support::steps::ok_and_fails_once(Calls::default());
     let app = spawn_app(
         registry,
         &workflow_toml(&[("first", "ok"), ("second", "once")], ""),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use vend::domain::{StepError, StepOutcome};
-use vend::engine::{Step, StepContext};
+use vend::engine::{Registry, Step, StepContext};
 
 /// Counts calls per tenant slug.
 #[derive(Clone, Default)]
@@ -164,4 +164,17 @@ impl Step for Gate {
         }
         StepOutcome::Succeeded
     }
+}
+
+/// The registry most operator tests use: `ok` always succeeds; `once` fails its first call for each
+/// tenant with a permanent `QuotaExceeded` (a failed tenant an operator can retry), counted in `calls`.
+pub fn ok_and_fails_once(calls: Calls) -> Registry {
+    Registry::new().with("ok", Succeed::default()).with(
+        "once",
+        FailTimes {
+            times: 1,
+            error: StepError::permanent("QuotaExceeded", "raise the quota first"),
+            calls,
+        },
+    )
 }
