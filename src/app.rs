@@ -351,6 +351,7 @@ pub async fn serve(
         metrics.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(keep_folding_counts(pool.clone(), shutdown.clone()));
     let background = run_background(
         config,
         worker_id,
@@ -395,6 +396,21 @@ async fn keep_recording_throttles(
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// Every second, folds the tenant count deltas (see `db::tenants::fold_counts`): reading the counts
+/// then sums a few rows however many tenants there are. Nothing is lost if a fold fails or is skipped.
+async fn keep_folding_counts(pool: sqlx::PgPool, shutdown: CancellationToken) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = db::tenants::fold_counts(&pool).await {
+            tracing::debug!(error = %e, "tenant counts not folded; the next fold takes them");
         }
     }
 }

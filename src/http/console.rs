@@ -373,9 +373,9 @@ async fn tenants_page(state: &AppState, s: &Session, f: ListFilter) -> Result<Ma
             let mut t = db::tenants::list(&state.pool, &list_filter, before, 51).await?;
             let next = (t.len() > 50).then(|| {
                 t.truncate(50);
-                t.last().map(|t| t.id.to_string())
+                t.last().map(|t| t.cursor.to_string())
             });
-            (t, next.flatten())
+            (t.into_iter().map(|l| l.tenant).collect(), next.flatten())
         }
     };
     let views: Vec<TenantView> = tenants.iter().map(TenantView::from).collect();

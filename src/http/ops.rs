@@ -88,6 +88,7 @@ pub(super) fn list_filter(
                 })
             })
             .transpose()?,
+        step_failed: false,
     })
 }
 
@@ -136,12 +137,12 @@ pub async fn list_tenants(
     let mut tenants = db::tenants::list(&state.pool, &filter, before, limit + 1).await?;
     let next_cursor = if tenants.len() as i64 > limit {
         tenants.truncate(limit as usize);
-        tenants.last().map(|t| t.id.to_string())
+        tenants.last().map(|t| t.cursor.to_string())
     } else {
         None
     };
     Ok(Json(TenantPage {
-        tenants: tenants.iter().map(TenantView::from).collect(),
+        tenants: tenants.iter().map(|l| TenantView::from(&l.tenant)).collect(),
         next_cursor,
     }))
 }

@@ -49,10 +49,18 @@ fn purpose_of(workflows: &Workflows, workflow: &str) -> Purpose {
 /// What a bulk retry found and did.
 #[derive(Debug, Clone, Default)]
 pub struct BulkRetry {
-    /// Tenants whose current run has a failed step matching the filter, with that step.
-    pub matched: Vec<db::tenants::FailedStep>,
+    /// Tenants whose current step has failed and matches the filter, with that step.
+    pub matched: Vec<FailedStep>,
     /// Of those, the ones retried (none on a dry run).
     pub retried: Vec<String>,
+}
+
+/// A tenant whose current step has failed: what a bulk retry acts on.
+#[derive(Debug, Clone)]
+pub struct FailedStep {
+    pub slug: String,
+    pub step: String,
+    pub error_code: Option<String>,
 }
 
 /// The most tenants one bulk retry acts on; ops repeat it for more.
@@ -68,7 +76,24 @@ pub async fn retry_failed(
     dry_run: bool,
     actor: &str,
 ) -> Result<BulkRetry, sqlx::Error> {
-    let matched = db::tenants::with_failed_step(pool, step, error_code, BULK_LIMIT).await?;
+    let filter = db::tenants::ListFilter {
+        step: step.map(str::to_owned),
+        error_code: error_code.map(str::to_owned),
+        step_failed: true,
+        ..Default::default()
+    };
+    let matched: Vec<FailedStep> = db::tenants::list(pool, &filter, None, BULK_LIMIT)
+        .await?
+        .into_iter()
+        .filter_map(|l| {
+            let step = l.current?;
+            Some(FailedStep {
+                slug: l.tenant.slug,
+                step: step.name,
+                error_code: step.error_code,
+            })
+        })
+        .collect();
     let mut retried = Vec::new();
     if !dry_run {
         for t in &matched {

@@ -559,3 +559,90 @@ async fn tenants_are_filtered_by_tier_current_step_error_code_and_time_in_the_st
         assert_eq!(v["error"]["code"], code, "{q}");
     }
 }
+
+#[tokio::test]
+async fn a_current_step_listing_pages_with_its_cursor_newest_run_first() {
+    let registry = crate::support::steps::ok_and_fails_once(Calls::default());
+    let app = spawn_app(registry, &workflow_toml(&[("first", "ok")], "")).await;
+    // No worker: each waits at its first step, due now.
+    for slug in ["alpha", "beta", "gamma"] {
+        app.signup(&signup_body(slug)).await;
+    }
+    let page = |q: String| {
+        let app = &app;
+        async move {
+            let r = app.ops(Method::GET, &format!("/v1/tenants?{q}"), None).await;
+            assert_eq!(r.status(), 200, "{q}");
+            let v: Value = r.json().await.unwrap();
+            let slugs: Vec<String> = v["tenants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["slug"].as_str().unwrap().to_owned())
+                .collect();
+            (slugs, v["next_cursor"].as_str().map(str::to_owned))
+        }
+    };
+    for filter in ["step=first", "in_step_longer_than=1ms"] {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (first, cursor) = page(format!("{filter}&limit=2")).await;
+        assert_eq!(first, ["gamma", "beta"], "{filter}");
+        let cursor = cursor.expect("a second page");
+        let (second, end) = page(format!("{filter}&limit=2&cursor={cursor}")).await;
+        assert_eq!(second, ["alpha"], "{filter}");
+        assert_eq!(end, None, "{filter}");
+    }
+}
+
+#[tokio::test]
+async fn tenant_counts_stay_exact_through_signups_state_changes_and_folds() {
+    let registry = crate::support::steps::ok_and_fails_once(Calls::default());
+    let app = spawn_app(
+        registry,
+        &workflow_toml(&[("first", "ok"), ("second", "once")], ""),
+    )
+    .await;
+    let counts = |app: &TestApp| {
+        let pool = app.pool.clone();
+        async move {
+            let mut c = vend::db::tenants::count_by_state(&pool).await.unwrap();
+            c.retain(|(_, n)| *n != 0);
+            c.sort();
+            c
+        }
+    };
+    let truth = |app: &TestApp| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT state, count(*) FROM tenants GROUP BY state ORDER BY state",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for slug in ["acme-1", "acme-2", "acme-3"] {
+        app.signup(&signup_body(slug)).await;
+    }
+    assert_eq!(counts(&app).await, truth(&app).await);
+    assert_eq!(counts(&app).await, [("pending".to_owned(), 3)]);
+    // Folded, the deltas are gone and the counts the same.
+    assert_eq!(vend::db::tenants::fold_counts(&app.pool).await.unwrap(), 3);
+    assert_eq!(app.count("tenant_count_deltas").await, 0);
+    assert_eq!(counts(&app).await, [("pending".to_owned(), 3)]);
+    // Run them to failure: each passes through provisioning; half folded, half not.
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["acme-1", "acme-2", "acme-3"] {
+        app.wait_for_state(slug, &["failed"], WITHIN).await;
+    }
+    engine.stop().await;
+    assert_eq!(counts(&app).await, [("failed".to_owned(), 3)]);
+    vend::db::tenants::fold_counts(&app.pool).await.unwrap();
+    app.signup(&signup_body("acme-4")).await;
+    assert_eq!(counts(&app).await, truth(&app).await);
+    assert_eq!(
+        counts(&app).await,
+        [("failed".to_owned(), 3), ("pending".to_owned(), 1)]
+    );
+}
