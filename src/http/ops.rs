@@ -92,7 +92,7 @@ pub(super) fn list_filter(
     })
 }
 
-/// List tenants, newest first.
+/// List tenants, newest first (filtered by the current step: newest current run first).
 #[utoipa::path(
     get, path = "/v1/tenants", tag = "ops",
     params(ListParams),
