@@ -117,8 +117,13 @@ async fn main() {
         ("deep cursor", format!("cursor={deep}")),
     ];
 
-    println!("{tenants} tenants, {samples} sequential requests per line, latency seen by the client:");
-    println!("{:<34} {:>22} {:>22}", "filter", "GET /v1/tenants", "GET /ui (console)");
+    println!(
+        "{tenants} tenants, {samples} sequential requests per line, latency seen by the client:"
+    );
+    println!(
+        "{:<34} {:>22} {:>22}",
+        "filter", "GET /v1/tenants", "GET /ui (console)"
+    );
     let mut worst: f64 = 0.0;
     for (name, q) in &filters {
         let api = time(&http, &format!("{url}/v1/tenants?{q}"), None, samples).await;
@@ -132,7 +137,13 @@ async fn main() {
             pct(&ui, 0.99)
         );
     }
-    let by_slug = time(&http, &format!("{url}/ui?slug={slug}"), Some(&cookie), samples).await;
+    let by_slug = time(
+        &http,
+        &format!("{url}/ui?slug={slug}"),
+        Some(&cookie),
+        samples,
+    )
+    .await;
     let one = time(&http, &format!("{url}/v1/tenants/{slug}"), None, samples).await;
     worst = worst.max(pct(&by_slug, 0.99)).max(pct(&one, 0.99));
     println!(
@@ -145,7 +156,13 @@ async fn main() {
     );
     // The bulk retry's dry run lists the failed tenants that match (at most 1,000) before anyone acts.
     for q in ["", "step=deploy_stack", "error_code=StackRollback"] {
-        let lat = time(&http, &format!("{url}/ui/retries?{q}"), Some(&cookie), samples).await;
+        let lat = time(
+            &http,
+            &format!("{url}/ui/retries?{q}"),
+            Some(&cookie),
+            samples,
+        )
+        .await;
         println!(
             "{:<34} {:>22} p50 {:>5.2} p99 {:>5.2} ms",
             format!("bulk retry dry run {q}"),
@@ -271,7 +288,10 @@ async fn fill(pool: &sqlx::PgPool, n: i64) {
         .await
         .unwrap()
     {
-        assert!(t.elapsed().as_secs() < 600, "vend did not fold the tenant counts");
+        assert!(
+            t.elapsed().as_secs() < 600,
+            "vend did not fold the tenant counts"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     for s in [

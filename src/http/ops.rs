@@ -142,7 +142,10 @@ pub async fn list_tenants(
         None
     };
     Ok(Json(TenantPage {
-        tenants: tenants.iter().map(|l| TenantView::from(&l.tenant)).collect(),
+        tenants: tenants
+            .iter()
+            .map(|l| TenantView::from(&l.tenant))
+            .collect(),
         next_cursor,
     }))
 }

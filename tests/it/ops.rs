@@ -571,7 +571,9 @@ async fn a_current_step_listing_pages_with_its_cursor_newest_run_first() {
     let page = |q: String| {
         let app = &app;
         async move {
-            let r = app.ops(Method::GET, &format!("/v1/tenants?{q}"), None).await;
+            let r = app
+                .ops(Method::GET, &format!("/v1/tenants?{q}"), None)
+                .await;
             assert_eq!(r.status(), 200, "{q}");
             let v: Value = r.json().await.unwrap();
             let slugs: Vec<String> = v["tenants"]
