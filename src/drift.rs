@@ -1,10 +1,11 @@
 //! Drift: every active tenant is checked at least once per `VEND_DRIFT_INTERVAL` against what the
 //! contract says its AWS side is (the account under the tenant OU, which carries vend's SCPs; the
-//! tenant's record pointing at its domain; the custom domain and its mapping; the tenant stack
-//! complete and not rolled back). What differs is an open finding until a check no longer sees it.
-//! With `VEND_DRIFT_REPAIR=auto` vend repairs what is its own to repair: it moves the tenant's account
-//! back, re-attaches its SCPs, or requeues the step that makes the missing piece (which never takes
-//! over what someone else made, e.g. a record pointing elsewhere stays a finding).
+//! tenant's record pointing at its domain; the custom domain and its mapping; the baseline and tenant
+//! stacks complete and not rolled back; the account's tags). What differs is an open finding until a
+//! check no longer sees it. With `VEND_DRIFT_REPAIR=auto` vend repairs what is its own to repair: it
+//! moves the tenant's account back, re-attaches its SCPs, tags the account again, or requeues the step
+//! that makes the missing piece (which never takes over what someone else made, e.g. a record
+//! pointing elsewhere stays a finding).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub struct Facts {
     pub parent: String,
     /// vend's SCPs (id, name) not attached to the tenant OU.
     pub missing_scps: Vec<(String, String)>,
+    /// The tags vend puts on the tenant's account (key, value) that it does not carry, or carries
+    /// with another value.
+    pub missing_tags: Vec<(String, String)>,
     /// Where `<slug>.<base domain>` points in the central zone, if anywhere.
     pub record: Option<String>,
     /// The tenant's domain target as vend recorded it.
@@ -37,6 +41,8 @@ pub struct Facts {
     pub mappings: usize,
     /// The tenant stack's status, if it exists.
     pub stack_status: Option<String>,
+    /// The baseline stack's status, if it exists.
+    pub baseline_status: Option<String>,
 }
 
 /// How vend repairs a finding, if it may.
@@ -48,6 +54,10 @@ pub enum Repair {
     },
     AttachScp {
         id: String,
+    },
+    /// Tag the tenant's account with these again.
+    Tag {
+        tags: Vec<(String, String)>,
     },
     /// Run the tenant's workflow again from this step.
     Requeue(&'static str),
@@ -91,6 +101,20 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
             Repair::AttachScp { id: id.clone() },
         );
     }
+    if !f.missing_tags.is_empty() {
+        let list: Vec<String> = f
+            .missing_tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        add(
+            "account.tags".into(),
+            format!("the account lacks the tags {}", list.join(", ")),
+            Repair::Tag {
+                tags: f.missing_tags.clone(),
+            },
+        );
+    }
     let same = |a: &str, b: &str| {
         a.trim_end_matches('.')
             .eq_ignore_ascii_case(b.trim_end_matches('.'))
@@ -125,21 +149,34 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
             Repair::Requeue("map_domain"),
         );
     }
-    match f.stack_status.as_deref() {
-        None => add(
-            "stack".into(),
-            "no tenant stack in the tenant account".into(),
-            Repair::Requeue("deploy_stack"),
+    for (resource, stack, status, step) in [
+        (
+            "stack.baseline",
+            "baseline",
+            &f.baseline_status,
+            "bootstrap_baseline",
         ),
-        Some(s) if !s.ends_with("_COMPLETE") || s.contains("ROLLBACK") => add(
-            "stack".into(),
-            format!("the tenant stack is {s}"),
-            Repair::Requeue("deploy_stack"),
-        ),
-        _ => {}
+        ("stack", "tenant", &f.stack_status, "deploy_stack"),
+    ] {
+        match status.as_deref() {
+            None => add(
+                resource.into(),
+                format!("no {stack} stack in the tenant account"),
+                Repair::Requeue(step),
+            ),
+            Some(s) if !s.ends_with("_COMPLETE") || s.contains("ROLLBACK") => add(
+                resource.into(),
+                format!("the {stack} stack is {s}"),
+                Repair::Requeue(step),
+            ),
+            _ => {}
+        }
     }
     out
 }
+
+/// The steps drift may rerun, in the silo workflow's order.
+const REQUEUE_ORDER: [&str; 3] = ["bootstrap_baseline", "deploy_stack", "map_domain"];
 
 /// The periodic checker.
 pub struct DriftChecker {
@@ -243,6 +280,12 @@ impl DriftChecker {
                 missing_scps.push((p.id, p.name));
             }
         }
+        let tags = s.orgs.tags_of(&account).await?;
+        let missing_tags = s
+            .account_tags(&tenant.slug, tenant.tier.as_str())
+            .into_iter()
+            .filter(|want| !tags.contains(want))
+            .collect();
         let record = s
             .route53
             .target_of(&s.management.hosted_zone_id, &domain)
@@ -256,8 +299,13 @@ impl DriftChecker {
         } else {
             0
         };
-        let stack_status = Cfn::new(&aws)
+        let cfn = Cfn::new(&aws);
+        let stack_status = cfn
             .describe(crate::steps::TENANT_STACK)
+            .await?
+            .map(|s| s.status);
+        let baseline_status = cfn
+            .describe(crate::steps::BASELINE_STACK)
             .await?
             .map(|s| s.status);
         Ok(Some(Facts {
@@ -265,6 +313,7 @@ impl DriftChecker {
             tenant_ou: ou,
             parent,
             missing_scps,
+            missing_tags,
             record,
             domain_target: tenant
                 .resources
@@ -274,6 +323,7 @@ impl DriftChecker {
             domain_exists,
             mappings,
             stack_status,
+            baseline_status,
         }))
     }
 
@@ -304,10 +354,20 @@ impl DriftChecker {
                     .await
                     .map_err(|e| tracing::warn!(error = %e, "drift repair: attach failed"))
                     .is_ok(),
+                Repair::Tag { tags } => match tenant.account_id() {
+                    Some(account) => s
+                        .orgs
+                        .tag_account(account, tags)
+                        .await
+                        .map_err(|e| tracing::warn!(error = %e, "drift repair: tagging failed"))
+                        .is_ok(),
+                    None => false,
+                },
                 Repair::Requeue(step) => {
                     // The earliest step wins: a rerun from it redoes every later one.
+                    let at = |s: &str| REQUEUE_ORDER.iter().position(|x| *x == s);
                     requeue_from = Some(match requeue_from {
-                        Some("deploy_stack") => "deploy_stack",
+                        Some(earlier) if at(earlier) <= at(step) => earlier,
                         _ => step,
                     });
                     true
@@ -330,7 +390,9 @@ impl DriftChecker {
             if !matches!(r, crate::lifecycle::operator::Requeued::Done) {
                 tracing::warn!(tenant.slug = %tenant.slug, step, outcome = ?r, "drift repair: requeue refused");
                 repaired.retain(|res| {
-                    !res.starts_with("dns.") && !res.starts_with("apigateway.") && res != "stack"
+                    !res.starts_with("dns.")
+                        && !res.starts_with("apigateway.")
+                        && !res.starts_with("stack")
                 });
             }
         }
@@ -352,11 +414,13 @@ mod tests {
             tenant_ou: "ou-1".into(),
             parent: "ou-1".into(),
             missing_scps: vec![],
+            missing_tags: vec![],
             record: Some("d-1.execute-api.us-east-1.amazonaws.com".into()),
             domain_target: Some("d-1.execute-api.us-east-1.amazonaws.com.".into()),
             domain_exists: true,
             mappings: 1,
             stack_status: Some("UPDATE_COMPLETE".into()),
+            baseline_status: Some("CREATE_COMPLETE".into()),
         }
     }
 
@@ -370,9 +434,11 @@ mod tests {
         let mut f = healthy();
         f.parent = "r-root".into();
         f.missing_scps = vec![("p-1".into(), "vend-deny-leave".into())];
+        f.missing_tags = vec![("vend:tenant".into(), "acme".into())];
         f.record = None;
         f.mappings = 0;
         f.stack_status = Some("UPDATE_ROLLBACK_COMPLETE".into());
+        f.baseline_status = None;
         let found = findings(&f);
         let by: Vec<(&str, &Repair)> = found
             .iter()
@@ -391,8 +457,15 @@ mod tests {
                     "ou.scp:vend-deny-leave",
                     &Repair::AttachScp { id: "p-1".into() }
                 ),
+                (
+                    "account.tags",
+                    &Repair::Tag {
+                        tags: vec![("vend:tenant".into(), "acme".into())]
+                    }
+                ),
                 ("dns.record", &Repair::Requeue("map_domain")),
                 ("apigateway.mapping", &Repair::Requeue("map_domain")),
+                ("stack.baseline", &Repair::Requeue("bootstrap_baseline")),
                 ("stack", &Repair::Requeue("deploy_stack")),
             ]
         );

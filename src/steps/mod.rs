@@ -27,6 +27,7 @@ use crate::engine::{NamedStep, Registry};
 
 pub use await_account::AwaitAccount;
 pub use bootstrap_baseline::BootstrapBaseline;
+pub use bootstrap_baseline::STACK_NAME as BASELINE_STACK;
 pub use create_account::CreateAccount;
 pub use deploy_stack::{DeployStack, STACK_NAME as TENANT_STACK};
 pub use map_domain::MapDomain;

@@ -58,8 +58,8 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     assert_eq!(report.check_due(10).await.unwrap(), 1);
     assert_eq!(open_findings(&app).await, vec![]);
 
-    // Behind vend's back: the account moved to the root, an SCP detached, the record deleted, the
-    // mapping deleted.
+    // Behind vend's back: the account moved to the root, an SCP detached, its vend:tenant tag
+    // removed and its vend:tier tag changed, the record deleted, the mapping deleted.
     let org = aws_sdk_organizations::Client::new(&sdk);
     let ou = rt.silo.management.tenant_ou_id.clone();
     let root = rt.silo.management.root_id.clone();
@@ -86,6 +86,24 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     org.detach_policy()
         .policy_id(scp.id().unwrap())
         .target_id(&ou)
+        .send()
+        .await
+        .unwrap();
+    org.untag_resource()
+        .resource_id(&account)
+        .tag_keys("vend:tenant")
+        .send()
+        .await
+        .unwrap();
+    org.tag_resource()
+        .resource_id(&account)
+        .tags(
+            aws_sdk_organizations::types::Tag::builder()
+                .key("vend:tier")
+                .value("free")
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -144,6 +162,7 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     let acme = |r: &str| ("acme".to_owned(), r.to_owned());
     let mut want = vec![
         acme("account.parent"),
+        acme("account.tags"),
         acme("apigateway.mapping"),
         acme("dns.record"),
         acme(&format!("ou.scp:{scp_name}")),
@@ -157,7 +176,7 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     .await
     .unwrap();
     assert_eq!(events.len(), 1, "one event for the check that found them");
-    assert_eq!(events[0]["findings"].as_array().unwrap().len(), 4);
+    assert_eq!(events[0]["findings"].as_array().unwrap().len(), 5);
     let o = app
         .ops(Method::GET, "/v1/drift?tenant=nobody", None)
         .await
@@ -187,6 +206,20 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(assert_contract_holds(&sdk, "acme").await, account);
+    let tags = org
+        .list_tags_for_resource()
+        .resource_id(&account)
+        .send()
+        .await
+        .unwrap();
+    let tag = |k: &str| {
+        tags.tags()
+            .iter()
+            .find(|t| t.key() == k)
+            .map(|t| t.value().to_owned())
+    };
+    assert_eq!(tag("vend:tenant").as_deref(), Some("acme"));
+    assert_eq!(tag("vend:tier").as_deref(), Some("enterprise"));
 
     // Someone points the tenant's name elsewhere: reported, and repair leaves it alone.
     let elsewhere = ResourceRecordSet::builder()
