@@ -315,11 +315,7 @@ impl DriftChecker {
             missing_scps,
             missing_tags,
             record,
-            domain_target: tenant
-                .resources
-                .get("domain_target")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
+            domain_target: tenant.known_resources().domain_target,
             domain_exists,
             mappings,
             stack_status,

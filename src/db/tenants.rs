@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{RunState, TenantState, Tier, Workflow};
+use crate::domain::{Resource, Resources, RunState, TenantState, Tier, Workflow};
 
 use super::decode;
 
@@ -26,15 +26,25 @@ pub struct Tenant {
 
 impl Tenant {
     pub fn account_id(&self) -> Option<&str> {
-        self.resources.get("account_id").and_then(Value::as_str)
+        self.resource(Resource::AccountId)
     }
 
     pub fn endpoint(&self) -> Option<&str> {
-        self.resources.get("endpoint").and_then(Value::as_str)
+        self.resource(Resource::Endpoint)
     }
 
     pub fn region(&self) -> Option<&str> {
-        self.resources.get("region").and_then(Value::as_str)
+        self.resource(Resource::Region)
+    }
+
+    /// One string entry of the tenant's resources.
+    pub fn resource(&self, r: Resource) -> Option<&str> {
+        self.resources.get(r.key()).and_then(Value::as_str)
+    }
+
+    /// The entries views show, typed.
+    pub fn known_resources(&self) -> Resources {
+        Resources::from_json(&self.resources)
     }
 
     /// The tenant as events show it.

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{StepError, TenantState, Tier};
+use super::{Resource, StepError, TenantState, Tier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum EventType {
@@ -76,10 +76,10 @@ pub struct EventTenant<'a> {
 impl<'a> EventTenant<'a> {
     /// The resource fields from a tenant's resources object.
     pub fn with_resources(mut self, resources: &'a Map<String, Value>) -> Self {
-        let get = |k: &str| resources.get(k).and_then(Value::as_str);
-        self.account_id = get("account_id");
-        self.endpoint = get("endpoint");
-        self.region = get("region");
+        let get = |r: Resource| resources.get(r.key()).and_then(Value::as_str);
+        self.account_id = get(Resource::AccountId);
+        self.endpoint = get(Resource::Endpoint);
+        self.region = get(Resource::Region);
         self
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod names;
+pub mod resources;
 pub mod retry;
 pub mod step;
 pub mod tenant;
@@ -10,6 +11,7 @@ pub mod workflow;
 
 pub use events::EventType;
 pub use names::{HistoryKind, RunState};
+pub use resources::{Resource, Resources, StackKind};
 pub use retry::{Jitter, RetryPolicy};
 pub use step::{
     Decision, ErrorClass, FailReason, StepError, StepOutcome, StepProgress, StepRules, StepState,

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::steps::Lease;
+use crate::domain::Resource;
 use crate::domain::{StepError, StepOutcome, Tier};
 
 /// One kind of step. `run` must be idempotent: it may run again after a crash at any point, so it first
@@ -108,19 +109,19 @@ impl StepContext {
     }
 
     /// A resource saved by this or an earlier step (account id, request id, stack id, ...).
-    pub fn resource(&self, key: &str) -> Option<&Value> {
-        self.resources.get(key)
+    pub fn resource(&self, key: Resource) -> Option<&Value> {
+        self.resources.get(key.key())
     }
 
-    pub fn resource_str(&self, key: &str) -> Option<&str> {
+    pub fn resource_str(&self, key: Resource) -> Option<&str> {
         self.resource(key).and_then(Value::as_str)
     }
 
     /// Records a resource to be committed together with this attempt's outcome.
-    pub fn set_resource(&mut self, key: &str, value: impl Into<Value>) {
+    pub fn set_resource(&mut self, key: Resource, value: impl Into<Value>) {
         let v = value.into();
-        self.resources.insert(key.to_owned(), v.clone());
-        self.patch.insert(key.to_owned(), v);
+        self.resources.insert(key.key().to_owned(), v.clone());
+        self.patch.insert(key.key().to_owned(), v);
     }
 
     /// Commits a resource now, before the step goes on, so a crash right after cannot lose it (an
@@ -128,9 +129,10 @@ impl StepContext {
     /// Fenced: fails if this attempt's lease was taken over.
     pub async fn save_resource(
         &mut self,
-        key: &str,
+        key: Resource,
         value: impl Into<Value>,
     ) -> Result<(), StepError> {
+        let key = key.key();
         let v = value.into();
         let mut patch = Map::new();
         patch.insert(key.to_owned(), v.clone());

@@ -32,6 +32,7 @@ pub struct TenantView {
 
 impl From<&db::tenants::Tenant> for TenantView {
     fn from(t: &db::tenants::Tenant) -> Self {
+        let r = t.known_resources();
         Self {
             slug: t.slug.clone(),
             name: t.name.clone(),
@@ -39,14 +40,10 @@ impl From<&db::tenants::Tenant> for TenantView {
             tier: t.tier,
             state: t.state,
             workflow: t.workflow.clone(),
-            account_id: t.account_id().map(str::to_owned),
-            endpoint: t.endpoint().map(str::to_owned),
-            region: t.region().map(str::to_owned),
-            stack_version: t
-                .resources
-                .get("tenant_stack_version")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            account_id: r.account_id,
+            endpoint: r.endpoint,
+            region: r.region,
+            stack_version: r.tenant_stack_version,
             created_at: t.created_at,
             updated_at: t.updated_at,
         }

@@ -17,11 +17,11 @@ use crate::domain::events;
 use crate::domain::{EventType, HistoryKind, Purpose, RunState, StepState, TenantState, Workflows};
 
 /// The resource keys an offboard writes; a restore clears them.
-pub const OFFBOARD_AFTER: &str = "offboard_after";
-const OFFBOARD_REASON: &str = "offboard_reason";
+pub const OFFBOARD_AFTER: &str = crate::domain::Resource::OffboardAfter.key();
+const OFFBOARD_REASON: &str = crate::domain::Resource::OffboardReason.key();
 /// When the lease of a provisioning step that was running at the offboard ends: teardown starts no
 /// earlier, so that step's last AWS call cannot land after it (a stack created after its deletion).
-pub const QUIESCE_UNTIL: &str = "offboard_quiesce_until";
+pub const QUIESCE_UNTIL: &str = crate::domain::Resource::OffboardQuiesceUntil.key();
 /// The step kind whose success ends the grace period: past it, things are deleted.
 pub const GRACE_KIND: &str = "grace_period";
 /// The provisioning step kind a restore re-runs to light the endpoint again.

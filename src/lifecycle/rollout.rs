@@ -14,6 +14,8 @@ use crate::db::history::NewEntry;
 use crate::db::rollouts::{Counts, Rollout};
 use crate::domain::{HistoryKind, Purpose, RunState, TenantState, Workflows};
 
+const ROLLOUT_ID: &str = crate::domain::Resource::RolloutId.key();
+
 /// What a new rollout is asked to do.
 #[derive(Debug, Clone)]
 pub struct NewRollout {
@@ -230,7 +232,7 @@ async fn start_tenant(
     db::tenants::merge_resources(
         conn,
         tenant_id,
-        &serde_json::json!({"rollout_id": r.id.to_string()}),
+        &serde_json::json!({ ROLLOUT_ID: r.id.to_string() }),
     )
     .await?;
     db::history::append(

@@ -13,7 +13,7 @@ use crate::domain::events;
 use crate::domain::{EventType, HistoryKind, Signup, TenantState, Workflow};
 
 /// The resource key of the tenant's region.
-pub const REGION: &str = "region";
+pub const REGION: &str = crate::domain::Resource::Region.key();
 
 /// How a signup ended.
 #[derive(Debug)]

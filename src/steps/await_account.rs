@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::aws::organizations::{CreateState, failure_reason};
 use crate::db;
 use crate::db::org::OrgAccount;
+use crate::domain::Resource;
 use crate::domain::{ErrorClass, StepError, StepOutcome};
 use crate::engine::{NamedStep, StepContext};
 
@@ -31,11 +32,14 @@ impl NamedStep for AwaitAccount {
 }
 
 async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
-    if let Some(account_id) = ctx.resource_str("account_id").map(str::to_owned) {
+    if let Some(account_id) = ctx.resource_str(Resource::AccountId).map(str::to_owned) {
         return finish_account(silo, ctx, &account_id).await;
     }
     // No request recorded (an earlier one failed and was cleared): start a new one.
-    let Some(request_id) = ctx.resource_str("create_request_id").map(str::to_owned) else {
+    let Some(request_id) = ctx
+        .resource_str(Resource::CreateRequestId)
+        .map(str::to_owned)
+    else {
         return match ensure_requested(silo, ctx).await? {
             Requested::Known => Ok(StepOutcome::Wait {
                 after: ctx.poll_interval,
@@ -71,8 +75,9 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         }
         CreateState::Succeeded { account_id } => {
             CREATION.finished_in(&silo.pool, ctx, r.took).await?;
-            ctx.set_resource("create_intent_at", Value::Null);
-            ctx.save_resource("account_id", account_id.clone()).await?;
+            ctx.set_resource(Resource::CreateIntentAt, Value::Null);
+            ctx.save_resource(Resource::AccountId, account_id.clone())
+                .await?;
             finish_account(silo, ctx, &account_id).await
         }
         CreateState::Failed { reason } => failed(silo, ctx, &reason).await,
@@ -84,8 +89,8 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
 /// when the request was found after an unknown outcome.
 pub(crate) const CREATION: Timed<'static> = Timed {
     kind: "create_account",
-    started_key: "create_started_at",
-    seen_key: "create_seen_in_progress_s",
+    started_key: Resource::CreateStartedAt,
+    seen_key: Resource::CreateSeenInProgressS,
 };
 
 /// The account exists: make sure it is the tenant's own (it carries `vend:tenant=<slug>`, which vend
@@ -101,15 +106,15 @@ async fn finish_account(
     // Made by vend's own request (which passed every tag) or adopted after its tag was checked: the
     // proof is in hand. Otherwise (a request found by name after an unknown outcome) look.
     let proven = ctx.resource(OWN_REQUEST) == Some(&Value::Bool(true))
-        || ctx.resource_str("account_adopted").is_some();
+        || ctx.resource_str(Resource::AccountAdopted).is_some();
     if !proven {
         let have = silo.orgs.tags_of(account_id).await?;
         if !have.iter().any(|(k, v)| k == TENANT_TAG && *v == slug) {
             for key in [
-                "account_id",
-                "create_request_id",
-                "create_intent_at",
-                "create_started_at",
+                Resource::AccountId,
+                Resource::CreateRequestId,
+                Resource::CreateIntentAt,
+                Resource::CreateStartedAt,
             ] {
                 ctx.save_resource(key, Value::Null).await?;
             }
@@ -147,13 +152,13 @@ async fn failed(
             let slug = ctx.tenant.slug.clone();
             if let Some(id) = owned_account(silo, &slug, found.into_iter().map(|a| a.id)).await? {
                 tracing::info!(account.id = %id, reason, "adopting the tenant's existing account");
-                ctx.save_resource("account_id", id.clone()).await?;
-                ctx.set_resource("account_adopted", reason);
+                ctx.save_resource(Resource::AccountId, id.clone()).await?;
+                ctx.set_resource(Resource::AccountAdopted, reason);
                 return finish_account(silo, ctx, &id).await;
             }
             if let Some(r) = silo.orgs.find_create_request(&name).await? {
                 ctx.set_resource(OWN_REQUEST, Value::Null);
-                ctx.save_resource("create_request_id", r.id).await?;
+                ctx.save_resource(Resource::CreateRequestId, r.id).await?;
                 return Ok(StepOutcome::Wait {
                     after: ctx.poll_interval,
                     note: "following the request already in progress".into(),
@@ -168,11 +173,11 @@ async fn failed(
         _ => {
             // This request is finished for good; a later attempt (or an operator's retry) starts a new one.
             release_slot(silo, ctx).await?;
-            ctx.set_resource("create_request_id", Value::Null);
+            ctx.set_resource(Resource::CreateRequestId, Value::Null);
             ctx.set_resource(OWN_REQUEST, Value::Null);
-            ctx.set_resource("create_intent_at", Value::Null);
-            ctx.set_resource("create_started_at", Value::Null);
-            ctx.set_resource("create_seen_in_progress_s", Value::Null);
+            ctx.set_resource(Resource::CreateIntentAt, Value::Null);
+            ctx.set_resource(Resource::CreateStartedAt, Value::Null);
+            ctx.set_resource(Resource::CreateSeenInProgressS, Value::Null);
             let (class, what) = failure_reason(reason);
             let e = StepError::new(
                 class,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::aws::cloudformation::{Cfn, StackSpec};
+use crate::domain::{Resource, StackKind};
 use crate::domain::{StepError, StepOutcome};
 use crate::engine::{NamedStep, StepContext};
 
@@ -30,7 +31,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
     let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
     let (template, version) = super::provisioning_template(silo, "baseline").await?;
     let spec = spec(silo, ctx, template);
-    match converge(ctx, &silo.pool, &cfn, spec, "baseline").await? {
+    match converge(ctx, &silo.pool, &cfn, spec, StackKind::Baseline).await? {
         StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
             let role = stack
@@ -43,8 +44,8 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                         "the baseline stack has no DeploymentRoleArn output",
                     )
                 })?;
-            ctx.set_resource("deployment_role_arn", role);
-            ctx.set_resource("baseline_stack_version", version);
+            ctx.set_resource(Resource::DeploymentRoleArn, role);
+            ctx.set_resource(Resource::StackVersion(StackKind::Baseline), version);
             Ok(StepOutcome::Succeeded)
         }
     }

@@ -29,6 +29,7 @@ use crate::aws::classify::outcome_unknown;
 use crate::aws::organizations::CreateState;
 use crate::db;
 use crate::db::slots::Slot;
+use crate::domain::Resource;
 use crate::domain::{ErrorClass, EventType, StepError, StepOutcome, TenantState};
 use crate::engine::{NamedStep, StepContext};
 
@@ -106,7 +107,7 @@ async fn over_budget(
         humantime::format_duration(Duration::from_secs(frees_in.as_secs())),
     );
     silo.aws.metrics().creation_budget_waits.inc();
-    if ctx.resource_str("creation_budget_reported").is_none() {
+    if ctx.resource_str(Resource::CreationBudgetReported).is_none() {
         tracing::warn!(
             budget.accounts = budget.accounts,
             "account creation budget spent; the tenant waits"
@@ -128,7 +129,7 @@ async fn over_budget(
         )
         .await
         .map_err(db_error)?;
-        ctx.save_resource("creation_budget_reported", Utc::now().to_rfc3339())
+        ctx.save_resource(Resource::CreationBudgetReported, Utc::now().to_rfc3339())
             .await?;
     }
     let mut e = StepError::new(ErrorClass::Throttled, "AccountCreationBudget", message);
@@ -154,7 +155,7 @@ pub(crate) fn still_in_flight(silo: &Silo, intent: &str) -> Option<Duration> {
 
 /// Set when the recorded request is the answer to vend's own `CreateAccount` (which passed the tags),
 /// not one found by name: its account needs no look at its tags.
-pub(crate) const OWN_REQUEST: &str = "create_request_ours";
+pub(crate) const OWN_REQUEST: Resource = Resource::CreateRequestOurs;
 
 /// The tag that proves an account is vend's for a tenant.
 pub(crate) const TENANT_TAG: &str = "vend:tenant";
@@ -208,8 +209,8 @@ async fn adopt(ctx: &mut StepContext, account_id: &str, how: &str) -> Result<(),
         how,
         "adopting the tenant's existing account"
     );
-    ctx.save_resource("account_id", account_id).await?;
-    ctx.set_resource("account_adopted", how);
+    ctx.save_resource(Resource::AccountId, account_id).await?;
+    ctx.set_resource(Resource::AccountAdopted, how);
     Ok(())
 }
 
@@ -217,7 +218,9 @@ pub(crate) async fn ensure_requested(
     silo: &Silo,
     ctx: &mut StepContext,
 ) -> Result<Requested, StepError> {
-    if ctx.resource_str("account_id").is_some() || ctx.resource_str("create_request_id").is_some() {
+    if ctx.resource_str(Resource::AccountId).is_some()
+        || ctx.resource_str(Resource::CreateRequestId).is_some()
+    {
         return Ok(Requested::Known);
     }
     let slug = ctx.tenant.slug.clone();
@@ -232,7 +235,10 @@ pub(crate) async fn ensure_requested(
         return Ok(Requested::Known);
     }
 
-    if let Some(intent) = ctx.resource_str("create_intent_at").map(str::to_owned) {
+    if let Some(intent) = ctx
+        .resource_str(Resource::CreateIntentAt)
+        .map(str::to_owned)
+    {
         let found = silo.orgs.find_accounts(&email, &name).await?;
         if let Some(id) = owned_account(silo, &slug, found.into_iter().map(|a| a.id)).await? {
             adopt(ctx, &id, "found after an unknown outcome").await?;
@@ -241,10 +247,12 @@ pub(crate) async fn ensure_requested(
         if let Some(r) = silo.orgs.find_create_request(&name).await? {
             tracing::info!(request.id = %r.id, "found the tenant's CreateAccount request after an unknown outcome");
             ctx.set_resource(OWN_REQUEST, Value::Null);
-            ctx.set_resource("create_started_at", intent.as_str());
-            ctx.save_resource("create_request_id", r.id.clone()).await?;
+            ctx.set_resource(Resource::CreateStartedAt, intent.as_str());
+            ctx.save_resource(Resource::CreateRequestId, r.id.clone())
+                .await?;
             if let CreateState::Succeeded { account_id } = &r.state {
-                ctx.save_resource("account_id", account_id.clone()).await?;
+                ctx.save_resource(Resource::AccountId, account_id.clone())
+                    .await?;
             }
             return Ok(Requested::Known);
         }
@@ -273,21 +281,23 @@ pub(crate) async fn ensure_requested(
         Slot::Full => return Ok(Requested::NoSlot),
         Slot::OverBudget(frees_in) => return Err(over_budget(silo, ctx, frees_in).await?),
     }
-    ctx.set_resource("create_seen_in_progress_s", Value::Null);
-    ctx.set_resource("create_started_at", Value::Null);
-    ctx.save_resource("create_intent_at", Utc::now().to_rfc3339())
+    ctx.set_resource(Resource::CreateSeenInProgressS, Value::Null);
+    ctx.set_resource(Resource::CreateStartedAt, Value::Null);
+    ctx.save_resource(Resource::CreateIntentAt, Utc::now().to_rfc3339())
         .await?;
-    ctx.set_resource("account_email", email.clone());
-    ctx.set_resource("account_name", name.clone());
+    ctx.set_resource(Resource::AccountEmail, email.clone());
+    ctx.set_resource(Resource::AccountName, name.clone());
     let tags = silo.account_tags(&slug, ctx.tenant.tier.as_str());
     match silo.orgs.create_account(&email, &name, &tags).await {
         Ok(r) => {
             // The account this request makes carries vend's tags from the start: no need to look.
             ctx.set_resource(OWN_REQUEST, true);
-            ctx.set_resource("create_started_at", Utc::now().to_rfc3339());
-            ctx.save_resource("create_request_id", r.id.clone()).await?;
+            ctx.set_resource(Resource::CreateStartedAt, Utc::now().to_rfc3339());
+            ctx.save_resource(Resource::CreateRequestId, r.id.clone())
+                .await?;
             if let CreateState::Succeeded { account_id } = &r.state {
-                ctx.save_resource("account_id", account_id.clone()).await?;
+                ctx.save_resource(Resource::AccountId, account_id.clone())
+                    .await?;
             }
             tracing::info!(request.id = %r.id, "CreateAccount requested");
             Ok(Requested::Known)
@@ -295,7 +305,7 @@ pub(crate) async fn ensure_requested(
         Err(e) if !outcome_unknown(&e) => {
             // AWS answered no: nothing was created, so the next attempt need not search, and the slot
             // goes to the next tenant.
-            ctx.set_resource("create_intent_at", Value::Null);
+            ctx.set_resource(Resource::CreateIntentAt, Value::Null);
             release_slot(silo, ctx).await?;
             Err(e.into())
         }

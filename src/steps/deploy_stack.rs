@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::aws::cloudformation::{Cfn, StackSpec};
+use crate::domain::{Resource, StackKind};
 use crate::domain::{StepError, StepOutcome};
 use crate::engine::{NamedStep, StepContext};
 
@@ -28,7 +29,7 @@ impl NamedStep for DeployStack {
 async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let account = account_id(ctx)?;
     let role = ctx
-        .resource_str("deployment_role_arn")
+        .resource_str(Resource::DeploymentRoleArn)
         .map(str::to_owned)
         .ok_or_else(|| {
             StepError::permanent(
@@ -39,7 +40,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
     let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
     let (template, version) = super::provisioning_template(silo, "tenant").await?;
     let spec = spec(ctx, role, template);
-    match converge(ctx, &silo.pool, &cfn, spec, "tenant").await? {
+    match converge(ctx, &silo.pool, &cfn, spec, StackKind::Tenant).await? {
         StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(stack) => {
             let output = |k: &str| {
@@ -50,9 +51,9 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                     )
                 })
             };
-            ctx.set_resource("api_id", output("ApiId")?);
-            ctx.set_resource("api_stage", output("StageName")?);
-            ctx.set_resource("tenant_stack_version", version);
+            ctx.set_resource(Resource::ApiId, output("ApiId")?);
+            ctx.set_resource(Resource::ApiStage, output("StageName")?);
+            ctx.set_resource(Resource::StackVersion(StackKind::Tenant), version);
             Ok(StepOutcome::Succeeded)
         }
     }

@@ -16,6 +16,7 @@ use crate::aws::acm::{Acm, CertState};
 use crate::aws::apigateway::ApiGateway;
 use crate::aws::route53::{ChangeAction, RECORD_EXISTS};
 use crate::config::Certificates;
+use crate::domain::Resource;
 use crate::domain::{StepError, StepOutcome};
 use crate::engine::{NamedStep, StepContext};
 
@@ -27,8 +28,8 @@ pub struct MapDomain(pub Arc<Silo>);
 /// How a certificate's validation is timed: from its request to ACM's `ISSUED`.
 const CERTIFICATE: Timed<'static> = Timed {
     kind: "certificate",
-    started_key: "certificate_requested_at",
-    seen_key: "certificate_seen_pending_s",
+    started_key: Resource::CertificateRequestedAt,
+    seen_key: Resource::CertificateSeenPendingS,
 };
 
 #[async_trait]
@@ -48,11 +49,11 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         )
     };
     let api_id = ctx
-        .resource_str("api_id")
+        .resource_str(Resource::ApiId)
         .map(str::to_owned)
         .ok_or_else(|| missing("api_id"))?;
     let stage = ctx
-        .resource_str("api_stage")
+        .resource_str(Resource::ApiStage)
         .map(str::to_owned)
         .ok_or_else(|| missing("api_stage"))?;
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
@@ -85,9 +86,10 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         }
     };
     // The target this tenant's record was pointed at before (a domain since recreated has a new one).
-    let previous = ctx.resource_str("domain_target").map(str::to_owned);
-    ctx.save_resource("domain_name", domain.clone()).await?;
-    ctx.save_resource("domain_target", target.regional_domain_name.clone())
+    let previous = ctx.resource_str(Resource::DomainTarget).map(str::to_owned);
+    ctx.save_resource(Resource::DomainName, domain.clone())
+        .await?;
+    ctx.save_resource(Resource::DomainTarget, target.regional_domain_name.clone())
         .await?;
 
     apigw.ensure_root_mapping(&domain, &api_id, &stage).await?;
@@ -134,7 +136,7 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
             Err(e) => return Err(e.into()),
         }
     }
-    ctx.set_resource("endpoint", format!("https://{domain}"));
+    ctx.set_resource(Resource::Endpoint, format!("https://{domain}"));
     Ok(StepOutcome::Succeeded)
 }
 
@@ -187,7 +189,9 @@ async fn issued_certificate(
     domain: &str,
 ) -> Result<Result<String, String>, StepError> {
     let acm = Acm::new(aws);
-    let recorded = ctx.resource_str("certificate_arn").map(str::to_owned);
+    let recorded = ctx
+        .resource_str(Resource::CertificateArn)
+        .map(str::to_owned);
     let known = match &recorded {
         // Gone if a person deleted it (to replace a failed one): then another one is found or requested.
         Some(arn) => acm.state(arn).await?.map(|state| (arn.clone(), state)),
@@ -214,7 +218,8 @@ async fn issued_certificate(
                     format!("ACM does not show the certificate {arn} it just returned yet"),
                 )
             })?;
-            ctx.save_resource("certificate_arn", arn.clone()).await?;
+            ctx.save_resource(Resource::CertificateArn, arn.clone())
+                .await?;
             (arn, state)
         }
     };

@@ -22,6 +22,7 @@ use crate::aws::organizations::Organizations;
 use crate::aws::route53::Route53;
 use crate::config::AwsSettings;
 use crate::db;
+use crate::domain::Resource;
 use crate::domain::StepError;
 use crate::engine::{NamedStep, Registry};
 
@@ -162,7 +163,7 @@ pub(crate) async fn in_tenant_region(
         silo,
         account,
         &ctx.tenant.slug,
-        ctx.resource_str(crate::lifecycle::signup::REGION),
+        ctx.resource_str(Resource::Region),
     )
     .await?)
 }
@@ -183,7 +184,7 @@ pub(crate) async fn tenant_region_aws(
 
 /// The tenant's account id, which every step after `await_account` needs.
 pub(crate) fn account_id(ctx: &crate::engine::StepContext) -> Result<String, StepError> {
-    ctx.resource_str("account_id")
+    ctx.resource_str(Resource::AccountId)
         .map(str::to_owned)
         .ok_or_else(|| {
             StepError::permanent(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::domain::Resource;
 use crate::domain::{StepError, StepOutcome};
 use crate::engine::{NamedStep, StepContext};
 
@@ -38,6 +39,6 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         silo.orgs.move_account(&account, &parent, ou).await?;
         tracing::info!(account.id = %account, from = %parent, to = %ou, "moved the account into the tenant OU");
     }
-    ctx.set_resource("ou_id", ou.clone());
+    ctx.set_resource(Resource::OuId, ou.clone());
     Ok(StepOutcome::Succeeded)
 }

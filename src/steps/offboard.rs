@@ -16,9 +16,9 @@ use crate::aws::cloudformation::Cfn;
 use crate::aws::organizations::CreateState;
 use crate::db;
 use crate::db::closures::Closure;
+use crate::domain::Resource;
 use crate::domain::{ErrorClass, StepError, StepOutcome};
 use crate::engine::{NamedStep, StepContext};
-use crate::lifecycle::offboard::{OFFBOARD_AFTER, QUIESCE_UNTIL};
 
 use super::Silo;
 use super::create_account::{TENANT_TAG, owned_account, release_slot, still_in_flight};
@@ -58,7 +58,7 @@ impl NamedStep for DarkenEndpoint {
 }
 
 async fn darken(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
-    if let Some(left) = time_until(ctx.resource_str(QUIESCE_UNTIL)) {
+    if let Some(left) = time_until(ctx.resource_str(Resource::OffboardQuiesceUntil)) {
         return Ok(StepOutcome::Wait {
             after: left,
             note: "waiting for the interrupted provisioning step's lease to end".into(),
@@ -66,8 +66,8 @@ async fn darken(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepE
     }
     remove_record(silo, ctx).await?;
     let (Some(account), Some(domain)) = (
-        ctx.resource_str("account_id").map(str::to_owned),
-        ctx.resource_str("domain_name").map(str::to_owned),
+        ctx.resource_str(Resource::AccountId).map(str::to_owned),
+        ctx.resource_str(Resource::DomainName).map(str::to_owned),
     ) else {
         return Ok(StepOutcome::Succeeded);
     };
@@ -79,7 +79,7 @@ async fn darken(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepE
 /// Deletes the tenant's record from the central zone if it points at the tenant's own domain target;
 /// a record pointing elsewhere is someone else's and stays.
 async fn remove_record(silo: &Silo, ctx: &StepContext) -> Result<(), StepError> {
-    let Some(target) = ctx.resource_str("domain_target").map(str::to_owned) else {
+    let Some(target) = ctx.resource_str(Resource::DomainTarget).map(str::to_owned) else {
         return Ok(());
     };
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
@@ -104,7 +104,7 @@ pub struct GracePeriod;
 impl NamedStep for GracePeriod {
     const KIND: &'static str = "grace_period";
     async fn attempt(&self, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
-        let until = ctx.resource_str(OFFBOARD_AFTER).map(str::to_owned);
+        let until = ctx.resource_str(Resource::OffboardAfter).map(str::to_owned);
         Ok(match time_until(until.as_deref()) {
             Some(left) => StepOutcome::Wait {
                 after: left,
@@ -133,13 +133,13 @@ impl NamedStep for UnmapDomain {
 async fn unmap(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let domain = silo.settings.tenant_domain(&ctx.tenant.slug);
     remove_record(silo, ctx).await?;
-    if let Some(account) = ctx.resource_str("account_id").map(str::to_owned) {
+    if let Some(account) = ctx.resource_str(Resource::AccountId).map(str::to_owned) {
         let aws = super::in_tenant_region(silo, ctx, &account).await?;
         let apigw = ApiGateway::new(&aws);
         apigw.delete_root_mapping(&domain).await?;
         apigw.delete_domain(&domain).await?;
     }
-    ctx.set_resource("endpoint", Value::Null);
+    ctx.set_resource(Resource::Endpoint, Value::Null);
     Ok(StepOutcome::Succeeded)
 }
 
@@ -155,7 +155,7 @@ impl NamedStep for DeleteStack {
 }
 
 async fn delete_stack(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
-    let Some(account) = ctx.resource_str("account_id").map(str::to_owned) else {
+    let Some(account) = ctx.resource_str(Resource::AccountId).map(str::to_owned) else {
         return Ok(StepOutcome::Succeeded);
     };
     let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
@@ -223,23 +223,30 @@ enum Found {
 }
 
 async fn tenant_account(silo: &Silo, ctx: &mut StepContext) -> Result<Found, StepError> {
-    if let Some(id) = ctx.resource_str("account_id") {
+    if let Some(id) = ctx.resource_str(Resource::AccountId) {
         return Ok(Found::Account(id.to_owned()));
     }
-    if let Some(request) = ctx.resource_str("create_request_id").map(str::to_owned) {
+    if let Some(request) = ctx
+        .resource_str(Resource::CreateRequestId)
+        .map(str::to_owned)
+    {
         return match silo.orgs.describe_create_request(&request).await?.state {
             CreateState::InProgress => Ok(Found::Pending(
                 ctx.poll_interval,
                 "the tenant's CreateAccount is still in progress".into(),
             )),
             CreateState::Succeeded { account_id } => {
-                ctx.save_resource("account_id", account_id.clone()).await?;
+                ctx.save_resource(Resource::AccountId, account_id.clone())
+                    .await?;
                 Ok(Found::Account(account_id))
             }
             CreateState::Failed { .. } => Ok(Found::Nothing),
         };
     }
-    if let Some(intent) = ctx.resource_str("create_intent_at").map(str::to_owned) {
+    if let Some(intent) = ctx
+        .resource_str(Resource::CreateIntentAt)
+        .map(str::to_owned)
+    {
         // Provisioning was cut off around its CreateAccount call: find what it made, by vend's tag.
         let slug = ctx.tenant.slug.clone();
         let (email, name) = (
@@ -248,11 +255,11 @@ async fn tenant_account(silo: &Silo, ctx: &mut StepContext) -> Result<Found, Ste
         );
         let found = silo.orgs.find_accounts(&email, &name).await?;
         if let Some(id) = owned_account(silo, &slug, found.into_iter().map(|a| a.id)).await? {
-            ctx.save_resource("account_id", id.clone()).await?;
+            ctx.save_resource(Resource::AccountId, id.clone()).await?;
             return Ok(Found::Account(id));
         }
         if let Some(r) = silo.orgs.find_create_request(&name).await? {
-            ctx.save_resource("create_request_id", r.id).await?;
+            ctx.save_resource(Resource::CreateRequestId, r.id).await?;
             return Ok(Found::Pending(
                 Duration::ZERO,
                 "found the tenant's CreateAccount request".into(),

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::aws::cloudformation::Cfn;
 use crate::db;
+use crate::domain::{Resource, StackKind};
 use crate::domain::{StepError, StepOutcome};
 use crate::engine::{NamedStep, StepContext};
 
@@ -27,7 +28,7 @@ impl NamedStep for UpdateStack {
 async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepError> {
     let account = account_id(ctx)?;
     let rollout = ctx
-        .resource_str("rollout_id")
+        .resource_str(Resource::RolloutId)
         .and_then(|r| uuid::Uuid::parse_str(r).ok())
         .ok_or_else(|| StepError::permanent("NoRollout", "no rollout recorded for the tenant"))?;
     let (stack, template, version) = db::rollouts::template(&silo.pool, rollout)
@@ -36,36 +37,44 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         .ok_or_else(|| {
             StepError::permanent("NoRollout", format!("rollout {rollout} does not exist"))
         })?;
-    let progress = if stack == "baseline" {
+    let kind = if stack == "baseline" {
+        StackKind::Baseline
+    } else {
+        StackKind::Tenant
+    };
+    let progress = if kind == StackKind::Baseline {
         let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
         let spec = super::bootstrap_baseline::spec(silo, ctx, template);
-        converge(ctx, &silo.pool, &cfn, spec, "baseline").await?
+        converge(ctx, &silo.pool, &cfn, spec, StackKind::Baseline).await?
     } else {
         let role = ctx
-            .resource_str("deployment_role_arn")
+            .resource_str(Resource::DeploymentRoleArn)
             .map(str::to_owned)
             .ok_or_else(|| {
                 StepError::permanent("NoDeploymentRole", "no deployment role recorded")
             })?;
         let cfn = Cfn::new(&super::in_tenant_region(silo, ctx, &account).await?);
         let spec = super::deploy_stack::spec(ctx, role, template);
-        converge(ctx, &silo.pool, &cfn, spec, "tenant").await?
+        converge(ctx, &silo.pool, &cfn, spec, StackKind::Tenant).await?
     };
     match progress {
         StackProgress::InProgress { note, after } => Ok(StepOutcome::Wait { after, note }),
         StackProgress::Ready(ready) => {
-            if stack == "baseline" {
+            if kind == StackKind::Baseline {
                 if let Some(role) = ready.outputs.get("DeploymentRoleArn") {
-                    ctx.set_resource("deployment_role_arn", role.clone());
+                    ctx.set_resource(Resource::DeploymentRoleArn, role.clone());
                 }
             } else {
-                for (k, key) in [("ApiId", "api_id"), ("StageName", "api_stage")] {
+                for (k, key) in [
+                    ("ApiId", Resource::ApiId),
+                    ("StageName", Resource::ApiStage),
+                ] {
                     if let Some(v) = ready.outputs.get(k) {
                         ctx.set_resource(key, v.clone());
                     }
                 }
             }
-            ctx.set_resource(&format!("{stack}_stack_version"), version);
+            ctx.set_resource(Resource::StackVersion(kind), version);
             Ok(StepOutcome::Succeeded)
         }
     }

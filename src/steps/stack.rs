@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::aws::cloudformation::{Cfn, StackInfo, StackSpec};
+use crate::domain::{Resource, StackKind};
 use crate::domain::{StepError, waits};
 use crate::engine::StepContext;
 
@@ -115,49 +116,45 @@ async fn through_change_set(
     }
 }
 
-/// Drives the stack `spec` one step towards its template. `key` names it in the tenant's resources
-/// (`<key>_stack_id`, `<key>_failed`, and `<key>_op_*` timing the change in progress). How long a
-/// change takes is learned (`stack:<key>`), and the looks at it are timed by that.
+/// Drives the stack `spec` one step towards its template. `stack` names its entries in the tenant's
+/// resources (its id, the failure seen, and the timing of the change in progress). How long a change
+/// takes is learned (`stack:<kind>`), and the looks at it are timed by that.
 pub async fn converge(
     ctx: &mut StepContext,
     pool: &PgPool,
     cfn: &Cfn,
     mut spec: StackSpec,
-    key: &str,
+    stack_kind: StackKind,
 ) -> Result<StackProgress, StepError> {
-    let (kind, started_key, seen_key) = (
-        format!("stack:{key}"),
-        format!("{key}_op_started_at"),
-        format!("{key}_op_seen_s"),
-    );
+    let kind = format!("stack:{}", stack_kind.as_str());
     let timer = Timed {
         kind: &kind,
-        started_key: &started_key,
-        seen_key: &seen_key,
+        started_key: Resource::StackOpStartedAt(stack_kind),
+        seen_key: Resource::StackOpSeenS(stack_kind),
     };
     let hash = spec_hash(&spec);
     spec.tags.push((HASH_TAG.into(), hash.clone()));
     // The same token for the same (stack, content): a repeated call after a crash is a no-op at AWS.
     let token = format!("vend-{}-{}", spec.name, &hash[..16]);
-    let failed_key = format!("{key}_failed");
-    let id_key = format!("{key}_stack_id");
+    let failed_key = Resource::StackFailed(stack_kind);
+    let id_key = Resource::StackId(stack_kind);
 
     let Some(stack) = cfn.describe(&spec.name).await? else {
         cfn.create(&spec, &token).await?;
         if let Some(s) = cfn.describe(&spec.name).await? {
-            ctx.save_resource(&id_key, s.stack_id).await?;
+            ctx.save_resource(id_key, s.stack_id).await?;
         }
         return started(ctx, &timer, pool, "CREATE_IN_PROGRESS").await;
     };
-    if ctx.resource_str(&id_key) != Some(stack.stack_id.as_str()) {
-        ctx.set_resource(&id_key, stack.stack_id.clone());
+    if ctx.resource_str(id_key) != Some(stack.stack_id.as_str()) {
+        ctx.set_resource(id_key, stack.stack_id.clone());
     }
     let status = stack.status.as_str();
     // This stack's failure was seen and reported before: an operator has asked to try again. By the
     // stack, not its exact status: a failed creation may be reported at CREATE_FAILED and read again at
     // ROLLBACK_COMPLETE once the emulator (or AWS) has finished rolling back.
     let retrying = ctx
-        .resource_str(&failed_key)
+        .resource_str(failed_key)
         .is_some_and(|v| v.starts_with(&format!("{}:", stack.stack_id)));
     match status {
         s if s.ends_with("_IN_PROGRESS") => {
@@ -176,14 +173,14 @@ pub async fn converge(
                 return Ok(progress);
             }
             timer.finished(pool, ctx).await?;
-            ctx.set_resource(&failed_key, serde_json::Value::Null);
+            ctx.set_resource(failed_key, serde_json::Value::Null);
             Ok(StackProgress::Ready(stack))
         }
         // A failed creation leaves a stack that can only be deleted. Report it once; when the operator
         // retries, delete it so the next pass creates it afresh.
         "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" | "CREATE_FAILED" if retrying => {
             cfn.delete(&spec.name, &format!("{token}-delete")).await?;
-            ctx.set_resource(&failed_key, serde_json::Value::Null);
+            ctx.set_resource(failed_key, serde_json::Value::Null);
             Ok(StackProgress::InProgress {
                 note: "DELETE_IN_PROGRESS".into(),
                 after: ctx.poll_interval,
@@ -197,11 +194,11 @@ pub async fn converge(
                     Ok(StackProgress::InProgress { note, after })
                 }
                 Some(progress) => {
-                    ctx.set_resource(&failed_key, serde_json::Value::Null);
+                    ctx.set_resource(failed_key, serde_json::Value::Null);
                     Ok(progress)
                 }
                 None => {
-                    ctx.set_resource(&failed_key, serde_json::Value::Null);
+                    ctx.set_resource(failed_key, serde_json::Value::Null);
                     Ok(StackProgress::Ready(stack))
                 }
             }
@@ -220,7 +217,7 @@ pub async fn converge(
                 .flatten()
                 .or(stack.reason.clone())
                 .unwrap_or_else(|| "no reason given".into());
-            ctx.set_resource(&failed_key, format!("{}:{status}", stack.stack_id));
+            ctx.set_resource(failed_key, format!("{}:{status}", stack.stack_id));
             Err(StepError::permanent(
                 "StackFailed",
                 format!(

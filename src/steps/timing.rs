@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::db;
+use crate::domain::Resource;
 use crate::domain::{StepError, waits};
 use crate::engine::StepContext;
 
@@ -20,9 +21,9 @@ pub(crate) struct Timed<'a> {
     /// e.g. `create_account`, `stack:tenant`.
     pub kind: &'a str,
     /// RFC 3339 start of the operation in progress.
-    pub started_key: &'a str,
+    pub started_key: Resource,
     /// Seconds after its start that it was last seen unfinished.
-    pub seen_key: &'a str,
+    pub seen_key: Resource,
 }
 
 fn db_error(e: sqlx::Error) -> StepError {

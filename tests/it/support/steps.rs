@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
+use vend::domain::Resource;
 use vend::domain::{StepError, StepOutcome};
 use vend::engine::{Registry, Step, StepContext};
 
@@ -41,7 +42,8 @@ pub struct Succeed(pub Calls);
 impl Step for Succeed {
     async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
         self.0.hit(&ctx.tenant.slug);
-        ctx.set_resource(&format!("{}_done", ctx.step), true);
+        let key = String::leak(format!("{}_done", ctx.step));
+        ctx.set_resource(Resource::Named(key), true);
         StepOutcome::Succeeded
     }
 }
@@ -100,7 +102,9 @@ pub struct Hang {
 impl Step for Hang {
     async fn run(&self, ctx: &mut StepContext) -> StepOutcome {
         if self.calls.hit(&ctx.tenant.slug) == 0 {
-            ctx.save_resource("hang_started", true).await.ok();
+            ctx.save_resource(Resource::Named("hang_started"), true)
+                .await
+                .ok();
             self.entered.notify_one();
             self.release.notified().await;
         }
