@@ -65,8 +65,7 @@ pub(crate) async fn assert_contract_holds(sdk: &SdkConfig, slug: &str) -> String
     let accounts = accounts_of(sdk, slug).await;
     assert_eq!(accounts.len(), 1, "{slug} has {} accounts", accounts.len());
     let account = accounts[0].clone();
-    let parents = org.list_parents().child_id(&account).send().await.unwrap();
-    let parent = parents.parents()[0].id().unwrap().to_owned();
+    let parent = moto::parent_of(&org, &account).await;
     let ou = org
         .describe_organizational_unit()
         .organizational_unit_id(&parent)
@@ -135,18 +134,9 @@ pub(crate) async fn assert_contract_holds(sdk: &SdkConfig, slug: &str) -> String
         boundary.ends_with(":policy/vend-tenant-boundary"),
         "{slug}: the tenant stack's role has no boundary ({boundary:?})"
     );
-    let cfn = aws_sdk_cloudformation::Client::new(&inside);
-    let stacks = cfn
-        .describe_stacks()
-        .stack_name("vend-tenant")
-        .send()
+    let status = moto::stack_status(&inside, "vend-tenant")
         .await
-        .unwrap();
-    let status = stacks.stacks()[0]
-        .stack_status()
-        .unwrap()
-        .as_str()
-        .to_owned();
+        .expect("the tenant stack");
     assert!(
         status.ends_with("_COMPLETE") && !status.contains("ROLLBACK"),
         "tenant stack is {status}"
@@ -162,39 +152,20 @@ pub(crate) async fn assert_contract_holds(sdk: &SdkConfig, slug: &str) -> String
         .await
         .unwrap();
     let target = d.regional_domain_name().unwrap().to_owned();
-    let mappings = apigw
-        .get_base_path_mappings()
-        .domain_name(&domain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(mappings.items().len(), 1);
-    let api = mappings.items()[0].rest_api_id().unwrap();
+    let apis = moto::mapped_apis(&inside, &domain).await;
+    assert_eq!(apis.len(), 1);
     assert!(
-        apigw.get_rest_api().rest_api_id(api).send().await.is_ok(),
+        apigw
+            .get_rest_api()
+            .rest_api_id(&apis[0])
+            .send()
+            .await
+            .is_ok(),
         "mapping points at a missing API"
     );
 
     // The record in the central zone points at the domain's regional target.
-    let r53 = aws_sdk_route53::Client::new(sdk);
-    let zone = r53
-        .list_hosted_zones_by_name()
-        .dns_name(BASE_DOMAIN)
-        .send()
-        .await
-        .unwrap();
-    let zone_id = zone.hosted_zones()[0].id().to_owned();
-    let records = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(&zone_id)
-        .send()
-        .await
-        .unwrap();
-    let matching: Vec<_> = records
-        .resource_record_sets()
-        .iter()
-        .filter(|r| r.name() == format!("{domain}."))
-        .collect();
+    let matching = moto::records_named(sdk, &domain).await;
     assert_eq!(matching.len(), 1, "{domain} should have exactly one record");
     assert_eq!(
         matching[0]
@@ -237,24 +208,6 @@ async fn count_domains_and_stacks(sdk: &SdkConfig, account: &str) -> (usize, usi
         .items()
         .len();
     (domains, stacks, apis)
-}
-
-async fn total_records(sdk: &SdkConfig) -> usize {
-    let r53 = aws_sdk_route53::Client::new(sdk);
-    let zone = r53
-        .list_hosted_zones_by_name()
-        .dns_name(BASE_DOMAIN)
-        .send()
-        .await
-        .unwrap();
-    let id = zone.hosted_zones()[0].id().to_owned();
-    r53.list_resource_record_sets()
-        .hosted_zone_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .resource_record_sets()
-        .len()
 }
 
 #[tokio::test]
@@ -463,10 +416,10 @@ async fn per_account_certificates_are_validated_in_the_zone_waited_for_and_never
     );
 
     // And a rerun with everything in place touches nothing.
-    let records = total_records(&sdk).await;
+    let records = moto::record_count(&sdk).await;
     requeue_map_domain(&app).await;
     assert_eq!(moto::certificates_in(&inside, &domain).await.len(), 1);
-    assert_eq!(total_records(&sdk).await, records);
+    assert_eq!(moto::record_count(&sdk).await, records);
 
     // A person replaces the certificate (deletes it and the domain, requests one by hand): vend adopts
     // that one rather than requesting its own.
@@ -526,7 +479,7 @@ async fn running_every_step_again_changes_nothing_in_aws() {
     let account = assert_contract_holds(&sdk, "acme").await;
     let before = (
         count_domains_and_stacks(&sdk, &account).await,
-        total_records(&sdk).await,
+        moto::record_count(&sdk).await,
     );
 
     // Requeue from each step in turn: that step and every later one run again on a tenant whose AWS
@@ -541,7 +494,7 @@ async fn running_every_step_again_changes_nothing_in_aws() {
         );
         let after = (
             count_domains_and_stacks(&sdk, &account).await,
-            total_records(&sdk).await,
+            moto::record_count(&sdk).await,
         );
         assert_eq!(
             after, before,
@@ -646,16 +599,7 @@ async fn account_state(
         .iter()
         .map(|t| (t.key().to_owned(), t.value().to_owned()))
         .collect();
-    let parent = org
-        .list_parents()
-        .child_id(id)
-        .send()
-        .await
-        .unwrap()
-        .parents()[0]
-        .id()
-        .unwrap()
-        .to_owned();
+    let parent = moto::parent_of(org, id).await;
     (tags, parent)
 }
 
@@ -1171,18 +1115,7 @@ async fn a_record_someone_else_made_for_the_tenants_name_is_left_unchanged() {
         .send()
         .await
         .unwrap();
-    let records = || async {
-        r53.list_resource_record_sets()
-            .hosted_zone_id(&zone)
-            .send()
-            .await
-            .unwrap()
-            .resource_record_sets()
-            .iter()
-            .filter(|r| r.name() == name)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let records = || moto::records_named(&sdk, &name);
     let before = records().await;
 
     let (app, _rt) = spawn_silo(&moto.url, |_| {}, None).await;

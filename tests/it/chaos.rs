@@ -264,14 +264,8 @@ async fn a_foreign_account_refused_by_aws_as_a_duplicate_fails_the_tenant_untouc
         .await
         .unwrap();
     assert!(tags.tags().is_empty(), "the foreign account was tagged");
-    let parent = moto_org
-        .list_parents()
-        .child_id(&pre_id)
-        .send()
-        .await
-        .unwrap();
     assert!(
-        parent.parents()[0].id().unwrap().starts_with("r-"),
+        moto::parent_of(&moto_org, &pre_id).await.starts_with("r-"),
         "the foreign account was moved"
     );
 }

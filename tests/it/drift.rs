@@ -119,17 +119,7 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     let r53 = aws_sdk_route53::Client::new(&sdk);
     let zone = moto::base_zone_id(&r53).await;
     let domain = format!("acme.{BASE_DOMAIN}");
-    let record = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(&zone)
-        .send()
-        .await
-        .unwrap()
-        .resource_record_sets()
-        .iter()
-        .find(|r| r.name() == format!("{domain}."))
-        .unwrap()
-        .clone();
+    let record = moto::records_named(&sdk, &domain).await.remove(0);
     let target = record.alias_target().unwrap().clone();
     r53.change_resource_record_sets()
         .hosted_zone_id(&zone)

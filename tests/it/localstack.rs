@@ -193,17 +193,10 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
         .unwrap();
     assert_eq!(m.items().len(), 1);
     assert_eq!(m.items()[0].rest_api_id(), Some(api.as_str()));
-    let r53 = aws_sdk_route53::Client::new(&sdk);
-    let zone = crate::support::moto::base_zone_id(&r53).await;
-    let records = |r53: aws_sdk_route53::Client, zone: String, domain: String| async move {
-        r53.list_resource_record_sets()
-            .hosted_zone_id(zone)
-            .send()
+    let records = || async {
+        crate::support::moto::records_named(&sdk, &domain)
             .await
-            .unwrap()
-            .resource_record_sets()
             .iter()
-            .filter(|r| r.name() == format!("{domain}."))
             .map(|r| {
                 r.alias_target()
                     .map(|a| a.dns_name().to_owned())
@@ -212,7 +205,7 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
             })
             .collect::<Vec<_>>()
     };
-    let before = records(r53.clone(), zone.clone(), domain.clone()).await;
+    let before = records().await;
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].trim_end_matches('.'), target);
     assert_eq!(t["endpoint"], format!("https://{domain}"));
@@ -250,7 +243,7 @@ async fn baseline_domain_and_assumed_roles_work_against_localstack() {
             .len(),
         1
     );
-    assert_eq!(records(r53, zone, domain).await, before);
+    assert_eq!(records().await, before);
     let stacks = cfn.list_stacks().send().await.unwrap();
     assert_eq!(
         stacks

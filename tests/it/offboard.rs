@@ -28,45 +28,18 @@ pub(crate) struct Remains {
 
 pub(crate) async fn remains(sdk: &SdkConfig, slug: &str, account: &str) -> Remains {
     let domain = format!("{slug}.{BASE_DOMAIN}");
-    let r53 = aws_sdk_route53::Client::new(sdk);
-    let zone = moto::base_zone_id(&r53).await;
-    let record = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(&zone)
-        .send()
-        .await
-        .unwrap()
-        .resource_record_sets()
-        .iter()
-        .any(|r| r.name() == format!("{domain}."));
+    let record = !moto::records_named(sdk, &domain).await.is_empty();
     let inside = moto::sdk_in(sdk, account).await;
-    let apigw = aws_sdk_apigateway::Client::new(&inside);
-    let has_domain = apigw
+    let has_domain = aws_sdk_apigateway::Client::new(&inside)
         .get_domain_name()
         .domain_name(&domain)
         .send()
         .await
         .is_ok();
-    let mapping = has_domain
-        && apigw
-            .get_base_path_mappings()
-            .domain_name(&domain)
-            .send()
-            .await
-            .map(|m| !m.items().is_empty())
-            .unwrap_or(false);
-    let stack = aws_sdk_cloudformation::Client::new(&inside)
-        .describe_stacks()
-        .stack_name("vend-tenant")
-        .send()
+    let mapping = !moto::mapped_apis(&inside, &domain).await.is_empty();
+    let stack = moto::stack_status(&inside, "vend-tenant")
         .await
-        .map(|s| {
-            s.stacks().iter().any(|s| {
-                s.stack_status()
-                    .is_some_and(|x| x.as_str() != "DELETE_COMPLETE")
-            })
-        })
-        .unwrap_or(false);
+        .is_some_and(|s| s != "DELETE_COMPLETE");
     let account_status = aws_sdk_organizations::Client::new(sdk)
         .describe_account()
         .account_id(account)

@@ -97,19 +97,8 @@ async fn a_tenant_lives_in_the_region_it_asked_for_and_others_are_refused() {
         .regional_domain_name()
         .unwrap()
         .to_owned();
-    let r53 = aws_sdk_route53::Client::new(&sdk);
-    let zone = moto::base_zone_id(&r53).await;
-    let records = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(&zone)
-        .send()
-        .await
-        .unwrap();
-    let record = records
-        .resource_record_sets()
-        .iter()
-        .find(|r| r.name() == format!("acme.{BASE_DOMAIN}."))
-        .expect("acme's record");
+    let records = moto::records_named(&sdk, &format!("acme.{BASE_DOMAIN}")).await;
+    let record = records.first().expect("acme's record");
     assert_eq!(
         record
             .alias_target()

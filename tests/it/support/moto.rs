@@ -324,3 +324,80 @@ pub async fn tenant_ou_id(org: &aws_sdk_organizations::Client) -> String {
     assert_eq!(ous.organizational_units().len(), 1, "one tenant OU");
     ous.organizational_units()[0].id().unwrap().to_owned()
 }
+
+/// The central zone's records named `name` (with or without the trailing dot).
+pub async fn records_named(
+    sdk: &SdkConfig,
+    name: &str,
+) -> Vec<aws_sdk_route53::types::ResourceRecordSet> {
+    let r53 = aws_sdk_route53::Client::new(sdk);
+    let zone = base_zone_id(&r53).await;
+    let name = format!("{}.", name.trim_end_matches('.'));
+    r53.list_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .send()
+        .await
+        .unwrap()
+        .resource_record_sets()
+        .iter()
+        .filter(|r| r.name() == name)
+        .cloned()
+        .collect()
+}
+
+/// Every record of the central zone.
+pub async fn record_count(sdk: &SdkConfig) -> usize {
+    let r53 = aws_sdk_route53::Client::new(sdk);
+    let zone = base_zone_id(&r53).await;
+    r53.list_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .send()
+        .await
+        .unwrap()
+        .resource_record_sets()
+        .len()
+}
+
+/// The account's parent (OU or root) in the organization.
+pub async fn parent_of(org: &aws_sdk_organizations::Client, account: &str) -> String {
+    org.list_parents()
+        .child_id(account)
+        .send()
+        .await
+        .unwrap()
+        .parents()[0]
+        .id()
+        .unwrap()
+        .to_owned()
+}
+
+/// The status of the stack `name` in the account `inside` speaks for, if it exists.
+pub async fn stack_status(inside: &SdkConfig, name: &str) -> Option<String> {
+    aws_sdk_cloudformation::Client::new(inside)
+        .describe_stacks()
+        .stack_name(name)
+        .send()
+        .await
+        .ok()?
+        .stacks()
+        .first()?
+        .stack_status()
+        .map(|s| s.as_str().to_owned())
+}
+
+/// The APIs the custom domain `domain` maps to, in the account `inside` speaks for (none if the
+/// domain does not exist).
+pub async fn mapped_apis(inside: &SdkConfig, domain: &str) -> Vec<String> {
+    aws_sdk_apigateway::Client::new(inside)
+        .get_base_path_mappings()
+        .domain_name(domain)
+        .send()
+        .await
+        .map(|m| {
+            m.items()
+                .iter()
+                .filter_map(|i| i.rest_api_id().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
