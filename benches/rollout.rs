@@ -35,25 +35,13 @@ async fn main() {
     for f in ["baseline.yaml", "tenant-stack.yaml"] {
         std::fs::copy(repo().join("templates").join(f), templates.join(f)).unwrap();
     }
-    let env = vec![
-        ("DATABASE_URL", db.clone()),
-        ("VEND_BASE_DOMAIN", BASE_DOMAIN.to_owned()),
-        (
-            "VEND_CERTIFICATE_ARN",
-            "arn:aws:acm:us-east-1:123456789012:certificate/bench".to_owned(),
-        ),
-        (
-            "VEND_WORKFLOWS_DIR",
-            repo().join("workflows").display().to_string(),
-        ),
-        ("VEND_TEMPLATES_DIR", templates.display().to_string()),
-        // An organization that runs a thousand tenants has had its account quota raised.
-        ("VEND_ACCOUNT_CREATION_BUDGET", format!("{}/24h", n.max(100))),
-        ("AWS_ENDPOINT_URL", aws_url.clone()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-    ];
+    let mut env = vend_env(&db, &aws_url);
+    env.push(("VEND_TEMPLATES_DIR", templates.display().to_string()));
+    // An organization that runs a thousand tenants has had its account quota raised.
+    env.push((
+        "VEND_ACCOUNT_CREATION_BUDGET",
+        format!("{}/24h", n.max(100)),
+    ));
     let (_vend, url) = vend_serve(&env, &tmp.path().join("vend.log"));
     wait_http(&format!("{url}/readyz")).await;
 
@@ -143,8 +131,7 @@ async fn main() {
             .iter()
             .filter(|(op, _)| {
                 *op == service
-                    || (op.starts_with(&format!("{service}."))
-                        && !quotas.contains_key(op.as_str()))
+                    || (op.starts_with(&format!("{service}.")) && !quotas.contains_key(op.as_str()))
             })
             .map(|(_, o)| o.calls)
             .sum();

@@ -28,18 +28,7 @@ async fn main() {
     let db = pg.database("vend");
     let (_moto, _proxy, aws_url) =
         aws_behind_proxy(|c| c.create_account_delay = Duration::from_secs(3600)).await;
-    let env = vec![
-        ("DATABASE_URL", db.clone()),
-        ("VEND_BASE_DOMAIN", BASE_DOMAIN.to_owned()),
-        (
-            "VEND_CERTIFICATE_ARN",
-            "arn:aws:acm:us-east-1:123456789012:certificate/bench".to_owned(),
-        ),
-        ("AWS_ENDPOINT_URL", aws_url.clone()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-    ];
+    let env = vend_env(&db, &aws_url);
     let (vend, url) = vend_serve(&env, &tmp.path().join("vend.log"));
     wait_http(&format!("{url}/readyz")).await;
 

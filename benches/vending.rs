@@ -39,23 +39,8 @@ async fn main() {
     })
     .await;
 
-    let env = vec![
-        ("DATABASE_URL", db.clone()),
-        ("VEND_BASE_DOMAIN", BASE_DOMAIN.to_owned()),
-        (
-            "VEND_CERTIFICATE_ARN",
-            "arn:aws:acm:us-east-1:123456789012:certificate/bench".to_owned(),
-        ),
-        // The shipped workflows/ and defaults: nothing tuned to the delay the bench knows.
-        (
-            "VEND_WORKFLOWS_DIR",
-            repo().join("workflows").display().to_string(),
-        ),
-        ("AWS_ENDPOINT_URL", aws_url.clone()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-    ];
+    // The shipped workflows/ and defaults: nothing tuned to the delay the bench knows.
+    let env = vend_env(&db, &aws_url);
     let mut procs = Vec::new();
     for i in 0..replicas {
         let mut env = env.clone();

@@ -234,6 +234,27 @@ pub async fn prepare_management(sdk: &aws_config::SdkConfig) {
         .unwrap();
 }
 
+/// What every bench's `vend serve` runs with: its database, the base domain and certificate, the
+/// shipped workflows/, and AWS at `aws_url` with moto's credentials.
+pub fn vend_env(db: &str, aws_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.to_owned()),
+        ("VEND_BASE_DOMAIN", BASE_DOMAIN.to_owned()),
+        (
+            "VEND_CERTIFICATE_ARN",
+            "arn:aws:acm:us-east-1:123456789012:certificate/bench".to_owned(),
+        ),
+        (
+            "VEND_WORKFLOWS_DIR",
+            repo().join("workflows").display().to_string(),
+        ),
+        ("AWS_ENDPOINT_URL", aws_url.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+    ]
+}
+
 /// Starts `vend serve` with the given environment on a free port; returns the process and its URL.
 pub fn vend_serve(env: &[(&str, String)], log: &Path) -> (Proc, String) {
     vend_serve_with(&[], env, log)
