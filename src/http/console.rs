@@ -696,8 +696,6 @@ fn csrf_ok(s: &Session, given: Option<&str>) -> bool {
     given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(s.csrf.as_bytes())))
 }
 
-/// `GET /ui/tenants/{slug}`: the tenant, each step with its state and attempts, why it waits, its
-/// resources and history, and the actions the session may take.
 /// Console history entries a page.
 const HISTORY_PAGE: i64 = 100;
 
@@ -707,6 +705,8 @@ pub struct HistoryPage {
     history_before: Option<i64>,
 }
 
+/// `GET /ui/tenants/{slug}`: the tenant, each step with its state and attempts, why it waits, its
+/// resources and history, and the actions the session may take.
 async fn tenant_page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -718,9 +718,9 @@ async fn tenant_page(
         Ok(None) => return Redirect::to("/ui").into_response(),
         Err(e) => return server_error(e),
     };
-    let detail = match super::ops::detail(&state, &slug).await {
-        Ok(d) => d,
-        Err(_) => {
+    let tenant = match db::tenants::by_slug(&state.pool, &slug).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
             return (
                 StatusCode::NOT_FOUND,
                 page(
@@ -731,19 +731,19 @@ async fn tenant_page(
             )
                 .into_response();
         }
+        Err(e) => return server_error(e),
     };
-    let (mut history, recent) = match db::tenants::by_slug(&state.pool, &slug).await {
-        Ok(Some(t)) => {
-            let page =
-                db::history::newest(&state.pool, t.id, hp.history_before, HISTORY_PAGE + 1).await;
-            // The timeline draws the latest attempts whichever page of history is shown.
-            let recent = db::history::newest(&state.pool, t.id, None, TIMELINE_ENTRIES).await;
-            match (page, recent) {
-                (Ok(h), Ok(r)) => (h, r),
-                (Err(e), _) | (_, Err(e)) => return server_error(e),
-            }
-        }
-        _ => (Vec::new(), Vec::new()),
+    let detail = match super::ops::detail_of(&state, &tenant).await {
+        Ok(d) => d,
+        Err(e) => return server_error(e),
+    };
+    let page_of_history =
+        db::history::newest(&state.pool, tenant.id, hp.history_before, HISTORY_PAGE + 1).await;
+    // The timeline draws the latest attempts whichever page of history is shown.
+    let recent = db::history::newest(&state.pool, tenant.id, None, TIMELINE_ENTRIES).await;
+    let (mut history, recent) = match (page_of_history, recent) {
+        (Ok(h), Ok(r)) => (h, r),
+        (Err(e), _) | (_, Err(e)) => return server_error(e),
     };
     // One more than a page tells whether there are older entries.
     let older = (history.len() as i64 > HISTORY_PAGE).then(|| {

@@ -154,6 +154,14 @@ pub(super) async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail,
     let tenant = db::tenants::by_slug(&state.pool, slug)
         .await?
         .ok_or_else(|| no_tenant(slug))?;
+    Ok(detail_of(state, &tenant).await?)
+}
+
+/// The tenant with the state of every step of its current run's workflow.
+pub(super) async fn detail_of(
+    state: &AppState,
+    tenant: &db::tenants::Tenant,
+) -> Result<TenantDetail, sqlx::Error> {
     let steps = match db::tenants::current_run(&state.pool, tenant.id).await? {
         Some(run) => db::steps::with_unreached(
             db::steps::for_run(&state.pool, run.id).await?,
@@ -162,7 +170,7 @@ pub(super) async fn detail(state: &AppState, slug: &str) -> Result<TenantDetail,
         None => Vec::new(),
     };
     Ok(TenantDetail {
-        tenant: TenantView::from(&tenant),
+        tenant: TenantView::from(tenant),
         steps: steps.iter().map(StepView::from).collect(),
         resources: tenant.resources.clone(),
     })
