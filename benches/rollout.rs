@@ -176,14 +176,5 @@ async fn main() {
         stats.total_calls() as f64 / n as f64,
         stats.total_throttles()
     );
-    let mut top: Vec<_> = stats.operations.iter().collect();
-    top.sort_by_key(|(_, o)| std::cmp::Reverse(o.calls));
-    println!("busiest operations:");
-    for (op, o) in top.iter().take(8) {
-        println!(
-            "  {op:<45} {:>7} calls {:>6} throttled",
-            o.calls,
-            o.quota_throttles + o.injected_throttles
-        );
-    }
+    print_busiest(&stats);
 }

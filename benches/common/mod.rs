@@ -326,3 +326,17 @@ pub async fn aws_behind_proxy(
     let addr = proxy.spawn().await.unwrap();
     (moto, proxy, format!("http://{addr}"))
 }
+
+/// The eight AWS operations the proxy saw most, with their calls and throttles.
+pub fn print_busiest(stats: &vend_aws_proxy::ProxyStats) {
+    let mut top: Vec<_> = stats.operations.iter().collect();
+    top.sort_by_key(|(_, o)| std::cmp::Reverse(o.calls));
+    println!("busiest operations:");
+    for (op, o) in top.iter().take(8) {
+        println!(
+            "  {op:<45} {:>7} calls {:>6} throttled",
+            o.calls,
+            o.quota_throttles + o.injected_throttles
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Operator actions on a tenant's current run (the offboard run of an offboarding tenant): retry
-//! and requeue; and redelivery of one of its events. Both lock the tenant row and the run's step rows, so they serialize with claims
-//! (which skip locked rows) and with each other.
+//! and requeue, which lock the tenant row and the run's step rows, so they serialize with claims
+//! (which skip locked rows) and with each other; and redelivery of one of its events.
 
 use serde_json::json;
 use sqlx::PgPool;

@@ -524,19 +524,7 @@ async fn tenants_are_filtered_by_tier_current_step_error_code_and_time_in_the_st
 
     let slugs = |q: &'static str| {
         let app = &app;
-        async move {
-            let r = app
-                .ops(Method::GET, &format!("/v1/tenants?{q}"), None)
-                .await;
-            assert_eq!(r.status(), 200, "{q}");
-            let v: Value = r.json().await.unwrap();
-            v["tenants"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["slug"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
+        async move { app.tenants_page(q).await.0 }
     };
     assert_eq!(slugs("step=second").await, ["acme"]);
     assert_eq!(slugs("error_code=QuotaExceeded").await, ["acme"]);
@@ -568,29 +556,14 @@ async fn a_current_step_listing_pages_with_its_cursor_newest_run_first() {
     for slug in ["alpha", "beta", "gamma"] {
         app.signup(&signup_body(slug)).await;
     }
-    let page = |q: String| {
-        let app = &app;
-        async move {
-            let r = app
-                .ops(Method::GET, &format!("/v1/tenants?{q}"), None)
-                .await;
-            assert_eq!(r.status(), 200, "{q}");
-            let v: Value = r.json().await.unwrap();
-            let slugs: Vec<String> = v["tenants"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["slug"].as_str().unwrap().to_owned())
-                .collect();
-            (slugs, v["next_cursor"].as_str().map(str::to_owned))
-        }
-    };
     for filter in ["step=first", "in_step_longer_than=1ms"] {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let (first, cursor) = page(format!("{filter}&limit=2")).await;
+        let (first, cursor) = app.tenants_page(&format!("{filter}&limit=2")).await;
         assert_eq!(first, ["gamma", "beta"], "{filter}");
         let cursor = cursor.expect("a second page");
-        let (second, end) = page(format!("{filter}&limit=2&cursor={cursor}")).await;
+        let (second, end) = app
+            .tenants_page(&format!("{filter}&limit=2&cursor={cursor}"))
+            .await;
         assert_eq!(second, ["alpha"], "{filter}");
         assert_eq!(end, None, "{filter}");
     }

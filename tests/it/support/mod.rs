@@ -378,6 +378,22 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
+    /// `GET /v1/tenants?{query}`: the page's slugs and its next cursor.
+    pub async fn tenants_page(&self, query: &str) -> (Vec<String>, Option<String>) {
+        let r = self
+            .ops(reqwest::Method::GET, &format!("/v1/tenants?{query}"), None)
+            .await;
+        assert_eq!(r.status(), 200, "{query}");
+        let v: Value = r.json().await.unwrap();
+        let slugs = v["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["slug"].as_str().unwrap().to_owned())
+            .collect();
+        (slugs, v["next_cursor"].as_str().map(str::to_owned))
+    }
+
     pub async fn tenant(&self, slug: &str) -> Value {
         let r = self
             .ops(reqwest::Method::GET, &format!("/v1/tenants/{slug}"), None)
