@@ -336,6 +336,7 @@ async fn vend_round(pg: &Pg, o: &Opts, db: &str, tmp: &tempfile::TempDir) -> Ven
     let metrics = vend::telemetry::Metrics::new();
     let router = vend::http::router(vend::http::AppState {
         pool: pool.clone(),
+        intake: vend::lifecycle::signup::Intake::new(pool.clone()),
         workflows: workflows.clone(),
         signup_secret: vend::standard_webhooks::Secret::parse(SIGNUP_SECRET).unwrap(),
         ops_tokens: vend::config::OpsTokens::new(vec![OPS_TOKEN.into()]),

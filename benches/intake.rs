@@ -90,6 +90,8 @@ fn main() {
             .lines()
             .rev()
             .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        // Backends report their commits to the statistics at most once a second.
+        std::thread::sleep(Duration::from_millis(1500));
         let cpu_after = (process_cpu_seconds(&vend_pid), pg.cpu_seconds());
         let after = rt.block_on(wal_and_tenants(&db));
         let signups = (after.1 - before.1).max(1);
@@ -108,7 +110,8 @@ fn main() {
                 );
                 let per = |a: f64, b: f64| (b - a) / signups as f64 * 1e6;
                 println!(
-                    "            {signups} signups stored; per signup: WAL {:.2} kB, CPU vend {:.0} us, Postgres {:.0} us (autovacuum included)",
+                    "            {signups} signups stored; per signup: commits {:.2}, WAL {:.2} kB, CPU vend {:.0} us, Postgres {:.0} us (autovacuum included)",
+                    (after.2 - before.2) as f64 / signups as f64,
                     (after.0 - before.0) as f64 / signups as f64 / 1024.0,
                     per(cpu_before.0, cpu_after.0),
                     per(cpu_before.1, cpu_after.1),
@@ -124,12 +127,14 @@ fn main() {
     drop(pg);
 }
 
-/// The WAL position in bytes and the number of tenants stored: what the round wrote per signup.
-async fn wal_and_tenants(url: &str) -> (i64, i64) {
+/// The WAL position in bytes, the number of tenants stored and the database's commits so far: what
+/// the round wrote per signup.
+async fn wal_and_tenants(url: &str) -> (i64, i64, i64) {
     use sqlx::Connection;
     let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-    let row: (i64, i64) = sqlx::query_as(
-        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, (SELECT count(*) FROM tenants)",
+    let row: (i64, i64, i64) = sqlx::query_as(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, (SELECT count(*) FROM tenants),
+                (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())",
     )
     .fetch_one(&mut c)
     .await

@@ -300,6 +300,7 @@ pub async fn serve(
     if parts.api {
         let state = AppState {
             pool: pool.clone(),
+            intake: crate::lifecycle::signup::Intake::new(pool.clone()),
             workflows: workflows.clone(),
             signup_secret: config.signup_secret.clone(),
             ops_tokens: config.ops_tokens.clone(),

@@ -557,6 +557,7 @@ impl Config {
             }
         };
         let (http, request) = (HttpLimits::default(), RequestLimits::default());
+        let engine = crate::engine::EngineConfig::default();
         Ok(Self {
             database_url,
             listen,
@@ -587,9 +588,16 @@ impl Config {
                 .get("VEND_WORKFLOWS_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("workflows")),
-            worker_concurrency: number(env, "VEND_WORKER_CONCURRENCY", 64, 1, 10_000)?,
-            lease: duration(env, "VEND_LEASE", Duration::from_secs(60))?,
-            poll_interval: duration(env, "VEND_POLL_INTERVAL", Duration::from_secs(1))?,
+            // The engine's own defaults are the only ones.
+            worker_concurrency: number(
+                env,
+                "VEND_WORKER_CONCURRENCY",
+                engine.concurrency,
+                1,
+                10_000,
+            )?,
+            lease: duration(env, "VEND_LEASE", engine.lease)?,
+            poll_interval: duration(env, "VEND_POLL_INTERVAL", engine.poll_interval)?,
             db_max_connections: number(env, "VEND_DB_MAX_CONNECTIONS", 20, 2, 1000)? as u32,
             progress_webhooks,
             allow_http_webhooks: allow_http,

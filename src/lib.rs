@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod drift;
 pub mod engine;
+mod group_commit;
 pub mod http;
 pub mod lifecycle;
 pub mod net;

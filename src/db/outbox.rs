@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::EventType;
+use crate::domain::{DeliveryState, EventType};
 
 /// Records an event and a pending delivery to every enabled endpoint, in the caller's transaction.
 pub async fn insert_event(
@@ -23,11 +23,12 @@ pub async fn insert_event(
                INSERT INTO events (id, tenant_id, type, payload) VALUES ($1, $2, $3, $4) RETURNING id
            )
            INSERT INTO deliveries (event_id, endpoint_id, state, due_at)
-           SELECT e.id, ep.id, 'pending', now() FROM e, endpoints ep WHERE ep.disabled_at IS NULL"#,
+           SELECT e.id, ep.id, $5, now() FROM e, endpoints ep WHERE ep.disabled_at IS NULL"#,
         id,
         tenant_id,
         event_type.as_str(),
         payload,
+        DeliveryState::Pending.as_str(),
     )
     .execute(conn)
     .await?;
@@ -86,9 +87,11 @@ pub async fn sync_endpoints(
     .execute(&mut *conn)
     .await?;
     sqlx::query!(
-        r#"UPDATE deliveries SET state = 'disabled', due_at = NULL
-           WHERE state = 'pending'
-             AND endpoint_id IN (SELECT id FROM endpoints WHERE disabled_at IS NOT NULL)"#
+        r#"UPDATE deliveries SET state = $1, due_at = NULL
+           WHERE state = $2
+             AND endpoint_id IN (SELECT id FROM endpoints WHERE disabled_at IS NOT NULL)"#,
+        DeliveryState::Disabled.as_str(),
+        DeliveryState::Pending.as_str(),
     )
     .execute(conn)
     .await?;
@@ -117,7 +120,7 @@ pub async fn claim(
         ClaimedDelivery,
         r#"WITH due AS (
                SELECT event_id, endpoint_id FROM deliveries
-               WHERE due_at <= now() AND state = 'pending'
+               WHERE due_at <= now() AND state = $3
                ORDER BY due_at LIMIT $1
                FOR UPDATE SKIP LOCKED
            ),
@@ -134,6 +137,7 @@ pub async fn claim(
            ORDER BY e.created_at"#,
         limit,
         lease.as_secs_f64(),
+        DeliveryState::Pending.as_str(),
     )
     .fetch_all(db)
     .await
@@ -165,32 +169,36 @@ pub async fn record(
     result: &DeliveryResult,
 ) -> Result<bool, sqlx::Error> {
     let (state, after, status, error) = match result {
-        DeliveryResult::Delivered { status } => ("delivered", None, *status, None),
+        DeliveryResult::Delivered { status } => (DeliveryState::Delivered, None, *status, None),
         DeliveryResult::Retry {
             after,
             status,
             error,
         } => (
-            "pending",
+            DeliveryState::Pending,
             Some(after.as_secs_f64()),
             *status,
             Some(error.as_str()),
         ),
-        DeliveryResult::Failed { status, error } => ("failed", None, *status, Some(error.as_str())),
+        DeliveryResult::Failed { status, error } => {
+            (DeliveryState::Failed, None, *status, Some(error.as_str()))
+        }
     };
     let r = sqlx::query!(
         r#"UPDATE deliveries SET state = $4,
                due_at = CASE WHEN $5::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $5) END,
                last_status = $6, last_error = $7,
-               delivered_at = CASE WHEN $4 = 'delivered' THEN now() END
-           WHERE event_id = $1 AND endpoint_id = $2 AND lease_token = $3 AND state = 'pending'"#,
+               delivered_at = CASE WHEN $8 THEN now() END
+           WHERE event_id = $1 AND endpoint_id = $2 AND lease_token = $3 AND state = $9"#,
         event_id,
         endpoint_id,
         lease_token,
-        state,
+        state.as_str(),
         after,
         status,
         error,
+        state == DeliveryState::Delivered,
+        DeliveryState::Pending.as_str(),
     )
     .execute(db)
     .await?;
@@ -211,9 +219,11 @@ pub async fn disable_endpoint(
     .execute(&mut *conn)
     .await?;
     sqlx::query!(
-        r#"UPDATE deliveries SET state = 'disabled', due_at = NULL
-           WHERE endpoint_id = $1 AND state = 'pending'"#,
-        endpoint_id
+        r#"UPDATE deliveries SET state = $2, due_at = NULL
+           WHERE endpoint_id = $1 AND state = $3"#,
+        endpoint_id,
+        DeliveryState::Disabled.as_str(),
+        DeliveryState::Pending.as_str(),
     )
     .execute(conn)
     .await?;
@@ -245,7 +255,7 @@ pub async fn list_deliveries(
     sqlx::query_as!(
         Delivery,
         r#"SELECT d.event_id, e.type AS event_type, t.slug, d.endpoint_id, d.state, d.attempts,
-                  CASE WHEN d.state = 'pending' THEN d.due_at END AS next_attempt_at,
+                  CASE WHEN d.state = $4 THEN d.due_at END AS next_attempt_at,
                   d.last_status, d.last_error, d.delivered_at, d.created_at
            FROM deliveries d JOIN events e ON e.id = d.event_id JOIN tenants t ON t.id = e.tenant_id
            WHERE ($1::text IS NULL OR d.state = $1) AND ($2::text IS NULL OR t.slug = $2)
@@ -254,6 +264,7 @@ pub async fn list_deliveries(
         state,
         slug,
         limit,
+        DeliveryState::Pending.as_str(),
     )
     .fetch_all(db)
     .await
@@ -277,15 +288,18 @@ pub async fn redeliver(
     endpoint_id: &str,
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query!(
-        r#"UPDATE deliveries d SET state = 'pending', due_at = now(), attempts = 0,
+        r#"UPDATE deliveries d SET state = $4, due_at = now(), attempts = 0,
                last_status = NULL, last_error = NULL, delivered_at = NULL, lease_token = NULL
            FROM events e, endpoints ep
-           WHERE d.event_id = $2 AND d.endpoint_id = $3 AND d.state IN ('delivered', 'failed')
+           WHERE d.event_id = $2 AND d.endpoint_id = $3 AND d.state IN ($5, $6)
              AND e.id = d.event_id AND e.tenant_id = $1
              AND ep.id = d.endpoint_id AND ep.disabled_at IS NULL"#,
         tenant_id,
         event_id,
         endpoint_id,
+        DeliveryState::Pending.as_str(),
+        DeliveryState::Delivered.as_str(),
+        DeliveryState::Failed.as_str(),
     )
     .execute(&mut *conn)
     .await?;

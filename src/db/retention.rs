@@ -30,11 +30,12 @@ pub async fn purge(pool: &PgPool, keep: Duration, batch: i64) -> Result<Purged, 
     let old: Vec<uuid::Uuid> = sqlx::query_scalar!(
         r#"SELECT e.id FROM events e
            WHERE e.created_at < now() - make_interval(secs => $1)
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = 'pending')
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = $3)
            LIMIT $2
            FOR UPDATE SKIP LOCKED"#,
         secs,
-        batch
+        batch,
+        crate::domain::DeliveryState::Pending.as_str(),
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -4,6 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::domain::{RolloutState, RolloutTenantState, TenantState};
+
+use super::decode;
+
 #[derive(Debug, Clone)]
 pub struct Rollout {
     pub id: Uuid,
@@ -12,10 +16,43 @@ pub struct Rollout {
     pub canary: i32,
     pub wave_size: i32,
     pub max_failures: i32,
-    pub state: String,
+    pub state: RolloutState,
     pub actor: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A `rollouts` row as sqlx reads it; [`Rollout`] is its typed view.
+struct RolloutRecord {
+    id: Uuid,
+    stack: String,
+    version: String,
+    canary: i32,
+    wave_size: i32,
+    max_failures: i32,
+    state: String,
+    actor: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<RolloutRecord> for Rollout {
+    type Error = sqlx::Error;
+
+    fn try_from(r: RolloutRecord) -> Result<Self, sqlx::Error> {
+        Ok(Rollout {
+            state: decode("rollouts.state", &r.state, RolloutState::parse)?,
+            id: r.id,
+            stack: r.stack,
+            version: r.version,
+            canary: r.canary,
+            wave_size: r.wave_size,
+            max_failures: r.max_failures,
+            actor: r.actor,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
 }
 
 /// Tenants of a rollout by state.
@@ -45,7 +82,7 @@ pub async fn create(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"INSERT INTO rollouts (id, stack, template, version, canary, wave_size, max_failures, state, actor)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8)"#,
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8)"#,
         id,
         stack,
         template,
@@ -53,7 +90,8 @@ pub async fn create(
         canary,
         wave_size,
         max_failures,
-        actor
+        actor,
+        RolloutState::Running.as_str(),
     )
     .execute(&mut *conn)
     .await?;
@@ -61,12 +99,13 @@ pub async fn create(
         r#"INSERT INTO rollout_tenants (rollout_id, tenant_id, wave, state)
            SELECT $1, t.id,
                   CASE WHEN t.ord <= $3 THEN 0 ELSE 1 + (t.ord - $3 - 1) / $4 END,
-                  'pending'
+                  $5
            FROM unnest($2::uuid[]) WITH ORDINALITY AS t(id, ord)"#,
         id,
         tenants,
         canary as i64,
-        wave_size as i64
+        wave_size as i64,
+        RolloutTenantState::Pending.as_str(),
     )
     .execute(&mut *conn)
     .await?;
@@ -75,41 +114,50 @@ pub async fn create(
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Rollout>, sqlx::Error> {
     sqlx::query_as!(
-        Rollout,
+        RolloutRecord,
         r#"SELECT id, stack, version, canary, wave_size, max_failures, state, actor, created_at, updated_at
            FROM rollouts WHERE id = $1"#,
         id
     )
     .fetch_optional(db)
-    .await
+    .await?
+    .map(Rollout::try_from)
+    .transpose()
 }
 
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Rollout>, sqlx::Error> {
     sqlx::query_as!(
-        Rollout,
+        RolloutRecord,
         r#"SELECT id, stack, version, canary, wave_size, max_failures, state, actor, created_at, updated_at
            FROM rollouts WHERE id = $1 FOR UPDATE"#,
         id
     )
     .fetch_optional(conn)
-    .await
+    .await?
+    .map(Rollout::try_from)
+    .transpose()
 }
 
 pub async fn list(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Rollout>, sqlx::Error> {
     sqlx::query_as!(
-        Rollout,
+        RolloutRecord,
         r#"SELECT id, stack, version, canary, wave_size, max_failures, state, actor, created_at, updated_at
            FROM rollouts ORDER BY created_at DESC, id DESC LIMIT $1"#,
         limit
     )
     .fetch_all(db)
-    .await
+    .await?
+    .into_iter()
+    .map(Rollout::try_from)
+    .collect()
 }
 
 /// Rollouts the driver moves on.
 pub async fn running(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_at"#
+        r#"SELECT id FROM rollouts WHERE state IN ($1, $2) ORDER BY created_at"#,
+        RolloutState::Running.as_str(),
+        RolloutState::Paused.as_str(),
     )
     .fetch_all(db)
     .await
@@ -124,9 +172,12 @@ pub async fn current_template(
 ) -> Result<Option<(String, String)>, sqlx::Error> {
     Ok(sqlx::query!(
         r#"SELECT template, version FROM rollouts
-           WHERE stack = $1 AND state IN ('running', 'paused', 'completed')
+           WHERE stack = $1 AND state IN ($2, $3, $4)
            ORDER BY created_at DESC, id DESC LIMIT 1"#,
-        stack
+        stack,
+        RolloutState::Running.as_str(),
+        RolloutState::Paused.as_str(),
+        RolloutState::Completed.as_str(),
     )
     .fetch_optional(db)
     .await?
@@ -146,11 +197,15 @@ pub async fn template(
     .map(|r| (r.stack, r.template, r.version)))
 }
 
-pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
+pub async fn set_state(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: RolloutState,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE rollouts SET state = $2, updated_at = now() WHERE id = $1",
         id,
-        state
+        state.as_str()
     )
     .execute(conn)
     .await?;
@@ -159,13 +214,18 @@ pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result
 
 pub async fn counts(db: impl PgExecutor<'_>, id: Uuid) -> Result<Counts, sqlx::Error> {
     let r = sqlx::query!(
-        r#"SELECT count(*) FILTER (WHERE state <> 'skipped') AS "total!",
-                  count(*) FILTER (WHERE state = 'updated') AS "updated!",
-                  count(*) FILTER (WHERE state = 'failed') AS "failed!",
-                  count(*) FILTER (WHERE state = 'pending') AS "pending!",
-                  count(*) FILTER (WHERE state = 'running') AS "running!"
+        r#"SELECT count(*) FILTER (WHERE state <> $2) AS "total!",
+                  count(*) FILTER (WHERE state = $3) AS "updated!",
+                  count(*) FILTER (WHERE state = $4) AS "failed!",
+                  count(*) FILTER (WHERE state = $5) AS "pending!",
+                  count(*) FILTER (WHERE state = $6) AS "running!"
            FROM rollout_tenants WHERE rollout_id = $1"#,
-        id
+        id,
+        RolloutTenantState::Skipped.as_str(),
+        RolloutTenantState::Updated.as_str(),
+        RolloutTenantState::Failed.as_str(),
+        RolloutTenantState::Pending.as_str(),
+        RolloutTenantState::Running.as_str(),
     )
     .fetch_one(db)
     .await?;
@@ -194,8 +254,9 @@ pub async fn running_tenants(
         Running,
         r#"SELECT rt.tenant_id, r.state AS "run_state?"
            FROM rollout_tenants rt LEFT JOIN runs r ON r.id = rt.run_id
-           WHERE rt.rollout_id = $1 AND rt.state = 'running'"#,
-        id
+           WHERE rt.rollout_id = $1 AND rt.state = $2"#,
+        id,
+        RolloutTenantState::Running.as_str(),
     )
     .fetch_all(db)
     .await
@@ -207,6 +268,7 @@ pub async fn next_wave(
     db: impl PgExecutor<'_>,
     id: Uuid,
 ) -> Result<(Vec<Uuid>, bool), sqlx::Error> {
+    // The literals are `rollout_tenants_open`'s predicate: a parameter would not let the planner use it.
     let rows = sqlx::query!(
         r#"WITH w AS (
                SELECT min(wave) AS wave FROM rollout_tenants
@@ -218,10 +280,12 @@ pub async fn next_wave(
     )
     .fetch_all(db)
     .await?;
-    let running = rows.iter().any(|r| r.state == "running");
+    let running = rows
+        .iter()
+        .any(|r| r.state == RolloutTenantState::Running.as_str());
     Ok((
         rows.into_iter()
-            .filter(|r| r.state == "pending")
+            .filter(|r| r.state == RolloutTenantState::Pending.as_str())
             .map(|r| r.tenant_id)
             .collect(),
         running,
@@ -231,9 +295,11 @@ pub async fn next_wave(
 /// The rollout's failed tenants back to pending in their waves.
 pub async fn retry_failed(conn: &mut PgConnection, id: Uuid) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query!(
-        r#"UPDATE rollout_tenants SET state = 'pending', updated_at = now()
-           WHERE rollout_id = $1 AND state = 'failed'"#,
-        id
+        r#"UPDATE rollout_tenants SET state = $2, updated_at = now()
+           WHERE rollout_id = $1 AND state = $3"#,
+        id,
+        RolloutTenantState::Pending.as_str(),
+        RolloutTenantState::Failed.as_str(),
     )
     .execute(conn)
     .await?
@@ -244,7 +310,7 @@ pub async fn set_tenant(
     conn: &mut PgConnection,
     id: Uuid,
     tenant_id: Uuid,
-    state: &str,
+    state: RolloutTenantState,
     run_id: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
@@ -252,7 +318,7 @@ pub async fn set_tenant(
            WHERE rollout_id = $1 AND tenant_id = $2"#,
         id,
         tenant_id,
-        state,
+        state.as_str(),
         run_id
     )
     .execute(conn)
@@ -266,8 +332,9 @@ pub async fn eligible_tenants(
     workflows: &[String],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"SELECT id FROM tenants WHERE state = 'active' AND workflow = ANY($1) ORDER BY id"#,
-        workflows
+        r#"SELECT id FROM tenants WHERE state = $2 AND workflow = ANY($1) ORDER BY id"#,
+        workflows,
+        TenantState::Active.as_str(),
     )
     .fetch_all(db)
     .await

@@ -15,7 +15,10 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{HistoryKind, Purpose, RunState, StepState, Tier, WaitReason, Workflow};
+use crate::domain::{
+    DeliveryState, EventType, HistoryKind, Purpose, RunState, StepState, TenantState, Tier,
+    WaitReason, Workflow,
+};
 
 use super::decode;
 
@@ -84,13 +87,13 @@ pub async fn claim(
         ),
         claimed AS (
             UPDATE steps s SET
-                state = 'running',
+                state = $5,
                 lease_owner = $1,
                 lease_token = nextval('lease_tokens'),
                 due_at = now() + make_interval(secs => $3),
                 -- A poll or a throttle continues the same attempt; anything else starts a new one,
                 -- including a takeover after a crash, so a step that crashes its worker cannot loop forever.
-                attempts = s.attempts + CASE WHEN due.state = 'waiting' AND due.wait_reason <> 'backoff'
+                attempts = s.attempts + CASE WHEN due.state = $6 AND due.wait_reason <> $7
                                              THEN 0 ELSE 1 END,
                 wait_reason = NULL,
                 started_at = coalesce(s.started_at, now()),
@@ -114,8 +117,8 @@ pub async fn claim(
             FROM claimed c
         ),
         started AS (
-            UPDATE tenants t SET state = 'provisioning', updated_at = now()
-            WHERE t.id = ANY(ARRAY(SELECT tenant_id FROM ctx)) AND t.state = 'pending'
+            UPDATE tenants t SET state = $8, updated_at = now()
+            WHERE t.id = ANY(ARRAY(SELECT tenant_id FROM ctx)) AND t.state = $9
             RETURNING t.id
         ),
         -- A claim starts an attempt and writes no history: the attempt's row is written when it ends.
@@ -129,12 +132,12 @@ pub async fn claim(
                    || coalesce(c.was_owner, '?') || ' expired; ' || $1 || ' took the step over',
                    c.was_started
             FROM ctx c
-            WHERE c.was_state = 'running'
+            WHERE c.was_state = $5
         )
         SELECT c.run_id AS "run_id!", c.position AS "position!", c.name AS "step!",
                c.attempts AS "attempts!", c.throttles AS "throttles!", c.lease_token AS "lease_token!",
                c.started_at AS "started_at!", c.was_due AS "was_due!",
-               CASE WHEN c.was_state = 'running' THEN c.was_owner END AS took_over_from,
+               CASE WHEN c.was_state = $5 THEN c.was_owner END AS took_over_from,
                t.id AS "tenant_id!", t.slug AS "slug!", t.name AS "name!", t.owner_email AS "owner_email!",
                t.tier AS "tier!", c.workflow AS "workflow!", t.resources AS "resources!",
                now() AS "claimed_at!"
@@ -146,6 +149,11 @@ pub async fn claim(
         limit,
         lease.as_secs_f64(),
         HistoryKind::StepAbandoned.as_str(),
+        StepState::Running.as_str(),
+        StepState::Waiting.as_str(),
+        WaitReason::Backoff.as_str(),
+        TenantState::Provisioning.as_str(),
+        TenantState::Pending.as_str(),
     )
     .fetch_all(db)
     .await?;
@@ -287,12 +295,12 @@ pub async fn succeed_many(
         -- has just locked): a row whose heartbeat commits while this waits for it is then followed to
         -- its new version and fenced there, where an address would miss it and drop a sound success.
         fenced AS (
-            UPDATE steps s SET state = 'succeeded', wait_reason = NULL, due_at = NULL,
+            UPDATE steps s SET state = $21, wait_reason = NULL, due_at = NULL,
                    last_error = NULL, last_error_code = NULL, finished_at = now(),
                    lease_owner = NULL, updated_at = now()
             FROM input i
             WHERE s.run_id = i.run_id AND s.position = i.position AND s.lease_token = i.token
-              AND s.state = 'running'
+              AND s.state = $22
             RETURNING i.ord, i.run_id, i.position, i.token, i.tenant_id, i.step, i.attempt, i.patch,
                       i.event_id, i.payload, i.last, i.done_event, i.done_state, i.done_type,
                       i.done_message, i.next_step, s.attempt_started_at
@@ -313,16 +321,16 @@ pub async fn succeed_many(
         next AS (
             INSERT INTO steps AS s (run_id, position, name, state, lease_owner, lease_token, due_at,
                                     attempts, started_at, attempt_started_at)
-            SELECT f.run_id, f.position + 1, f.next_step, 'running', $12, nextval('lease_tokens'),
+            SELECT f.run_id, f.position + 1, f.next_step, $22, $12, nextval('lease_tokens'),
                    now() + make_interval(secs => $13), 1, now(), now()
             FROM fenced f WHERE NOT f.last
             ON CONFLICT (run_id, position) DO UPDATE
-                SET state = 'running', lease_owner = excluded.lease_owner,
+                SET state = $22, lease_owner = excluded.lease_owner,
                     lease_token = excluded.lease_token, due_at = excluded.due_at,
                     attempts = s.attempts + 1, wait_reason = NULL,
                     started_at = coalesce(s.started_at, now()), attempt_started_at = now(),
                     updated_at = now()
-                WHERE s.state = 'pending'
+                WHERE s.state = $23
             RETURNING s.run_id, s.position, s.name, s.attempts, s.throttles, s.lease_token, s.started_at
         ),
         -- One INSERT per table, rows in order: data-modifying CTEs run in no guaranteed order, and a
@@ -349,7 +357,7 @@ pub async fn succeed_many(
             INSERT INTO events (id, tenant_id, type, payload)
             SELECT e.id, e.tenant_id, e.type, e.payload
             FROM (
-                SELECT f.ord, 1 AS sub, f.event_id AS id, f.tenant_id, 'tenant.step.succeeded' AS type,
+                SELECT f.ord, 1 AS sub, f.event_id AS id, f.tenant_id, $24::text AS type,
                        f.payload
                 FROM fenced f
                 UNION ALL
@@ -361,7 +369,7 @@ pub async fn succeed_many(
         ),
         deliveries AS (
             INSERT INTO deliveries (event_id, endpoint_id, state, due_at)
-            SELECT events.id, ep.id, 'pending', now() FROM events, endpoints ep WHERE ep.disabled_at IS NULL
+            SELECT events.id, ep.id, $25, now() FROM events, endpoints ep WHERE ep.disabled_at IS NULL
             RETURNING 1
         )
         SELECT i.ord AS "ord!", (f.ord IS NOT NULL) AS "fenced!",
@@ -393,6 +401,11 @@ pub async fn succeed_many(
         HistoryKind::TenantState.as_str(),
         RunState::Succeeded.as_str(),
         &next_steps,
+        StepState::Succeeded.as_str(),
+        StepState::Running.as_str(),
+        StepState::Pending.as_str(),
+        EventType::StepSucceeded.as_str(),
+        DeliveryState::Pending.as_str(),
     )
     .fetch_all(db)
     .await?;
@@ -451,11 +464,12 @@ pub async fn heartbeat(
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query!(
         r#"UPDATE steps SET due_at = now() + make_interval(secs => $4)
-           WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = 'running'"#,
+           WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = $5"#,
         lease.run_id,
         lease.position,
         lease.token,
         extend_by.as_secs_f64(),
+        StepState::Running.as_str(),
     )
     .execute(db)
     .await?;
@@ -467,11 +481,12 @@ pub async fn heartbeat(
 pub async fn fence(conn: &mut PgConnection, lease: Lease) -> Result<bool, sqlx::Error> {
     let row = sqlx::query_scalar!(
         r#"SELECT 1 AS "one!" FROM steps
-           WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = 'running'
+           WHERE run_id = $1 AND position = $2 AND lease_token = $3 AND state = $4
            FOR UPDATE"#,
         lease.run_id,
         lease.position,
         lease.token,
+        StepState::Running.as_str(),
     )
     .fetch_optional(conn)
     .await?;
@@ -528,11 +543,11 @@ pub async fn update_after_attempt(
                state = $4,
                wait_reason = $5,
                due_at = CASE WHEN $6::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $6) END,
-               throttles = throttles + CASE WHEN $5 = 'throttle' THEN 1 ELSE 0 END,
-               polls = polls + CASE WHEN $5 = 'poll' THEN 1 ELSE 0 END,
+               throttles = throttles + CASE WHEN $5 = $10 THEN 1 ELSE 0 END,
+               polls = polls + CASE WHEN $5 = $11 THEN 1 ELSE 0 END,
                -- A success clears the error of earlier attempts; a poll keeps whatever was there.
-               last_error = CASE WHEN $4 = 'succeeded' THEN NULL ELSE coalesce($7, last_error) END,
-               last_error_code = CASE WHEN $4 = 'succeeded' THEN NULL ELSE coalesce($8, last_error_code) END,
+               last_error = CASE WHEN $4 = $12 THEN NULL ELSE coalesce($7, last_error) END,
+               last_error_code = CASE WHEN $4 = $12 THEN NULL ELSE coalesce($8, last_error_code) END,
                finished_at = CASE WHEN $9 THEN now() END,
                lease_owner = NULL,
                updated_at = now()
@@ -546,6 +561,9 @@ pub async fn update_after_attempt(
         error,
         code,
         finished,
+        WaitReason::Throttle.as_str(),
+        WaitReason::Poll.as_str(),
+        StepState::Succeeded.as_str(),
     )
     .execute(conn)
     .await?;
@@ -562,11 +580,12 @@ pub async fn make_due(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"INSERT INTO steps AS s (run_id, position, name, state, due_at)
-           VALUES ($1, $2, $3, 'pending', now())
-           ON CONFLICT (run_id, position) DO UPDATE SET state = 'pending', due_at = now(), updated_at = now()"#,
+           VALUES ($1, $2, $3, $4, now())
+           ON CONFLICT (run_id, position) DO UPDATE SET state = $4, due_at = now(), updated_at = now()"#,
         run_id,
         position,
-        name
+        name,
+        StepState::Pending.as_str(),
     )
     .execute(conn)
     .await?;
@@ -718,12 +737,13 @@ pub async fn reset_failed(
     position: i32,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"UPDATE steps SET state = 'pending', due_at = now(), attempts = 0, throttles = 0,
+        r#"UPDATE steps SET state = $3, due_at = now(), attempts = 0, throttles = 0,
                   wait_reason = NULL, finished_at = NULL, lease_owner = NULL, lease_token = NULL,
                   updated_at = now()
            WHERE run_id = $1 AND position = $2"#,
         run_id,
-        position
+        position,
+        StepState::Pending.as_str(),
     )
     .execute(conn)
     .await?;
@@ -754,7 +774,7 @@ pub async fn rewind(
     position: i32,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"UPDATE steps SET state = 'pending',
+        r#"UPDATE steps SET state = $3,
                   due_at = CASE WHEN position = $2 THEN now() END,
                   attempts = 0, throttles = 0, polls = 0, wait_reason = NULL,
                   last_error = NULL, last_error_code = NULL,
@@ -762,7 +782,8 @@ pub async fn rewind(
                   updated_at = now()
            WHERE run_id = $1 AND position >= $2"#,
         run_id,
-        position
+        position,
+        StepState::Pending.as_str(),
     )
     .execute(conn)
     .await?;
@@ -773,8 +794,10 @@ pub async fn rewind(
 pub async fn stats(db: impl PgExecutor<'_>) -> Result<(Vec<(String, i64)>, i64), sqlx::Error> {
     let rows = sqlx::query!(
         r#"SELECT state, count(*) AS "n!",
-                  count(*) FILTER (WHERE state IN ('pending', 'waiting') AND due_at <= now()) AS "due!"
-           FROM steps GROUP BY state"#
+                  count(*) FILTER (WHERE state IN ($1, $2) AND due_at <= now()) AS "due!"
+           FROM steps GROUP BY state"#,
+        StepState::Pending.as_str(),
+        StepState::Waiting.as_str(),
     )
     .fetch_all(db)
     .await?;

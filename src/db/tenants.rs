@@ -5,7 +5,9 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Resource, Resources, RunState, TenantState, Tier, Workflow};
+use crate::domain::{
+    DeliveryState, Resource, Resources, RunState, StepState, TenantState, Tier, Workflow,
+};
 
 use super::decode;
 
@@ -138,19 +140,21 @@ pub async fn store_answer(
     Ok(())
 }
 
-/// Everything a signup writes, prepared by the caller so that one statement can write it.
-pub struct NewSignup<'a> {
-    pub tenant: &'a Tenant,
+/// Everything a signup writes, prepared by the caller so that one statement can write it (or many
+/// signups at once: [`insert_signups`]).
+#[derive(Debug)]
+pub struct NewSignup {
+    pub tenant: Tenant,
     pub run_id: Uuid,
     /// The name of the workflow's first step.
-    pub first_step: &'a str,
-    pub history_kind: &'a str,
-    pub history_message: &'a str,
-    pub history_detail: &'a Value,
+    pub first_step: String,
+    pub history_kind: &'static str,
+    pub history_message: String,
+    pub history_detail: Value,
     pub event_id: Uuid,
-    pub event_type: &'a str,
-    pub event_payload: &'a Value,
-    pub answer: &'a StoredAnswer,
+    pub event_type: &'static str,
+    pub event_payload: Value,
+    pub answer: StoredAnswer,
 }
 
 /// What [`insert_signup`] did.
@@ -169,9 +173,9 @@ pub enum SignupInsert {
 /// The statement writes nothing when the slug is taken, and fails whole when the webhook-id is.
 pub async fn insert_signup(
     db: impl PgExecutor<'_>,
-    n: &NewSignup<'_>,
+    n: &NewSignup,
 ) -> Result<SignupInsert, sqlx::Error> {
-    let t = n.tenant;
+    let t = &n.tenant;
     let r = sqlx::query_scalar!(
         r#"WITH t AS (
                INSERT INTO tenants (id, slug, name, owner_email, tier, workflow, state, signup_id,
@@ -185,7 +189,7 @@ pub async fn insert_signup(
                RETURNING id
            ), s AS (
                INSERT INTO steps (run_id, position, name, state, due_at)
-               SELECT r.id, 0, $11, 'pending', now() FROM r
+               SELECT r.id, 0, $11, $22, now() FROM r
            ), h AS (
                INSERT INTO history (tenant_id, kind, actor, message, detail)
                SELECT t.id, $12, 'signup', $13, $14 FROM t
@@ -195,7 +199,7 @@ pub async fn insert_signup(
                RETURNING id
            ), d AS (
                INSERT INTO deliveries (event_id, endpoint_id, state, due_at)
-               SELECT e.id, ep.id, 'pending', now() FROM e, endpoints ep WHERE ep.disabled_at IS NULL
+               SELECT e.id, ep.id, $23, now() FROM e, endpoints ep WHERE ep.disabled_at IS NULL
            ), a AS (
                INSERT INTO signup_requests (webhook_id, tenant_id, status, response)
                SELECT $8, t.id, $18, $19 FROM t
@@ -222,14 +226,129 @@ pub async fn insert_signup(
         n.answer.response,
         t.resources,
         RunState::Running.as_str(),
+        StepState::Pending.as_str(),
+        DeliveryState::Pending.as_str(),
     )
     .fetch_one(db)
     .await;
     match r {
         Ok(1) => Ok(SignupInsert::Inserted),
         Ok(_) => Ok(SignupInsert::SlugTaken),
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("signup_requests_pkey") => {
-            Ok(SignupInsert::WebhookIdTaken)
+        Err(e) if is_webhook_id_conflict(&e) => Ok(SignupInsert::WebhookIdTaken),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_webhook_id_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.constraint() == Some("signup_requests_pkey"))
+}
+
+/// [`insert_signup`] for many signups in one statement (the intake's group commit): one round trip
+/// and one commit for all of them. Returns one outcome per signup, in order. A signup whose slug is
+/// taken (by an earlier signup, or by one before it in `signups`) writes nothing, as alone; a
+/// webhook-id that already has an answer fails the whole statement, so then each signup is written
+/// on its own (rare: it takes a reused webhook-id carrying another slug).
+pub async fn insert_signups(
+    pool: &PgPool,
+    signups: &[NewSignup],
+) -> Result<Vec<SignupInsert>, sqlx::Error> {
+    if let [one] = signups {
+        return Ok(vec![insert_signup(pool, one).await?]);
+    }
+    let column = |f: fn(&NewSignup) -> String| signups.iter().map(f).collect::<Vec<_>>();
+    let json = |f: fn(&NewSignup) -> &Value| signups.iter().map(f).cloned().collect::<Vec<_>>();
+    let uuids = |f: fn(&NewSignup) -> Uuid| signups.iter().map(f).collect::<Vec<_>>();
+    let r = sqlx::query_scalar!(
+        r#"WITH i AS (
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::text[], $8::text[], $9::timestamptz[],
+                                    $10::jsonb[], $11::uuid[], $12::text[], $13::text[], $14::text[],
+                                    $15::jsonb[], $16::uuid[], $17::text[], $18::jsonb[], $19::int2[],
+                                    $20::jsonb[], $21::int4[])
+                   AS i(id, slug, name, owner_email, tier, workflow, state, signup_id, created_at,
+                        resources, run_id, first_step, history_kind, history_message, history_detail,
+                        event_id, event_type, event_payload, status, response, ord)
+           ), t AS (
+               INSERT INTO tenants (id, slug, name, owner_email, tier, workflow, state, signup_id,
+                                    created_at, updated_at, resources)
+               SELECT id, slug, name, owner_email, tier, workflow, state, signup_id, created_at,
+                      created_at, resources
+               FROM i ORDER BY ord
+               ON CONFLICT (slug) DO NOTHING
+               RETURNING id
+           ), n AS (
+               SELECT i.* FROM i JOIN t USING (id)
+           ), r AS (
+               INSERT INTO runs (id, tenant_id, workflow, state)
+               SELECT run_id, id, workflow, $22 FROM n
+           ), s AS (
+               INSERT INTO steps (run_id, position, name, state, due_at)
+               SELECT run_id, 0, first_step, $23, now() FROM n
+           ), h AS (
+               INSERT INTO history (tenant_id, kind, actor, message, detail)
+               SELECT id, history_kind, 'signup', history_message, history_detail FROM n
+           ), e AS (
+               INSERT INTO events (id, tenant_id, type, payload)
+               SELECT event_id, id, event_type, event_payload FROM n
+               RETURNING id
+           ), d AS (
+               INSERT INTO deliveries (event_id, endpoint_id, state, due_at)
+               SELECT e.id, ep.id, $24, now() FROM e, endpoints ep WHERE ep.disabled_at IS NULL
+           ), a AS (
+               INSERT INTO signup_requests (webhook_id, tenant_id, status, response)
+               SELECT signup_id, id, status, response FROM n
+           )
+           SELECT id AS "id!" FROM t"#,
+        &uuids(|n| n.tenant.id),
+        &column(|n| n.tenant.slug.clone()),
+        &column(|n| n.tenant.name.clone()),
+        &column(|n| n.tenant.owner_email.clone()),
+        &column(|n| n.tenant.tier.as_str().to_owned()),
+        &column(|n| n.tenant.workflow.clone()),
+        &column(|n| n.tenant.state.as_str().to_owned()),
+        &column(|n| n.tenant.signup_id.clone()),
+        &signups
+            .iter()
+            .map(|n| n.tenant.created_at)
+            .collect::<Vec<_>>(),
+        &json(|n| &n.tenant.resources),
+        &uuids(|n| n.run_id),
+        &column(|n| n.first_step.clone()),
+        &column(|n| n.history_kind.to_owned()),
+        &column(|n| n.history_message.clone()),
+        &json(|n| &n.history_detail),
+        &uuids(|n| n.event_id),
+        &column(|n| n.event_type.to_owned()),
+        &json(|n| &n.event_payload),
+        &signups
+            .iter()
+            .map(|n| n.answer.status as i16)
+            .collect::<Vec<_>>(),
+        &json(|n| &n.answer.response),
+        &(0..signups.len() as i32).collect::<Vec<_>>(),
+        RunState::Running.as_str(),
+        StepState::Pending.as_str(),
+        DeliveryState::Pending.as_str(),
+    )
+    .fetch_all(pool)
+    .await;
+    match r {
+        Ok(inserted) => Ok(signups
+            .iter()
+            .map(|n| {
+                if inserted.contains(&n.tenant.id) {
+                    SignupInsert::Inserted
+                } else {
+                    SignupInsert::SlugTaken
+                }
+            })
+            .collect()),
+        Err(e) if is_webhook_id_conflict(&e) => {
+            let mut outcomes = Vec::with_capacity(signups.len());
+            for n in signups {
+                outcomes.push(insert_signup(pool, n).await?);
+            }
+            Ok(outcomes)
         }
         Err(e) => Err(e),
     }
@@ -619,12 +738,13 @@ pub async fn insert_run(
                RETURNING id
            )
            INSERT INTO steps (run_id, position, name, state, due_at)
-           SELECT run.id, 0, $4, 'pending', now() FROM run"#,
+           SELECT run.id, 0, $4, $6, now() FROM run"#,
         run_id,
         tenant_id,
         workflow.name,
         first,
         RunState::Running.as_str(),
+        StepState::Pending.as_str(),
     )
     .execute(conn)
     .await?;
@@ -643,16 +763,19 @@ pub async fn cancel_run(
                UPDATE runs SET state = $2, updated_at = now() WHERE id = $1
            ), old AS (
                SELECT position, state, due_at FROM steps
-               WHERE run_id = $1 AND state IN ('pending', 'waiting', 'running')
+               WHERE run_id = $1 AND state IN ($3, $4, $5)
                FOR UPDATE
            ), cancelled AS (
-               UPDATE steps s SET state = 'pending', due_at = NULL, wait_reason = NULL,
+               UPDATE steps s SET state = $3, due_at = NULL, wait_reason = NULL,
                       lease_owner = NULL, lease_token = NULL, updated_at = now()
                FROM old WHERE s.run_id = $1 AND s.position = old.position
            )
-           SELECT max(due_at) FILTER (WHERE state = 'running') AS "lease_ends" FROM old"#,
+           SELECT max(due_at) FILTER (WHERE state = $5) AS "lease_ends" FROM old"#,
         run_id,
-        RunState::Cancelled.as_str()
+        RunState::Cancelled.as_str(),
+        StepState::Pending.as_str(),
+        StepState::Waiting.as_str(),
+        StepState::Running.as_str(),
     )
     .fetch_one(conn)
     .await

@@ -10,7 +10,7 @@ pub mod waits;
 pub mod workflow;
 
 pub use events::EventType;
-pub use names::{HistoryKind, RunState};
+pub use names::{DeliveryState, HistoryKind, RolloutState, RolloutTenantState, RunState};
 pub use resources::{Resource, Resources, StackKind};
 pub use retry::{Jitter, RetryPolicy};
 pub use step::{

@@ -106,6 +106,112 @@ impl RunState {
     }
 }
 
+/// Where one event's delivery to one endpoint stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Due, or waiting for its next attempt.
+    Pending,
+    Delivered,
+    /// Out of attempts.
+    Failed,
+    /// Its endpoint is disabled (removed from configuration, or answered 410).
+    Disabled,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+        DeliveryState::Disabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// Where a fleet rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    Running,
+    /// Paused by an operator: no new wave starts; updates in flight finish.
+    Paused,
+    /// Stopped by failures past the threshold; a resume retries the failed tenants.
+    Halted,
+    Completed,
+    Aborted,
+}
+
+impl RolloutState {
+    pub const ALL: [RolloutState; 5] = [
+        RolloutState::Running,
+        RolloutState::Paused,
+        RolloutState::Halted,
+        RolloutState::Completed,
+        RolloutState::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Halted => "halted",
+            RolloutState::Completed => "completed",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Where one tenant of a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutTenantState {
+    Pending,
+    /// Its update run is in flight.
+    Running,
+    Updated,
+    Failed,
+    /// No longer active when its wave came (or offboarded during its update).
+    Skipped,
+}
+
+impl RolloutTenantState {
+    pub const ALL: [RolloutTenantState; 5] = [
+        RolloutTenantState::Pending,
+        RolloutTenantState::Running,
+        RolloutTenantState::Updated,
+        RolloutTenantState::Failed,
+        RolloutTenantState::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutTenantState::Pending => "pending",
+            RolloutTenantState::Running => "running",
+            RolloutTenantState::Updated => "updated",
+            RolloutTenantState::Failed => "failed",
+            RolloutTenantState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +225,15 @@ mod tests {
         }
         for r in RunState::ALL {
             assert_eq!(RunState::parse(r.as_str()), Some(r));
+        }
+        for d in DeliveryState::ALL {
+            assert_eq!(DeliveryState::parse(d.as_str()), Some(d));
+        }
+        for r in RolloutState::ALL {
+            assert_eq!(RolloutState::parse(r.as_str()), Some(r));
+        }
+        for t in RolloutTenantState::ALL {
+            assert_eq!(RolloutTenantState::parse(t.as_str()), Some(t));
         }
         assert_eq!(HistoryKind::parse("step.exploded"), None);
     }

@@ -2,7 +2,6 @@
 //! Workers coordinate only through Postgres (row locks, leases, fencing tokens), so any number of
 //! `vend serve` processes can share one database.
 
-mod commit;
 pub mod dispatcher;
 mod runner;
 pub mod step;
@@ -42,6 +41,8 @@ pub struct EngineConfig {
     pub commit_flushes: usize,
 }
 
+/// The defaults here are the only ones: `Config` reads `VEND_WORKER_CONCURRENCY`, `VEND_LEASE` and
+/// `VEND_POLL_INTERVAL` over them.
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -85,8 +86,11 @@ pub struct Engine {
     pub(crate) registry: Registry,
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) commits:
-        commit::GroupCommit<db::steps::Success, (db::steps::SuccessResult, i64), sqlx::Error>,
+    pub(crate) commits: crate::group_commit::GroupCommit<
+        db::steps::Success,
+        (db::steps::SuccessResult, i64),
+        sqlx::Error,
+    >,
 }
 
 impl Engine {
@@ -105,7 +109,10 @@ impl Engine {
             pool,
             workflows,
             registry,
-            commits: commit::GroupCommit::new(config.commit_batch, config.commit_flushes),
+            commits: crate::group_commit::GroupCommit::new(
+                config.commit_batch,
+                config.commit_flushes,
+            ),
             config,
             metrics,
         })

@@ -18,8 +18,8 @@ use crate::domain::{
 };
 use crate::lifecycle;
 
+use super::Engine;
 use super::step::{StepContext, TenantInfo};
-use super::{Engine, commit};
 
 /// How one attempt ended from the engine's point of view.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,7 +321,7 @@ impl Engine {
                 Ok(results.into_iter().map(|r| (r, deliveries)).collect())
             })
             .await
-            .map_err(commit::CommitError::into_sqlx)?;
+            .map_err(crate::group_commit::CommitError::into_sqlx)?;
         let next = match result {
             db::steps::SuccessResult::LeaseLost => return Ok(None),
             db::steps::SuccessResult::Written(next) => next,

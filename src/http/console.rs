@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Scope;
 use crate::db;
 use crate::db::sessions::Session;
-use crate::domain::{StepState, TenantState};
+use crate::domain::{DeliveryState, StepState, TenantState};
 use crate::lifecycle;
 
 use super::AppState;
@@ -290,7 +290,7 @@ async fn fleet_markup(state: &AppState, now: DateTime<Utc>) -> Result<Markup, sq
                             td { (r.created_at.format("%Y-%m-%d %H:%M")) }
                             td { (r.stack) }
                             td { code { (r.version) } }
-                            td class={ "state-" (r.state) } { (r.state) }
+                            td class={ "state-" (r.state.as_str()) } { (r.state.as_str()) }
                             td { (r.actor) }
                         }
                     }
@@ -937,7 +937,7 @@ fn tenant_markup(
                             td { (fmt_time(dl.delivered_at)) }
                             @if s.write {
                                 td {
-                                    @if dl.state == "delivered" || dl.state == "failed" {
+                                    @if [DeliveryState::Delivered, DeliveryState::Failed].map(DeliveryState::as_str).contains(&dl.state.as_str()) {
                                         (action_form(&t.slug, "redeliver", "Redeliver", &s.csrf, html! {
                                             input type="hidden" name="event_id" value=(dl.event_id);
                                             input type="hidden" name="endpoint" value=(dl.endpoint_id);

@@ -37,6 +37,8 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The signup path's writer (group commit).
+    pub intake: Arc<crate::lifecycle::signup::Intake>,
     pub workflows: Arc<Workflows>,
     pub signup_secret: Secret,
     pub ops_tokens: OpsTokens,

@@ -571,7 +571,7 @@ pub async fn list_deliveries(
     ApiQuery(p): ApiQuery<DeliveryParams>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
     if let Some(s) = &p.state
-        && !["pending", "delivered", "failed", "disabled"].contains(&s.as_str())
+        && crate::domain::DeliveryState::parse(s).is_none()
     {
         return Err(ApiError::bad_request(
             "invalid_state",

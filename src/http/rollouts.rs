@@ -73,7 +73,7 @@ fn view(r: Rollout, c: Counts) -> RolloutView {
     RolloutView {
         id: r.id,
         stack: r.stack,
-        state: r.state,
+        state: r.state.as_str().to_owned(),
         version: r.version,
         canary: r.canary,
         wave_size: r.wave_size,

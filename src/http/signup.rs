@@ -80,11 +80,11 @@ async fn accept(
         })
         .expect("views serialize"),
     };
-    match lifecycle::signup::accept(&state.pool, &tenant, workflow, &answer).await? {
+    match state.intake.accept(tenant, workflow, answer).await? {
         Outcome::Accepted(answer) => {
             // After the commit, not in it (see `db::Nudge`).
             state.nudges.signup.nudge();
-            info!(tenant.slug = %tenant.slug, tier = signup.tier.as_str(), "signup accepted");
+            info!(tenant.slug = %signup.slug.as_str(), tier = signup.tier.as_str(), "signup accepted");
             Ok(answer_response(answer))
         }
         Outcome::Replayed(answer) => Ok(replay(answer)),

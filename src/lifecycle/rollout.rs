@@ -12,7 +12,9 @@ use uuid::Uuid;
 use crate::db;
 use crate::db::history::NewEntry;
 use crate::db::rollouts::{Counts, Rollout};
-use crate::domain::{HistoryKind, Purpose, RunState, TenantState, Workflows};
+use crate::domain::{
+    HistoryKind, Purpose, RolloutState, RolloutTenantState, RunState, TenantState, Workflows,
+};
 
 const ROLLOUT_ID: &str = crate::domain::Resource::RolloutId.key();
 
@@ -115,7 +117,7 @@ pub async fn start(
     )
     .await?;
     if tenants.is_empty() {
-        db::rollouts::set_state(&mut tx, id, "completed").await?;
+        db::rollouts::set_state(&mut tx, id, RolloutState::Completed).await?;
     }
     tx.commit().await?;
     let rollout = db::rollouts::get(pool, id).await?.expect("just created");
@@ -144,17 +146,18 @@ pub async fn control(pool: &PgPool, id: Uuid, action: Control) -> Result<Control
     let Some(r) = db::rollouts::lock(&mut tx, id).await? else {
         return Ok(Controlled::NotFound);
     };
-    let to = match (action, r.state.as_str()) {
-        (Control::Pause, "running") => "paused",
-        (Control::Resume, "paused") => "running",
+    use RolloutState::*;
+    let to = match (action, r.state) {
+        (Control::Pause, Running) => Paused,
+        (Control::Resume, Paused) => Running,
         // Ops fixed what failed: the failed tenants are tried again first (their wave is the
         // earliest unfinished one), then the rollout goes on.
-        (Control::Resume, "halted") => {
+        (Control::Resume, Halted) => {
             db::rollouts::retry_failed(&mut tx, id).await?;
-            "running"
+            Running
         }
-        (Control::Abort, "running" | "paused" | "halted") => "aborted",
-        (_, s) => return Ok(Controlled::Refused(s.to_owned())),
+        (Control::Abort, Running | Paused | Halted) => Aborted,
+        (_, s) => return Ok(Controlled::Refused(s.as_str().to_owned())),
     };
     db::rollouts::set_state(&mut tx, id, to).await?;
     tx.commit().await?;
@@ -179,24 +182,24 @@ async fn advance_one(pool: &PgPool, workflows: &Workflows, id: Uuid) -> Result<(
     };
     for t in db::rollouts::running_tenants(&mut *tx, id).await? {
         let to = match t.run_state.as_deref().and_then(RunState::parse) {
-            Some(RunState::Succeeded) => "updated",
-            Some(RunState::Failed) => "failed",
+            Some(RunState::Succeeded) => RolloutTenantState::Updated,
+            Some(RunState::Failed) => RolloutTenantState::Failed,
             // Offboarded meanwhile (its update run cancelled).
-            Some(RunState::Cancelled) => "skipped",
+            Some(RunState::Cancelled) => RolloutTenantState::Skipped,
             _ => continue,
         };
         db::rollouts::set_tenant(&mut tx, id, t.tenant_id, to, None).await?;
     }
     let c = db::rollouts::counts(&mut *tx, id).await?;
     if c.failed > i64::from(r.max_failures) {
-        db::rollouts::set_state(&mut tx, id, "halted").await?;
+        db::rollouts::set_state(&mut tx, id, RolloutState::Halted).await?;
         return tx.commit().await;
     }
     if c.pending == 0 && c.running == 0 {
-        db::rollouts::set_state(&mut tx, id, "completed").await?;
+        db::rollouts::set_state(&mut tx, id, RolloutState::Completed).await?;
         return tx.commit().await;
     }
-    if r.state == "running" {
+    if r.state == RolloutState::Running {
         let (pending, wave_running) = db::rollouts::next_wave(&mut *tx, id).await?;
         if !wave_running {
             for tenant in pending {
@@ -220,7 +223,8 @@ async fn start_tenant(
     };
     let tenant = db::tenants::by_id_locked(conn, tenant_id).await?;
     if tenant.state != TenantState::Active {
-        return db::rollouts::set_tenant(conn, r.id, tenant_id, "skipped", None).await;
+        return db::rollouts::set_tenant(conn, r.id, tenant_id, RolloutTenantState::Skipped, None)
+            .await;
     }
     if let Some(run) = db::tenants::current_run(&mut *conn, tenant_id).await?
         && run.state == RunState::Running
@@ -253,7 +257,14 @@ async fn start_tenant(
         },
     )
     .await?;
-    db::rollouts::set_tenant(conn, r.id, tenant_id, "running", Some(run_id)).await?;
+    db::rollouts::set_tenant(
+        conn,
+        r.id,
+        tenant_id,
+        RolloutTenantState::Running,
+        Some(run_id),
+    )
+    .await?;
     db::notify(conn, db::STEPS_CHANNEL).await
 }
 

@@ -1,6 +1,8 @@
 //! A signup: the tenant, its run with the first step due, the history entry, the `tenant.created`
-//! event and the stored answer, made durable in one statement (one round trip, one commit). It never
-//! calls AWS.
+//! event and the stored answer, made durable in one statement (one round trip, one commit), shared
+//! with the signups arriving at the same moment. It never calls AWS.
+
+use std::sync::Arc;
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -11,6 +13,7 @@ use crate::db;
 use crate::db::tenants::{NewSignup, SignupInsert, StoredAnswer, Tenant};
 use crate::domain::events;
 use crate::domain::{EventType, HistoryKind, Signup, TenantState, Workflow};
+use crate::group_commit::{CommitError, GroupCommit};
 
 /// The resource key of the tenant's region.
 pub const REGION: &str = crate::domain::Resource::Region.key();
@@ -58,45 +61,87 @@ pub fn new_tenant(
     }
 }
 
-/// Stores `tenant` (from [`new_tenant`]) with its run, answering `answer`.
-pub async fn accept(
-    pool: &PgPool,
-    tenant: &Tenant,
-    workflow: &Workflow,
-    answer: &StoredAnswer,
-) -> Result<Outcome, sqlx::Error> {
-    let inserted = db::tenants::insert_signup(
-        pool,
-        &NewSignup {
-            tenant,
-            run_id: Uuid::now_v7(),
-            // A loaded workflow has at least one step (refused at load otherwise).
-            first_step: &workflow.steps[0].name,
-            history_kind: HistoryKind::SignupAccepted.as_str(),
-            history_message: &format!("signup accepted; workflow {}", workflow.name),
-            history_detail: &json!({"webhook_id": tenant.signup_id, "tier": tenant.tier}),
-            event_id: Uuid::now_v7(),
-            event_type: EventType::TenantCreated.as_str(),
-            event_payload: &events::payload(&tenant.for_event(), None, Value::Null),
-            answer,
-        },
-    )
-    .await?;
-    match inserted {
-        SignupInsert::Inserted => Ok(Outcome::Accepted(answer.clone())),
-        // A replay (or a concurrent duplicate that committed first) finds its answer; a slug taken by
-        // another request does not.
-        SignupInsert::SlugTaken => Ok(
-            match db::tenants::find_signup_answer(pool, &tenant.signup_id).await? {
-                Some(a) => Outcome::Replayed(a),
-                None => Outcome::SlugTaken,
-            },
-        ),
-        SignupInsert::WebhookIdTaken => Ok(
-            match db::tenants::find_signup_answer(pool, &tenant.signup_id).await? {
-                Some(a) => Outcome::Replayed(a),
-                None => Outcome::WebhookIdReused,
-            },
-        ),
+/// Everything `tenant`'s signup writes besides the tenant: its run, history entry, `tenant.created`
+/// event and the stored answer.
+pub fn prepare(tenant: Tenant, workflow: &Workflow, answer: StoredAnswer) -> NewSignup {
+    NewSignup {
+        history_message: format!("signup accepted; workflow {}", workflow.name),
+        history_detail: json!({"webhook_id": tenant.signup_id, "tier": tenant.tier}),
+        event_payload: events::payload(&tenant.for_event(), None, Value::Null),
+        tenant,
+        run_id: Uuid::now_v7(),
+        // A loaded workflow has at least one step (refused at load otherwise).
+        first_step: workflow.steps[0].name.clone(),
+        history_kind: HistoryKind::SignupAccepted.as_str(),
+        event_id: Uuid::now_v7(),
+        event_type: EventType::TenantCreated.as_str(),
+        answer,
+    }
+}
+
+/// At most this many signups share one statement. A batch this size is about 60 kB of parameters and
+/// a few milliseconds of Postgres time; larger ones would hold their first signup longer than they save.
+const MAX_BATCH: usize = 64;
+
+/// Statements in flight at once. Alone a signup never waits for another; under load the queue forms
+/// behind these and is written in batches, so commits per signup fall as the rate rises.
+const PARALLEL_FLUSHES: usize = 4;
+
+/// The signup path's writer: signups arriving together are stored by one statement and one commit
+/// (see [`crate::group_commit`]); each gets its own outcome.
+pub struct Intake {
+    pool: PgPool,
+    commits: GroupCommit<NewSignup, SignupInsert, sqlx::Error>,
+}
+
+impl Intake {
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            commits: GroupCommit::new(MAX_BATCH, PARALLEL_FLUSHES),
+        })
+    }
+
+    /// Stores `tenant` (from [`new_tenant`]) with its run, answering `answer`.
+    ///
+    /// The write runs on its own task: a client that hangs up must not abort a statement that carries
+    /// other clients' signups.
+    pub async fn accept(
+        self: &Arc<Self>,
+        tenant: Tenant,
+        workflow: &Workflow,
+        answer: StoredAnswer,
+    ) -> Result<Outcome, sqlx::Error> {
+        let signup_id = tenant.signup_id.clone();
+        let new = prepare(tenant, workflow, answer.clone());
+        let this = self.clone();
+        let inserted = tokio::spawn(async move {
+            this.commits
+                .submit(new, |batch| {
+                    let pool = this.pool.clone();
+                    async move { db::tenants::insert_signups(&pool, &batch).await }
+                })
+                .await
+                .map_err(CommitError::into_sqlx)
+        })
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("the signup's write task failed: {e}")))??;
+        match inserted {
+            SignupInsert::Inserted => Ok(Outcome::Accepted(answer)),
+            // A replay (or a concurrent duplicate that committed first) finds its answer; a slug taken
+            // by another request does not.
+            SignupInsert::SlugTaken => Ok(
+                match db::tenants::find_signup_answer(&self.pool, &signup_id).await? {
+                    Some(a) => Outcome::Replayed(a),
+                    None => Outcome::SlugTaken,
+                },
+            ),
+            SignupInsert::WebhookIdTaken => Ok(
+                match db::tenants::find_signup_answer(&self.pool, &signup_id).await? {
+                    Some(a) => Outcome::Replayed(a),
+                    None => Outcome::WebhookIdReused,
+                },
+            ),
+        }
     }
 }

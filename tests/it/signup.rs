@@ -118,6 +118,130 @@ async fn concurrent_duplicates_create_one_tenant() {
     }
 }
 
+/// The group commit's statement, fed directly: fresh signups, a slug taken before, a slug twice in one
+/// batch, and then a batch carrying a used webhook-id with another slug (the statement fails whole and
+/// each signup is written alone). Each gets its own outcome; only the winners leave rows.
+#[tokio::test]
+async fn signups_written_in_one_statement_each_get_their_own_outcome() {
+    use vend::db::tenants::{SignupInsert, StoredAnswer, insert_signups};
+    let app = app().await;
+    assert_eq!(
+        app.signup_with_id("msg_old", &signup_body("taken"))
+            .await
+            .status(),
+        202
+    );
+    let workflow = app.workflows.for_tier(vend::domain::Tier::Enterprise);
+    let new = |slug: &str, id: &str| {
+        let body = serde_json::to_vec(&signup_body(slug)).unwrap();
+        let signup = vend::domain::Signup::parse(&body).unwrap();
+        let tenant = vend::lifecycle::signup::new_tenant(&signup, workflow, None, id);
+        let answer = StoredAnswer {
+            status: 202,
+            response: json!({"for": id}),
+        };
+        vend::lifecycle::signup::prepare(tenant, workflow, answer)
+    };
+
+    let batch = [
+        new("fresh-one", "msg_1"),
+        new("taken", "msg_2"),
+        new("twice", "msg_3"),
+        new("twice", "msg_4"),
+        new("fresh-two", "msg_5"),
+    ];
+    let outcomes = insert_signups(&app.pool, &batch).await.unwrap();
+    use SignupInsert::*;
+    assert_eq!(
+        outcomes,
+        [Inserted, SlugTaken, Inserted, SlugTaken, Inserted]
+    );
+    // The old tenant plus three; each with its run, first step, history, event and answer.
+    assert_eq!(app.footprint().await, vec![4, 4, 4, 4, 4, 0, 4]);
+    let answers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT s.webhook_id, t.slug FROM signup_requests s JOIN tenants t ON t.id = s.tenant_id
+         ORDER BY 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected = [
+        ("msg_1", "fresh-one"),
+        ("msg_3", "twice"),
+        ("msg_5", "fresh-two"),
+        ("msg_old", "taken"),
+    ];
+    assert_eq!(
+        answers,
+        expected.map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "each answer belongs to its own tenant"
+    );
+
+    let batch = [
+        new("fresh-three", "msg_6"),
+        new("another", "msg_1"),
+        new("fresh-four", "msg_7"),
+    ];
+    let outcomes = insert_signups(&app.pool, &batch).await.unwrap();
+    assert_eq!(outcomes, [Inserted, WebhookIdTaken, Inserted]);
+    assert_eq!(app.footprint().await, vec![6, 6, 6, 6, 6, 0, 6]);
+    for slug in ["fresh-one", "twice", "fresh-three", "fresh-four"] {
+        assert_eq!(app.tenant(slug).await["state"], "pending", "{slug}");
+    }
+}
+
+/// Many signups at once, as the group commit batches them: every distinct one accepted, every
+/// replay answered with its original, every slug raced by another request refused, nothing lost.
+#[tokio::test]
+async fn a_burst_of_signups_is_stored_exactly_once_each() {
+    let app = std::sync::Arc::new(app().await);
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            // 200 distinct signups; each of the first 50 also sent again with its id (a replay)
+            // and raced by another id for its slug.
+            let (id, slug) = match i {
+                0..200 => (format!("msg_{i}"), format!("burst-{i}")),
+                200..250 => (format!("msg_{}", i - 200), format!("burst-{}", i - 200)),
+                _ => (format!("msg_rival_{i}"), format!("burst-{}", i - 250)),
+            };
+            let r = app.signup_with_id(&id, &signup_body(&slug)).await;
+            (i, r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert_eq!(app.footprint().await, vec![200, 200, 200, 200, 200, 0, 200]);
+    for (i, status, body) in &answers {
+        match i {
+            0..200 => {
+                // Only a rival can have won an original's slug, and then the original is refused.
+                if *status == 409 {
+                    assert!(*i < 50, "{i}");
+                    assert_eq!(body["error"]["code"], "slug_taken");
+                } else {
+                    assert_eq!(*status, 202, "{i} {body}");
+                    assert_eq!(body["tenant"]["slug"], format!("burst-{i}"));
+                }
+            }
+            200..250 => {
+                let original = &answers[i - 200];
+                assert_eq!((*status, body), (original.1, &original.2), "replay {i}");
+            }
+            _ => {
+                let original = &answers[i - 250];
+                assert!(
+                    (*status == 409) != (original.1 == 409),
+                    "exactly one of the original and its rival wins: {i} {status} {body}"
+                );
+            }
+        }
+    }
+}
+
 /// Sends a raw request and checks status and error code, and that nothing was stored.
 async fn expect_refused(app: &TestApp, req: reqwest::RequestBuilder, status: u16, code: &str) {
     let before = app.footprint().await;

@@ -226,6 +226,7 @@ async fn spawn_app_full(
     let metrics = Metrics::new();
     let state = AppState {
         pool: pool.clone(),
+        intake: vend::lifecycle::signup::Intake::new(pool.clone()),
         workflows: workflows.clone(),
         signup_secret: Secret::parse(SIGNUP_SECRET).unwrap(),
         ops_tokens: ops_tokens(),

@@ -1,20 +1,22 @@
-//! Group commit for the engine's hot path: steps that succeeded are written many at a time.
+//! Group commit for the hot paths: steps that succeeded (the engine) and signups (the intake) are
+//! written many at a time.
 //!
-//! Each finished step queues its success and waits. Whoever finds a free flush slot becomes the leader:
+//! Each caller queues its item and waits. Whoever finds a free flush slot becomes the leader:
 //! it takes everything queued (up to the batch limit), writes it with one statement and hands every
-//! waiter its own result. Nothing waits for a timer: alone, a step flushes at once (no added latency);
-//! under load, steps finishing while a flush runs share the next one, so the statements, round trips
-//! and commits per step fall as the load rises.
+//! waiter its own result. Nothing waits for a timer: alone, an item flushes at once (no added latency);
+//! under load, items queued while a flush runs share the next one, so the statements, round trips
+//! and commits per item fall as the load rises.
 //!
 //! When a flush ends with items still queued, only the owner of the oldest one is woken to lead the
 //! next: waking every waiter (hundreds under load) on every flush cost more CPU than the statements
 //! they were waiting for. A queued item's owner is always still waiting, so the wake-up is never lost.
 //!
 //! Nothing is lost if a leader dies mid-flush (its task is aborted): its waiters' replies drop, they
-//! see an error and retry, and the fence makes the retry safe whether or not the statement committed.
+//! see an error and retry, and the step's fence (engine) or the webhook-id (intake) makes the retry
+//! safe whether or not the statement committed.
 //!
-//! The coordination is generic over the flush (the engine's is `db::steps::succeed_many`), so it is
-//! tested here without a database.
+//! The coordination is generic over the flush (the engine's is `db::steps::succeed_many`, the
+//! intake's `db::tenants::insert_signups`), so it is tested here without a database.
 
 use std::future::Future;
 use std::mem;
@@ -148,14 +150,14 @@ impl<T, R, E> GroupCommit<T, R, E> {
 }
 
 impl CommitError<sqlx::Error> {
-    /// For the engine's commit loop, which logs and retries any database error.
+    /// For callers that handle any database error alike (the engine retries, the intake answers 503).
     pub(crate) fn into_sqlx(self) -> sqlx::Error {
         match self {
             Self::Failed(e) => {
                 Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string()))
             }
             Self::Abandoned => {
-                sqlx::Error::Protocol("the group commit carrying this step was abandoned".into())
+                sqlx::Error::Protocol("the group commit carrying this item was abandoned".into())
             }
         }
     }
