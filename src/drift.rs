@@ -1,8 +1,8 @@
 //! Drift: every active tenant is checked at least once per `VEND_DRIFT_INTERVAL` against what the
 //! contract says its AWS side is (the account under the tenant OU, which carries vend's SCPs; the
 //! tenant's record pointing at its domain; the custom domain and its mapping; the baseline and tenant
-//! stacks complete and not rolled back; the account's tags). What differs is an open finding until a
-//! check no longer sees it. With `VEND_DRIFT_REPAIR=auto` vend repairs what is its own to repair: it
+//! stacks complete, not rolled back and without CloudFormation drift; the account's tags). What
+//! differs is an open finding until a check no longer sees it. With `VEND_DRIFT_REPAIR=auto` vend repairs what is its own to repair: it
 //! moves the tenant's account back, re-attaches its SCPs, tags the account again, or requeues the step
 //! that makes the missing piece (which never takes over what someone else made, e.g. a record
 //! pointing elsewhere stays a finding).
@@ -43,6 +43,13 @@ pub struct Facts {
     pub stack_status: Option<String>,
     /// The baseline stack's status, if it exists.
     pub baseline_status: Option<String>,
+    /// What CloudFormation's last drift detection found on the tenant and the baseline stack.
+    pub stack_drift: Option<String>,
+    pub baseline_drift: Option<String>,
+    /// The version of the template each stack runs and the one vend deployed, when both are known
+    /// and no run of the tenant is changing the stacks.
+    pub stack_template: Option<(String, String)>,
+    pub baseline_template: Option<(String, String)>,
 }
 
 /// How vend repairs a finding, if it may.
@@ -170,6 +177,50 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
                 Repair::Requeue(step),
             ),
             _ => {}
+        }
+    }
+    for (resource, stack, template, step) in [
+        (
+            "stack.baseline.template",
+            "baseline",
+            &f.baseline_template,
+            "bootstrap_baseline",
+        ),
+        (
+            "stack.template",
+            "tenant",
+            &f.stack_template,
+            "deploy_stack",
+        ),
+    ] {
+        if let Some((running, deployed)) = template
+            && running != deployed
+        {
+            add(
+                resource.into(),
+                format!(
+                    "the {stack} stack runs a template vend did not deploy (version {running}; \
+                     vend deployed {deployed})"
+                ),
+                Repair::Requeue(step),
+            );
+        }
+    }
+    // Changes made behind CloudFormation's back: a stack update with the same template would not
+    // undo them (CloudFormation compares templates, not resources), and they are someone's doing.
+    for (resource, stack, drift) in [
+        ("stack.baseline.drift", "baseline", &f.baseline_drift),
+        ("stack.drift", "tenant", &f.stack_drift),
+    ] {
+        if drift.as_deref() == Some("DRIFTED") {
+            add(
+                resource.into(),
+                format!(
+                    "the {stack} stack's resources differ from its template (CloudFormation drift \
+                     detection); revert the change, or put it in the template and roll that out"
+                ),
+                Repair::None,
+            );
         }
     }
     out
@@ -300,14 +351,58 @@ impl DriftChecker {
             0
         };
         let cfn = Cfn::new(&aws);
-        let stack_status = cfn
-            .describe(crate::steps::TENANT_STACK)
-            .await?
-            .map(|s| s.status);
-        let baseline_status = cfn
-            .describe(crate::steps::BASELINE_STACK)
-            .await?
-            .map(|s| s.status);
+        let stack = cfn.describe(crate::steps::TENANT_STACK).await?;
+        let baseline = cfn.describe(crate::steps::BASELINE_STACK).await?;
+        // The detection started now is read by the next check. One that cannot start (one already
+        // running, throttled, or an emulator without it) costs this check nothing.
+        for (name, info) in [
+            (crate::steps::TENANT_STACK, &stack),
+            (crate::steps::BASELINE_STACK, &baseline),
+        ] {
+            if info
+                .as_ref()
+                .is_some_and(|i| i.status.ends_with("_COMPLETE"))
+                && let Err(e) = cfn.detect_drift(name).await
+            {
+                tracing::debug!(tenant.slug = %tenant.slug, stack = name, error = %e, "drift detection not started");
+            }
+        }
+        // A run in flight (a rollout, a requeue) may be changing a stack: its template is compared
+        // when the run is over.
+        let settled = match db::tenants::current_run(&s.pool, tenant.id).await {
+            Ok(run) => run.is_none_or(|r| r.state != crate::domain::RunState::Running),
+            Err(_) => false,
+        };
+        let recorded = tenant.known_resources();
+        let mut templates = Vec::new();
+        for (name, info, deployed) in [
+            (
+                crate::steps::TENANT_STACK,
+                &stack,
+                recorded.tenant_stack_version.clone(),
+            ),
+            (
+                crate::steps::BASELINE_STACK,
+                &baseline,
+                recorded.baseline_stack_version.clone(),
+            ),
+        ] {
+            let complete = info
+                .as_ref()
+                .is_some_and(|i| i.status.ends_with("_COMPLETE"));
+            templates.push(match deployed {
+                Some(deployed) if settled && complete => cfn
+                    .template(name)
+                    .await?
+                    .map(|t| (crate::lifecycle::rollout::version(&t), deployed)),
+                _ => None,
+            });
+        }
+        let baseline_template = templates.pop().flatten();
+        let stack_template = templates.pop().flatten();
+        let (stack_status, stack_drift) = stack.map_or((None, None), |s| (Some(s.status), s.drift));
+        let (baseline_status, baseline_drift) =
+            baseline.map_or((None, None), |s| (Some(s.status), s.drift));
         Ok(Some(Facts {
             domain,
             tenant_ou: ou,
@@ -320,6 +415,10 @@ impl DriftChecker {
             mappings,
             stack_status,
             baseline_status,
+            stack_drift,
+            baseline_drift,
+            stack_template,
+            baseline_template,
         }))
     }
 
@@ -417,6 +516,10 @@ mod tests {
             mappings: 1,
             stack_status: Some("UPDATE_COMPLETE".into()),
             baseline_status: Some("CREATE_COMPLETE".into()),
+            stack_drift: Some("IN_SYNC".into()),
+            baseline_drift: Some("NOT_CHECKED".into()),
+            stack_template: Some(("0a1b2c".into(), "0a1b2c".into())),
+            baseline_template: None,
         }
     }
 
@@ -435,6 +538,8 @@ mod tests {
         f.mappings = 0;
         f.stack_status = Some("UPDATE_ROLLBACK_COMPLETE".into());
         f.baseline_status = None;
+        f.stack_drift = Some("DRIFTED".into());
+        f.stack_template = Some(("ffffff".into(), "0a1b2c".into()));
         let found = findings(&f);
         let by: Vec<(&str, &Repair)> = found
             .iter()
@@ -463,6 +568,8 @@ mod tests {
                 ("apigateway.mapping", &Repair::Requeue("map_domain")),
                 ("stack.baseline", &Repair::Requeue("bootstrap_baseline")),
                 ("stack", &Repair::Requeue("deploy_stack")),
+                ("stack.template", &Repair::Requeue("deploy_stack")),
+                ("stack.drift", &Repair::None),
             ]
         );
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_cloudformation::Client;
-use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Tag};
+use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Tag, TemplateStage};
 
 use super::{Aws, AwsError};
 
@@ -25,6 +25,9 @@ pub struct StackInfo {
     pub reason: Option<String>,
     pub outputs: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
+    /// What the last drift detection found (`DRIFTED`, `IN_SYNC`, `UNKNOWN`, `NOT_CHECKED`), if
+    /// CloudFormation reports it.
+    pub drift: Option<String>,
 }
 
 /// A change set as CloudFormation reports it.
@@ -99,7 +102,45 @@ impl Cfn {
                 .iter()
                 .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
                 .collect(),
+            drift: s
+                .drift_information()
+                .and_then(|d| d.stack_drift_status())
+                .map(|d| d.as_str().to_owned()),
         }))
+    }
+
+    /// The template the stack runs, as it was submitted (`Original` stage); `None` without a stack.
+    pub async fn template(&self, name: &str) -> Result<Option<String>, AwsError> {
+        let r = self
+            .aws
+            .call(
+                "cloudformation.GetTemplate",
+                self.client
+                    .get_template()
+                    .stack_name(name)
+                    .template_stage(TemplateStage::Original)
+                    .send(),
+            )
+            .await;
+        match r {
+            Ok(o) => Ok(o.template_body().map(str::to_owned)),
+            Err(e) if e.code == "ValidationError" && e.message.contains("does not exist") => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts CloudFormation's drift detection on the stack; its result is in [`StackInfo::drift`]
+    /// once it ends (seconds to minutes), which the next check reads. Nothing waits for it here.
+    pub async fn detect_drift(&self, name: &str) -> Result<(), AwsError> {
+        self.aws
+            .call(
+                "cloudformation.DetectStackDrift",
+                self.client.detect_stack_drift().stack_name(name).send(),
+            )
+            .await
+            .map(|_| ())
     }
 
     fn parameters(spec: &StackSpec) -> Vec<Parameter> {

@@ -59,8 +59,9 @@ async fn started(
 /// How soon to look at a change set again: CloudFormation computes one in seconds.
 const CHANGE_SET_LOOK: Duration = Duration::from_secs(2);
 
-/// Updates a stack at rest to `spec` through the change set named after `spec`'s hash: created, looked
-/// at until CloudFormation has computed it, then executed. `None` when there is nothing to change (or
+/// Updates a stack at rest to `spec` through the change set `name` (named after the content, so the
+/// same change has the same name): created, looked at until CloudFormation has computed it, then
+/// executed. `None` when there is nothing to change (or
 /// this change set already ran); a spent or obsolete change set is deleted so the next look makes it
 /// afresh. Every call is safe to repeat after a crash: the name and tokens come from the content.
 async fn through_change_set(
@@ -69,18 +70,17 @@ async fn through_change_set(
     pool: &PgPool,
     cfn: &Cfn,
     spec: &StackSpec,
-    hash: &str,
+    name: &str,
     token: &str,
 ) -> Result<Option<StackProgress>, StepError> {
-    let name = format!("vend-{}", &hash[..16]);
     let preparing = |what: &str| {
         Some(StackProgress::InProgress {
             note: format!("change set {name}: {what}"),
             after: CHANGE_SET_LOOK,
         })
     };
-    let Some(cs) = cfn.change_set(&spec.name, &name).await? else {
-        if !cfn.create_change_set(spec, &name, token).await? {
+    let Some(cs) = cfn.change_set(&spec.name, name).await? else {
+        if !cfn.create_change_set(spec, name, token).await? {
             return Ok(None);
         }
         return Ok(preparing("CREATE_PENDING"));
@@ -90,7 +90,7 @@ async fn through_change_set(
     }
     match (cs.status.as_str(), cs.execution_status.as_str()) {
         (_, "AVAILABLE") => {
-            cfn.execute_change_set(&spec.name, &name, &format!("{token}-execute"))
+            cfn.execute_change_set(&spec.name, name, &format!("{token}-execute"))
                 .await?;
             started(ctx, timer, pool, "UPDATE_IN_PROGRESS")
                 .await
@@ -98,7 +98,7 @@ async fn through_change_set(
         }
         (_, "EXECUTE_COMPLETE") => Ok(None),
         ("FAILED", _) => {
-            cfn.delete_change_set(&spec.name, &name).await?;
+            cfn.delete_change_set(&spec.name, name).await?;
             Err(StepError::permanent(
                 "ChangeSetFailed",
                 format!(
@@ -109,7 +109,7 @@ async fn through_change_set(
             ))
         }
         (_, spent @ ("EXECUTE_FAILED" | "OBSOLETE")) => {
-            cfn.delete_change_set(&spec.name, &name).await?;
+            cfn.delete_change_set(&spec.name, name).await?;
             Ok(preparing(&format!("{spent}, made again")))
         }
         (status, _) => Ok(preparing(status)),
@@ -166,9 +166,28 @@ pub async fn converge(
             })
         }
         "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
-            if stack.tags.get(HASH_TAG) != Some(&hash)
+            // The tag says what vend deployed last. A stack vend did not just change may have been
+            // changed behind its back since (drift repair reruns this step for that): the template
+            // it runs then tells, and a change set puts vend's back.
+            // The change set is then named after what it changes from as well: one named after the
+            // target alone may be the spent one that deployed it first.
+            let change = if stack.tags.get(HASH_TAG) != Some(&hash) {
+                Some((format!("vend-{}", &hash[..16]), token.clone()))
+            } else if timer.elapsed(ctx).is_none()
+                && let Some(running) = cfn.template(&spec.name).await?
+                && running != spec.template_body
+            {
+                let from = &super::hex(&Sha256::digest(running.as_bytes()))[..8];
+                Some((
+                    format!("vend-{}-{from}", &hash[..16]),
+                    format!("{token}-{from}"),
+                ))
+            } else {
+                None
+            };
+            if let Some((name, token)) = change
                 && let Some(progress) =
-                    through_change_set(ctx, &timer, pool, cfn, &spec, &hash, &token).await?
+                    through_change_set(ctx, &timer, pool, cfn, &spec, &name, &token).await?
             {
                 return Ok(progress);
             }
@@ -188,7 +207,8 @@ pub async fn converge(
         }
         // A failed update rolled back to the last good state: on an operator retry, update again.
         "UPDATE_ROLLBACK_COMPLETE" if retrying => {
-            match through_change_set(ctx, &timer, pool, cfn, &spec, &hash, &token).await? {
+            let name = format!("vend-{}", &hash[..16]);
+            match through_change_set(ctx, &timer, pool, cfn, &spec, &name, &token).await? {
                 // Still preparing: the failure stays recorded, so the next look comes back here.
                 Some(StackProgress::InProgress { note, after }) if !note.starts_with("UPDATE") => {
                     Ok(StackProgress::InProgress { note, after })

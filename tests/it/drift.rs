@@ -59,7 +59,8 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     assert_eq!(open_findings(&app).await, vec![]);
 
     // Behind vend's back: the account moved to the root, an SCP detached, its vend:tenant tag
-    // removed and its vend:tier tag changed, the record deleted, the mapping deleted.
+    // removed and its vend:tier tag changed, the record deleted, the mapping deleted, the tenant
+    // stack updated from another template.
     let org = aws_sdk_organizations::Client::new(&sdk);
     let ou = rt.silo.management.tenant_ou_id.clone();
     let root = rt.silo.management.root_id.clone();
@@ -147,6 +148,42 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
         .await
         .unwrap();
 
+    let shipped = std::fs::read_to_string(
+        crate::support::postgres::repo_root().join("templates/tenant-stack.yaml"),
+    )
+    .unwrap();
+    let cfn = aws_sdk_cloudformation::Client::new(&inside);
+    let running = || async {
+        cfn.get_template()
+            .stack_name(vend::steps::TENANT_STACK)
+            .send()
+            .await
+            .unwrap()
+            .template_body()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(running().await, shipped);
+    let edited = shipped.replacen("Description: >-", "Description: >-\n  Edited by hand.", 1);
+    cfn.update_stack()
+        .stack_name(vend::steps::TENANT_STACK)
+        .template_body(&edited)
+        .parameters(
+            aws_sdk_cloudformation::types::Parameter::builder()
+                .parameter_key("TenantSlug")
+                .use_previous_value(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        moto::stack_status(&inside, vend::steps::TENANT_STACK)
+            .await
+            .as_deref(),
+        Some("UPDATE_COMPLETE")
+    );
+
     // Reported, each one, with nothing changed.
     assert_eq!(report.check_due(10).await.unwrap(), 1);
     let acme = |r: &str| ("acme".to_owned(), r.to_owned());
@@ -156,6 +193,7 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
         acme("apigateway.mapping"),
         acme("dns.record"),
         acme(&format!("ou.scp:{scp_name}")),
+        acme("stack.template"),
     ];
     want.sort();
     assert_eq!(open_findings(&app).await, want);
@@ -166,7 +204,8 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     .await
     .unwrap();
     assert_eq!(events.len(), 1, "one event for the check that found them");
-    assert_eq!(events[0]["findings"].as_array().unwrap().len(), 5);
+    assert_eq!(events[0]["findings"].as_array().unwrap().len(), 6);
+    assert_eq!(running().await, edited, "a report changes nothing");
     let o = app
         .ops(Method::GET, "/v1/drift?tenant=nobody", None)
         .await
@@ -196,6 +235,7 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(assert_contract_holds(&sdk, "acme").await, account);
+    assert_eq!(running().await, shipped, "vend's template is back");
     let tags = org
         .list_tags_for_resource()
         .resource_id(&account)
