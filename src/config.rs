@@ -241,6 +241,152 @@ pub struct AwsSettings {
     pub drift_interval: Duration,
     /// `VEND_DRIFT_REPAIR=auto` repairs drift; `report` (the default) only records it.
     pub drift_repair: bool,
+    /// `VEND_ALTERNATE_CONTACT_{BILLING,OPERATIONS,SECURITY}`: set on every tenant account by the
+    /// baseline step.
+    pub alternate_contacts: Vec<AlternateContact>,
+    /// `VEND_IDENTITY_CENTER_*`: the ops group's access to every tenant account.
+    pub identity_center: Option<IdentityCenter>,
+}
+
+/// The ops group's access to tenant accounts through IAM Identity Center: this permission set,
+/// assigned to this group on each tenant account by `bootstrap_baseline`, removed by `close_account`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityCenter {
+    pub instance_arn: String,
+    pub permission_set_arn: String,
+    /// The group's id in the Identity Center's identity store.
+    pub group_id: String,
+    /// Identity Center's home region, when it is not vend's own.
+    pub region: Option<String>,
+}
+
+fn parse_identity_center(env: &dyn Env) -> Result<Option<IdentityCenter>, ConfigError> {
+    const VARS: [&str; 3] = [
+        "VEND_IDENTITY_CENTER_INSTANCE_ARN",
+        "VEND_IDENTITY_CENTER_PERMISSION_SET_ARN",
+        "VEND_IDENTITY_CENTER_GROUP_ID",
+    ];
+    let [instance, set, group] = VARS.map(|v| env.get(v).filter(|x| !x.trim().is_empty()));
+    let region = env.get("VEND_IDENTITY_CENTER_REGION");
+    if instance.is_none() && set.is_none() && group.is_none() {
+        return match region {
+            Some(_) => Err(err(
+                "VEND_IDENTITY_CENTER_REGION",
+                "is set without VEND_IDENTITY_CENTER_INSTANCE_ARN, _PERMISSION_SET_ARN and _GROUP_ID",
+            )),
+            None => Ok(None),
+        };
+    }
+    let need = |v: Option<String>, var: &'static str| {
+        v.ok_or_else(|| {
+            err(
+                var,
+                "is required with the other VEND_IDENTITY_CENTER_* settings (instance ARN, \
+                 permission set ARN and group id go together)",
+            )
+        })
+    };
+    let ic = IdentityCenter {
+        instance_arn: need(instance, VARS[0])?,
+        permission_set_arn: need(set, VARS[1])?,
+        group_id: need(group, VARS[2])?,
+        region,
+    };
+    if !(ic.instance_arn.starts_with("arn:") && ic.instance_arn.contains(":instance/")) {
+        return Err(err(
+            VARS[0],
+            "must be an Identity Center instance ARN (arn:aws:sso:::instance/ssoins-...)",
+        ));
+    }
+    if !(ic.permission_set_arn.starts_with("arn:")
+        && ic.permission_set_arn.contains(":permissionSet/"))
+    {
+        return Err(err(
+            VARS[1],
+            "must be a permission set ARN (arn:aws:sso:::permissionSet/ssoins-.../ps-...)",
+        ));
+    }
+    Ok(Some(ic))
+}
+
+/// Which of an account's alternate contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactKind {
+    Billing,
+    Operations,
+    Security,
+}
+
+impl ContactKind {
+    pub const ALL: [ContactKind; 3] = [
+        ContactKind::Billing,
+        ContactKind::Operations,
+        ContactKind::Security,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactKind::Billing => "billing",
+            ContactKind::Operations => "operations",
+            ContactKind::Security => "security",
+        }
+    }
+
+    fn variable(self) -> &'static str {
+        match self {
+            ContactKind::Billing => "VEND_ALTERNATE_CONTACT_BILLING",
+            ContactKind::Operations => "VEND_ALTERNATE_CONTACT_OPERATIONS",
+            ContactKind::Security => "VEND_ALTERNATE_CONTACT_SECURITY",
+        }
+    }
+}
+
+/// An alternate contact of tenant accounts, as AWS's Account API takes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlternateContact {
+    #[serde(skip_deserializing, default = "billing")]
+    pub kind: ContactKind,
+    pub name: String,
+    pub title: String,
+    pub email: String,
+    pub phone: String,
+}
+
+fn billing() -> ContactKind {
+    ContactKind::Billing
+}
+
+/// `{"name", "title", "email", "phone"}`, each within the Account API's limits.
+fn parse_contact(kind: ContactKind, v: &str) -> Result<AlternateContact, String> {
+    let shape = "must be a JSON object {\"name\", \"title\", \"email\", \"phone\"} of strings";
+    let mut c: AlternateContact = serde_json::from_str(v).map_err(|_| shape.to_owned())?;
+    c.kind = kind;
+    let within = |field: &str, value: &str, max: usize| {
+        if value.trim().is_empty() || value.chars().count() > max {
+            Err(format!("{field} must be 1 to {max} characters"))
+        } else {
+            Ok(())
+        }
+    };
+    within("name", &c.name, 64)?;
+    within("title", &c.title, 50)?;
+    within("email", &c.email, 254)?;
+    within("phone", &c.phone, 25)?;
+    if crate::domain::OwnerEmail::parse(&c.email).is_err() {
+        return Err(format!("email {:?} is not an e-mail address", c.email));
+    }
+    if !c
+        .phone
+        .chars()
+        .all(|ch| ch.is_ascii_digit() || " ()+-".contains(ch))
+    {
+        return Err(format!(
+            "phone {:?} may hold only digits, spaces and ( ) + -",
+            c.phone
+        ));
+    }
+    Ok(c)
 }
 
 impl AwsSettings {
@@ -277,6 +423,8 @@ impl AwsSettings {
             tenant_regions: Vec::new(),
             drift_interval: Duration::from_secs(3600),
             drift_repair: false,
+            alternate_contacts: Vec::new(),
+            identity_center: None,
         }
     }
 
@@ -385,6 +533,13 @@ impl AwsSettings {
                 "must be greater than zero",
             ));
         }
+        for kind in ContactKind::ALL {
+            if let Some(v) = env.get(kind.variable()) {
+                s.alternate_contacts
+                    .push(parse_contact(kind, &v).map_err(|m| err(kind.variable(), m))?);
+            }
+        }
+        s.identity_center = parse_identity_center(env)?;
         if let Some(v) = env.get("VEND_ACCOUNT_CREATION_BUDGET") {
             s.creation_budget = parse_creation_budget(&v).ok_or_else(|| {
                 err(
@@ -1007,6 +1162,57 @@ mod tests {
             if var == "VEND_SIGNUP_SECRET" || var == "VEND_OPS_TOKEN" {
                 assert!(!e.contains(value), "{e} leaks the value");
             }
+        }
+    }
+
+    #[test]
+    fn alternate_contacts_are_read_per_kind_and_checked() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut env = base();
+            env.insert("VEND_BASE_DOMAIN".into(), "tenants.example.com".into());
+            for (k, v) in pairs {
+                env.insert((*k).into(), (*v).into());
+            }
+            Config::from_env(&env)
+        };
+        assert_eq!(with(&[]).unwrap().aws.unwrap().alternate_contacts, vec![]);
+        let ok = r#"{"name": "Sec Ops", "title": "CISO", "email": "sec@saas.example", "phone": "+1 (555) 010-0100"}"#;
+        let c = with(&[("VEND_ALTERNATE_CONTACT_SECURITY", ok)])
+            .unwrap()
+            .aws
+            .unwrap()
+            .alternate_contacts;
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].kind, c[0].name.as_str(), c[0].email.as_str()),
+            (ContactKind::Security, "Sec Ops", "sec@saas.example")
+        );
+        for (bad, says) in [
+            ("sec@saas.example", "JSON object"),
+            (
+                r#"{"name": "A", "title": "B", "email": "sec@saas.example"}"#,
+                "JSON object",
+            ),
+            (
+                r#"{"name": "A", "title": "B", "email": "x@y.example", "phone": "1", "fax": "2"}"#,
+                "JSON object",
+            ),
+            (
+                r#"{"name": " ", "title": "B", "email": "x@y.example", "phone": "1"}"#,
+                "name",
+            ),
+            (
+                r#"{"name": "A", "title": "B", "email": "nobody", "phone": "1"}"#,
+                "e-mail",
+            ),
+            (
+                r#"{"name": "A", "title": "B", "email": "x@y.example", "phone": "call me"}"#,
+                "phone",
+            ),
+        ] {
+            let e = with(&[("VEND_ALTERNATE_CONTACT_BILLING", bad)]).unwrap_err();
+            assert_eq!(e.var, "VEND_ALTERNATE_CONTACT_BILLING", "{bad}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
         }
     }
 

@@ -6,12 +6,14 @@
 //! retry is durable, in the engine, under the step's policy. The two multiply, so keeping the SDK's part
 //! small is what bounds the calls per step.
 
+pub mod account;
 pub mod accounts;
 pub mod acm;
 pub mod apigateway;
 pub mod classify;
 pub mod cloudformation;
 pub mod eventbridge;
+pub mod identity_center;
 pub mod limiter;
 pub mod organizations;
 pub mod route53;

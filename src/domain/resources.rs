@@ -44,6 +44,10 @@ pub enum Resource {
     OuId,
     /// The role the baseline stack made for deployments.
     DeploymentRoleArn,
+    /// A digest of the alternate contacts last set on the account (set again when they change).
+    AlternateContacts,
+    /// The Identity Center assignment (`instance|permission set|group`) vend made on the account.
+    AccessAssignment,
     ApiId,
     ApiStage,
     DomainName,
@@ -91,6 +95,8 @@ impl Resource {
             CreationBudgetReported => "creation_budget_reported",
             OuId => "ou_id",
             DeploymentRoleArn => "deployment_role_arn",
+            AlternateContacts => "alternate_contacts",
+            AccessAssignment => "identity_center_assignment",
             ApiId => "api_id",
             ApiStage => "api_stage",
             DomainName => "domain_name",

@@ -213,6 +213,63 @@ impl NamedStep for CloseAccount {
     }
 }
 
+/// Removes the Identity Center assignment vend made on the account (the one recorded with the tenant,
+/// even if the configuration has changed since), before the account is closed. Gone already is done.
+async fn revoke_access(
+    silo: &Silo,
+    ctx: &mut StepContext,
+    account: &str,
+) -> Result<Option<StepOutcome>, StepError> {
+    let Some(made) = ctx
+        .resource_str(Resource::AccessAssignment)
+        .map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    let mut parts = made.splitn(3, '|');
+    let (Some(instance_arn), Some(permission_set_arn), Some(group_id)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(None);
+    };
+    let ic = crate::config::IdentityCenter {
+        instance_arn: instance_arn.to_owned(),
+        permission_set_arn: permission_set_arn.to_owned(),
+        group_id: group_id.to_owned(),
+        region: silo
+            .settings
+            .identity_center
+            .as_ref()
+            .and_then(|c| c.region.clone()),
+    };
+    let aws = match &ic.region {
+        Some(r) => silo.aws.in_region(r),
+        None => silo.aws.clone(),
+    };
+    let sso = crate::aws::identity_center::Sso::new(&aws, ic);
+    if sso.assigned(account).await? {
+        use crate::aws::identity_center::Request;
+        match sso.unassign(account).await? {
+            Request::Succeeded => {}
+            Request::InProgress => {
+                return Ok(Some(StepOutcome::Wait {
+                    after: Duration::from_secs(5),
+                    note: "Identity Center is removing the ops group's access".into(),
+                }));
+            }
+            Request::Failed(reason) => {
+                return Err(StepError::transient(
+                    "AccessRemovalFailed",
+                    format!("Identity Center could not remove the ops group's access: {reason}"),
+                ));
+            }
+        }
+    }
+    ctx.save_resource(Resource::AccessAssignment, Value::Null)
+        .await?;
+    Ok(None)
+}
+
 /// The tenant's account as far as provisioning got.
 enum Found {
     Account(String),
@@ -290,6 +347,10 @@ async fn close(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepEr
     };
     // Its creation is over either way: the slot goes to the next tenant.
     release_slot(silo, ctx).await?;
+    // Only the assignment vend recorded, so also on an account closed meanwhile.
+    if let Some(wait) = revoke_access(silo, ctx, &account).await? {
+        return Ok(wait);
+    }
     match silo.orgs.account_status(&account).await?.as_deref() {
         None => return Ok(StepOutcome::Succeeded),
         Some(s) if is_closed(s) => return Ok(StepOutcome::Succeeded),

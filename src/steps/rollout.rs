@@ -43,9 +43,21 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         StackKind::Tenant
     };
     let progress = if kind == StackKind::Baseline {
-        let cfn = Cfn::new(&silo.accounts.in_account(&account, &ctx.tenant.slug).await?);
+        let inside = silo.accounts.in_account(&account, &ctx.tenant.slug).await?;
+        let cfn = Cfn::new(&inside);
         let spec = super::bootstrap_baseline::spec(silo, ctx, template);
-        converge(ctx, &silo.pool, &cfn, spec, StackKind::Baseline).await?
+        let progress = converge(ctx, &silo.pool, &cfn, spec, StackKind::Baseline).await?;
+        // The baseline's rollout carries the account settings (contacts, Identity Center access) to
+        // existing tenants too.
+        if matches!(progress, StackProgress::Ready(_)) {
+            super::bootstrap_baseline::set_alternate_contacts(silo, ctx, &inside).await?;
+            if let Some(wait) =
+                super::bootstrap_baseline::assign_access(silo, ctx, &account).await?
+            {
+                return Ok(wait);
+            }
+        }
+        progress
     } else {
         let role = ctx
             .resource_str(Resource::DeploymentRoleArn)

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod account_settings;
 mod aws;
 mod browser;
 mod chaos;
