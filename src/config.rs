@@ -1165,16 +1165,66 @@ mod tests {
         }
     }
 
+    /// The configuration of `base()` with AWS on (a base domain) and `pairs` set.
+    fn with_aws(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut env = base();
+        env.insert("VEND_BASE_DOMAIN".into(), "tenants.example.com".into());
+        for (k, v) in pairs {
+            env.insert((*k).into(), (*v).into());
+        }
+        Config::from_env(&env)
+    }
+
+    #[test]
+    fn identity_center_is_all_three_settings_or_none() {
+        let instance = (
+            "VEND_IDENTITY_CENTER_INSTANCE_ARN",
+            "arn:aws:sso:::instance/ssoins-1",
+        );
+        let set = (
+            "VEND_IDENTITY_CENTER_PERMISSION_SET_ARN",
+            "arn:aws:sso:::permissionSet/ssoins-1/ps-2",
+        );
+        let group = ("VEND_IDENTITY_CENTER_GROUP_ID", "g-ops");
+        assert_eq!(with_aws(&[]).unwrap().aws.unwrap().identity_center, None);
+        let ic = with_aws(&[instance, set, group])
+            .unwrap()
+            .aws
+            .unwrap()
+            .identity_center
+            .unwrap();
+        assert_eq!((ic.group_id.as_str(), ic.region), ("g-ops", None));
+        for (pairs, var) in [
+            (vec![instance, set], "VEND_IDENTITY_CENTER_GROUP_ID"),
+            (vec![set, group], "VEND_IDENTITY_CENTER_INSTANCE_ARN"),
+            (
+                vec![("VEND_IDENTITY_CENTER_REGION", "eu-west-1")],
+                "VEND_IDENTITY_CENTER_REGION",
+            ),
+            (
+                vec![
+                    ("VEND_IDENTITY_CENTER_INSTANCE_ARN", "ssoins-1"),
+                    set,
+                    group,
+                ],
+                "VEND_IDENTITY_CENTER_INSTANCE_ARN",
+            ),
+            (
+                vec![
+                    instance,
+                    ("VEND_IDENTITY_CENTER_PERMISSION_SET_ARN", "ps-2"),
+                    group,
+                ],
+                "VEND_IDENTITY_CENTER_PERMISSION_SET_ARN",
+            ),
+        ] {
+            assert_eq!(with_aws(&pairs).unwrap_err().var, var, "{pairs:?}");
+        }
+    }
+
     #[test]
     fn alternate_contacts_are_read_per_kind_and_checked() {
-        let with = |pairs: &[(&str, &str)]| {
-            let mut env = base();
-            env.insert("VEND_BASE_DOMAIN".into(), "tenants.example.com".into());
-            for (k, v) in pairs {
-                env.insert((*k).into(), (*v).into());
-            }
-            Config::from_env(&env)
-        };
+        let with = with_aws;
         assert_eq!(with(&[]).unwrap().aws.unwrap().alternate_contacts, vec![]);
         let ok = r#"{"name": "Sec Ops", "title": "CISO", "email": "sec@saas.example", "phone": "+1 (555) 010-0100"}"#;
         let c = with(&[("VEND_ALTERNATE_CONTACT_SECURITY", ok)])
@@ -1218,14 +1268,7 @@ mod tests {
 
     #[test]
     fn certificates_are_one_shared_arn_or_one_per_tenant_account() {
-        let with = |pairs: &[(&str, &str)]| {
-            let mut env = base();
-            env.insert("VEND_BASE_DOMAIN".into(), "tenants.example.com".into());
-            for (k, v) in pairs {
-                env.insert((*k).into(), (*v).into());
-            }
-            Config::from_env(&env)
-        };
+        let with = with_aws;
         let arn = "arn:aws:acm:us-east-1:111111111111:certificate/x";
         let shared = with(&[("VEND_CERTIFICATE_ARN", arn)]).unwrap();
         assert_eq!(

@@ -21,6 +21,19 @@ pub enum Request {
     Failed(String),
 }
 
+/// The six fields that name the assignment, set alike on its create and delete requests.
+macro_rules! assignment {
+    ($request:expr, $ic:expr, $account:expr) => {
+        $request
+            .instance_arn(&$ic.instance_arn)
+            .target_id($account)
+            .target_type(TargetType::AwsAccount)
+            .permission_set_arn(&$ic.permission_set_arn)
+            .principal_type(PrincipalType::Group)
+            .principal_id(&$ic.group_id)
+    };
+}
+
 impl Sso {
     pub fn new(aws: &Aws, ic: IdentityCenter) -> Self {
         Self {
@@ -66,15 +79,7 @@ impl Sso {
             .aws
             .call(
                 "sso-admin.CreateAccountAssignment",
-                self.client
-                    .create_account_assignment()
-                    .instance_arn(&self.ic.instance_arn)
-                    .target_id(account)
-                    .target_type(TargetType::AwsAccount)
-                    .permission_set_arn(&self.ic.permission_set_arn)
-                    .principal_type(PrincipalType::Group)
-                    .principal_id(&self.ic.group_id)
-                    .send(),
+                assignment!(self.client.create_account_assignment(), self.ic, account).send(),
             )
             .await?;
         Ok(request(
@@ -92,15 +97,7 @@ impl Sso {
             .aws
             .call(
                 "sso-admin.DeleteAccountAssignment",
-                self.client
-                    .delete_account_assignment()
-                    .instance_arn(&self.ic.instance_arn)
-                    .target_id(account)
-                    .target_type(TargetType::AwsAccount)
-                    .permission_set_arn(&self.ic.permission_set_arn)
-                    .principal_type(PrincipalType::Group)
-                    .principal_id(&self.ic.group_id)
-                    .send(),
+                assignment!(self.client.delete_account_assignment(), self.ic, account).send(),
             )
             .await?;
         Ok(request(
