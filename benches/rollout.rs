@@ -92,27 +92,22 @@ async fn main() {
     std::fs::write(&path, template).unwrap();
     proxy.reset_stats();
     let started = Instant::now();
-    let r: Value = http
-        .post(format!("{url}/v1/rollouts"))
-        .bearer_auth(OPS_TOKEN)
-        .json(&json!({"stack": "tenant", "wave_size": wave_size}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = r["id"].as_str().expect("a rollout").to_owned();
-    let done = loop {
-        let r: Value = http
-            .get(format!("{url}/v1/rollouts/{id}"))
-            .bearer_auth(OPS_TOKEN)
+    let ops = |req: reqwest::RequestBuilder| async move {
+        req.bearer_auth(OPS_TOKEN)
             .send()
             .await
             .unwrap()
-            .json()
+            .json::<Value>()
             .await
-            .unwrap();
+            .unwrap()
+    };
+    let r = ops(http
+        .post(format!("{url}/v1/rollouts"))
+        .json(&json!({"stack": "tenant", "wave_size": wave_size})))
+    .await;
+    let id = r["id"].as_str().expect("a rollout").to_owned();
+    let done = loop {
+        let r = ops(http.get(format!("{url}/v1/rollouts/{id}"))).await;
         if r["state"] != "running" {
             break r;
         }

@@ -260,6 +260,28 @@ pub struct IdentityCenter {
     pub region: Option<String>,
 }
 
+impl IdentityCenter {
+    /// What a tenant records of the assignment vend made, so that offboarding removes that one even
+    /// if the configuration has changed since.
+    pub fn key(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.instance_arn, self.permission_set_arn, self.group_id
+        )
+    }
+
+    /// The assignment recorded as [`IdentityCenter::key`], called in `region`.
+    pub fn from_key(key: &str, region: Option<String>) -> Option<Self> {
+        let mut parts = key.splitn(3, '|');
+        Some(Self {
+            instance_arn: parts.next()?.to_owned(),
+            permission_set_arn: parts.next()?.to_owned(),
+            group_id: parts.next()?.to_owned(),
+            region,
+        })
+    }
+}
+
 fn parse_identity_center(env: &dyn Env) -> Result<Option<IdentityCenter>, ConfigError> {
     const VARS: [&str; 3] = [
         "VEND_IDENTITY_CENTER_INSTANCE_ARN",

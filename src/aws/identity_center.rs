@@ -2,7 +2,9 @@
 //! through one permission set (`VEND_IDENTITY_CENTER_*`).
 
 use aws_sdk_ssoadmin::Client;
-use aws_sdk_ssoadmin::types::{PrincipalType, TargetType};
+use aws_sdk_ssoadmin::types::{
+    AccountAssignmentOperationStatus, PrincipalType, StatusValues, TargetType,
+};
 
 use super::{Aws, AwsError};
 use crate::config::IdentityCenter;
@@ -35,10 +37,15 @@ macro_rules! assignment {
 }
 
 impl Sso {
-    pub fn new(aws: &Aws, ic: IdentityCenter) -> Self {
+    /// Identity Center for `ic`, called from `management` in Identity Center's home region.
+    pub fn new(management: &Aws, ic: IdentityCenter) -> Self {
+        let aws = match &ic.region {
+            Some(r) => management.in_region(r),
+            None => management.clone(),
+        };
         Self {
-            aws: aws.clone(),
             client: Client::new(&aws.sdk),
+            aws,
             ic,
         }
     }
@@ -82,13 +89,7 @@ impl Sso {
                 assignment!(self.client.create_account_assignment(), self.ic, account).send(),
             )
             .await?;
-        Ok(request(
-            out.account_assignment_creation_status()
-                .and_then(|s| s.status())
-                .map(|s| s.as_str()),
-            out.account_assignment_creation_status()
-                .and_then(|s| s.failure_reason()),
-        ))
+        Ok(request(out.account_assignment_creation_status()))
     }
 
     /// Asks for the assignment's removal; Identity Center removes it asynchronously.
@@ -100,20 +101,19 @@ impl Sso {
                 assignment!(self.client.delete_account_assignment(), self.ic, account).send(),
             )
             .await?;
-        Ok(request(
-            out.account_assignment_deletion_status()
-                .and_then(|s| s.status())
-                .map(|s| s.as_str()),
-            out.account_assignment_deletion_status()
-                .and_then(|s| s.failure_reason()),
-        ))
+        Ok(request(out.account_assignment_deletion_status()))
     }
 }
 
-fn request(status: Option<&str>, reason: Option<&str>) -> Request {
-    match status {
-        Some("FAILED") => Request::Failed(reason.unwrap_or("no reason given").to_owned()),
-        Some("IN_PROGRESS") => Request::InProgress,
+fn request(status: Option<&AccountAssignmentOperationStatus>) -> Request {
+    match status.and_then(|s| s.status()) {
+        Some(StatusValues::Failed) => Request::Failed(
+            status
+                .and_then(|s| s.failure_reason())
+                .unwrap_or("no reason given")
+                .to_owned(),
+        ),
+        Some(StatusValues::InProgress) => Request::InProgress,
         _ => Request::Succeeded,
     }
 }

@@ -182,18 +182,12 @@ pub(crate) async fn tenant_region_aws(
     })
 }
 
-/// Identity Center as configured, called in its home region; `None` when it is not configured.
+/// Identity Center as configured (and the key a tenant records of its assignment); `None` when it is
+/// not configured.
 pub(crate) fn identity_center(silo: &Silo) -> Option<(crate::aws::identity_center::Sso, String)> {
     let ic = silo.settings.identity_center.clone()?;
-    let aws = match &ic.region {
-        Some(r) => silo.aws.in_region(r),
-        None => silo.aws.clone(),
-    };
-    let key = format!(
-        "{}|{}|{}",
-        ic.instance_arn, ic.permission_set_arn, ic.group_id
-    );
-    Some((crate::aws::identity_center::Sso::new(&aws, ic), key))
+    let key = ic.key();
+    Some((crate::aws::identity_center::Sso::new(&silo.aws, ic), key))
 }
 
 /// The tenant's account id, which every step after `await_account` needs.

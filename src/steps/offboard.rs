@@ -220,33 +220,18 @@ async fn revoke_access(
     ctx: &mut StepContext,
     account: &str,
 ) -> Result<Option<StepOutcome>, StepError> {
-    let Some(made) = ctx
+    let region = silo
+        .settings
+        .identity_center
+        .as_ref()
+        .and_then(|c| c.region.clone());
+    let Some(ic) = ctx
         .resource_str(Resource::AccessAssignment)
-        .map(str::to_owned)
+        .and_then(|made| crate::config::IdentityCenter::from_key(made, region))
     else {
         return Ok(None);
     };
-    let mut parts = made.splitn(3, '|');
-    let (Some(instance_arn), Some(permission_set_arn), Some(group_id)) =
-        (parts.next(), parts.next(), parts.next())
-    else {
-        return Ok(None);
-    };
-    let ic = crate::config::IdentityCenter {
-        instance_arn: instance_arn.to_owned(),
-        permission_set_arn: permission_set_arn.to_owned(),
-        group_id: group_id.to_owned(),
-        region: silo
-            .settings
-            .identity_center
-            .as_ref()
-            .and_then(|c| c.region.clone()),
-    };
-    let aws = match &ic.region {
-        Some(r) => silo.aws.in_region(r),
-        None => silo.aws.clone(),
-    };
-    let sso = crate::aws::identity_center::Sso::new(&aws, ic);
+    let sso = crate::aws::identity_center::Sso::new(&silo.aws, ic);
     if sso.assigned(account).await? {
         use crate::aws::identity_center::Request;
         match sso.unassign(account).await? {

@@ -330,23 +330,20 @@ pub async fn records_named(
     sdk: &SdkConfig,
     name: &str,
 ) -> Vec<aws_sdk_route53::types::ResourceRecordSet> {
-    let r53 = aws_sdk_route53::Client::new(sdk);
-    let zone = base_zone_id(&r53).await;
     let name = format!("{}.", name.trim_end_matches('.'));
-    r53.list_resource_record_sets()
-        .hosted_zone_id(&zone)
-        .send()
+    all_records(sdk)
         .await
-        .unwrap()
-        .resource_record_sets()
-        .iter()
+        .into_iter()
         .filter(|r| r.name() == name)
-        .cloned()
         .collect()
 }
 
-/// Every record of the central zone.
+/// How many records the central zone holds.
 pub async fn record_count(sdk: &SdkConfig) -> usize {
+    all_records(sdk).await.len()
+}
+
+async fn all_records(sdk: &SdkConfig) -> Vec<aws_sdk_route53::types::ResourceRecordSet> {
     let r53 = aws_sdk_route53::Client::new(sdk);
     let zone = base_zone_id(&r53).await;
     r53.list_resource_record_sets()
@@ -355,7 +352,7 @@ pub async fn record_count(sdk: &SdkConfig) -> usize {
         .await
         .unwrap()
         .resource_record_sets()
-        .len()
+        .to_vec()
 }
 
 /// The account's parent (OU or root) in the organization.
