@@ -246,6 +246,65 @@ pub struct AwsSettings {
     pub alternate_contacts: Vec<AlternateContact>,
     /// `VEND_IDENTITY_CENTER_*`: the ops group's access to every tenant account.
     pub identity_center: Option<IdentityCenter>,
+    /// `VEND_DEFAULT_VPCS=remove` (the default): the baseline step removes the default VPC of every
+    /// region enabled for a tenant account, unless something uses it; `keep` leaves them.
+    pub remove_default_vpcs: bool,
+    /// `VEND_SERVICE_QUOTAS`: quota values every tenant account asks for in its region.
+    pub service_quotas: Vec<QuotaRequest>,
+}
+
+/// A quota value tenant accounts need above AWS's default, e.g. Lambda's concurrent executions
+/// (`{"service": "lambda", "quota": "L-B99A9384", "value": 1000}`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRequest {
+    /// The Service Quotas service code (`lambda`, `apigateway`, ...).
+    pub service: String,
+    /// The quota's code (`L-` and eight hexadecimal digits).
+    pub quota: String,
+    pub value: f64,
+}
+
+/// `VEND_SERVICE_QUOTAS`: a JSON array of [`QuotaRequest`]s, each quota at most once.
+fn parse_service_quotas(v: &str) -> Result<Vec<QuotaRequest>, String> {
+    let quotas: Vec<QuotaRequest> = serde_json::from_str(v).map_err(|_| {
+        "must be a JSON array of {\"service\", \"quota\", \"value\"} objects, e.g. \
+         [{\"service\": \"lambda\", \"quota\": \"L-B99A9384\", \"value\": 1000}]"
+            .to_owned()
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    for q in &quotas {
+        let service_ok = !q.service.is_empty()
+            && q.service.len() <= 63
+            && q.service
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !service_ok {
+            return Err(format!(
+                "service {:?} is not a Service Quotas service code (lowercase letters, digits, -)",
+                q.service
+            ));
+        }
+        let quota_ok = q.quota.len() == 10
+            && q.quota.starts_with("L-")
+            && q.quota[2..].chars().all(|c| c.is_ascii_hexdigit());
+        if !quota_ok {
+            return Err(format!(
+                "quota {:?} is not a quota code (L- and eight hexadecimal digits)",
+                q.quota
+            ));
+        }
+        if !(q.value.is_finite() && q.value > 0.0) {
+            return Err(format!(
+                "{}/{}: value must be a positive number",
+                q.service, q.quota
+            ));
+        }
+        if !seen.insert((q.service.as_str(), q.quota.as_str())) {
+            return Err(format!("{}/{} is named twice", q.service, q.quota));
+        }
+    }
+    Ok(quotas)
 }
 
 /// The ops group's access to tenant accounts through IAM Identity Center: this permission set,
@@ -447,6 +506,8 @@ impl AwsSettings {
             drift_repair: false,
             alternate_contacts: Vec::new(),
             identity_center: None,
+            remove_default_vpcs: true,
+            service_quotas: Vec::new(),
         }
     }
 
@@ -562,6 +623,15 @@ impl AwsSettings {
             }
         }
         s.identity_center = parse_identity_center(env)?;
+        s.remove_default_vpcs = match env.get("VEND_DEFAULT_VPCS").as_deref() {
+            None | Some("remove") => true,
+            Some("keep") => false,
+            Some(_) => return Err(err("VEND_DEFAULT_VPCS", "must be remove or keep")),
+        };
+        if let Some(v) = env.get("VEND_SERVICE_QUOTAS") {
+            s.service_quotas =
+                parse_service_quotas(&v).map_err(|m| err("VEND_SERVICE_QUOTAS", m))?;
+        }
         if let Some(v) = env.get("VEND_ACCOUNT_CREATION_BUDGET") {
             s.creation_budget = parse_creation_budget(&v).ok_or_else(|| {
                 err(
@@ -1195,6 +1265,74 @@ mod tests {
             env.insert((*k).into(), (*v).into());
         }
         Config::from_env(&env)
+    }
+
+    #[test]
+    fn default_vpcs_go_unless_kept_and_quotas_are_checked() {
+        let aws = with_aws(&[]).unwrap().aws.unwrap();
+        assert!(aws.remove_default_vpcs);
+        assert_eq!(aws.service_quotas, vec![]);
+        let kept = with_aws(&[("VEND_DEFAULT_VPCS", "keep")]);
+        assert!(!kept.unwrap().aws.unwrap().remove_default_vpcs);
+        let e = with_aws(&[("VEND_DEFAULT_VPCS", "delete")]).unwrap_err();
+        assert!(e.to_string().contains("VEND_DEFAULT_VPCS"), "{e}");
+
+        let quotas = with_aws(&[(
+            "VEND_SERVICE_QUOTAS",
+            r#"[{"service": "lambda", "quota": "L-B99A9384", "value": 1000}]"#,
+        )])
+        .unwrap()
+        .aws
+        .unwrap()
+        .service_quotas;
+        assert_eq!(
+            quotas,
+            vec![QuotaRequest {
+                service: "lambda".into(),
+                quota: "L-B99A9384".into(),
+                value: 1000.0
+            }]
+        );
+        for (bad, says) in [
+            ("{}", "JSON array"),
+            (
+                r#"[{"service": "lambda", "quota": "L-B99A9384"}]"#,
+                "JSON array",
+            ),
+            (
+                r#"[{"service": "lambda", "quota": "L-B99A9384", "value": 1, "region": "x"}]"#,
+                "JSON array",
+            ),
+            (
+                r#"[{"service": "Lambda", "quota": "L-B99A9384", "value": 1}]"#,
+                "service",
+            ),
+            (
+                r#"[{"service": "lambda", "quota": "B99A9384", "value": 1}]"#,
+                "quota code",
+            ),
+            (
+                r#"[{"service": "lambda", "quota": "L-B99A938Z", "value": 1}]"#,
+                "quota code",
+            ),
+            (
+                r#"[{"service": "lambda", "quota": "L-B99A9384", "value": 0}]"#,
+                "positive",
+            ),
+            (
+                r#"[{"service": "lambda", "quota": "L-B99A9384", "value": 5},
+                   {"service": "lambda", "quota": "L-B99A9384", "value": 9}]"#,
+                "twice",
+            ),
+        ] {
+            let e = with_aws(&[("VEND_SERVICE_QUOTAS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("VEND_SERVICE_QUOTAS") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -419,6 +419,28 @@ mod tests {
             "{}",
             regions.content
         );
+        // Outside the allowed regions, only the access role may sweep default VPCs.
+        let policy: serde_json::Value = serde_json::from_str(&regions.content).unwrap();
+        let listed = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let everyone = listed(&policy["Statement"][0]["NotAction"]);
+        let sweep = &policy["Statement"][1];
+        for action in crate::aws::ec2::DEFAULT_VPC_ACTIONS {
+            assert!(everyone.contains(&action.to_owned()), "{action}");
+        }
+        assert_eq!(
+            listed(&sweep["Action"]),
+            crate::aws::ec2::DEFAULT_VPC_ACTIONS.map(str::to_owned)
+        );
+        assert_eq!(
+            sweep["Condition"]["ArnNotLike"]["aws:PrincipalArn"],
+            "arn:aws:iam::*:role/VendAccess"
+        );
         let d = dir_with(&[("x.json", &OK.replace("ec2:RunInstances", "${OTHER}"))]);
         let e = load_scps(d.path(), &vars("R")).unwrap_err().to_string();
         assert!(e.contains("${OTHER}"), "{e}");

@@ -47,6 +47,11 @@ pub fn default_budgets() -> HashMap<String, Budget> {
     m.insert("eventbridge".into(), Budget::new(40.0, 40.0, false));
     // ACM: 5 RequestCertificate/s per account (Describe and List allow more); one certificate per tenant.
     m.insert("acm".into(), Budget::new(5.0, 5.0, true));
+    // EC2 buckets per account and region (describes refill at 20/s); vend's calls in a tenant
+    // account share one budget across its regions, which stays under any one region's.
+    m.insert("ec2".into(), Budget::new(20.0, 40.0, true));
+    // Service Quotas allows a few requests a second per account.
+    m.insert("service-quotas".into(), Budget::new(5.0, 5.0, true));
     m
 }
 

@@ -12,11 +12,13 @@ pub mod acm;
 pub mod apigateway;
 pub mod classify;
 pub mod cloudformation;
+pub mod ec2;
 pub mod eventbridge;
 pub mod identity_center;
 pub mod limiter;
 pub mod organizations;
 pub mod route53;
+pub mod service_quotas;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -140,6 +142,15 @@ impl Aws {
             .build();
         Self {
             sdk,
+            ..self.clone()
+        }
+    }
+
+    /// The same principal, account and budgets with the reconcile's patient retries: for a sweep of
+    /// many calls that nothing waits on, where restarting the attempt would repeat them all.
+    pub fn patient(&self) -> Self {
+        Self {
+            sdk: patient(&self.sdk),
             ..self.clone()
         }
     }

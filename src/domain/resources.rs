@@ -48,6 +48,10 @@ pub enum Resource {
     AlternateContacts,
     /// The Identity Center assignment (`instance|permission set|group`) vend made on the account.
     AccessAssignment,
+    /// The default VPCs removed from the account, and those kept because something uses them.
+    DefaultVpcs,
+    /// The service quota values configured, and whether each was met or requested.
+    ServiceQuotas,
     ApiId,
     ApiStage,
     DomainName,
@@ -97,6 +101,8 @@ impl Resource {
             DeploymentRoleArn => "deployment_role_arn",
             AlternateContacts => "alternate_contacts",
             AccessAssignment => "identity_center_assignment",
+            DefaultVpcs => "default_vpcs",
+            ServiceQuotas => "service_quotas",
             ApiId => "api_id",
             ApiStage => "api_stage",
             DomainName => "domain_name",

@@ -1,8 +1,8 @@
 //! `bootstrap_baseline`: assume the access role in the tenant account (a new account refuses for its
 //! first minutes: retried, bounded by the step's timeout) and converge the baseline stack: the deployment
 //! role for the tenant stack, event forwarding to the central bus, and the account's CloudTrail; then
-//! the account's alternate contacts (`VEND_ALTERNATE_CONTACT_*`) and the ops group's Identity Center
-//! access (`VEND_IDENTITY_CENTER_*`).
+//! the account's settings (`account_settings`): alternate contacts, the ops group's Identity Center
+//! access, the tenant's opt-in region, no default VPCs, service quotas.
 
 use std::sync::Arc;
 
@@ -49,86 +49,12 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
                 })?;
             ctx.set_resource(Resource::DeploymentRoleArn, role);
             ctx.set_resource(Resource::StackVersion(StackKind::Baseline), version);
-            set_alternate_contacts(silo, ctx, &inside).await?;
-            if let Some(wait) = assign_access(silo, ctx, &account).await? {
-                return Ok(wait);
-            }
-            Ok(StepOutcome::Succeeded)
-        }
-    }
-}
-
-/// Sets the configured alternate contacts on the account, unless these very contacts were set by an
-/// earlier run (a digest of them is kept with the tenant). Each call overwrites one contact, so a
-/// rerun after a crash half-way repeats them harmlessly. Contacts removed from the configuration are
-/// left on the account: vend does not delete what it cannot tell it set.
-pub(crate) async fn set_alternate_contacts(
-    silo: &Silo,
-    ctx: &mut StepContext,
-    inside: &crate::aws::Aws,
-) -> Result<(), StepError> {
-    let contacts = &silo.settings.alternate_contacts;
-    if contacts.is_empty() {
-        return Ok(());
-    }
-    let digest = contacts_digest(contacts);
-    if ctx.resource_str(Resource::AlternateContacts) == Some(digest.as_str()) {
-        return Ok(());
-    }
-    let account = crate::aws::account::Account::new(inside);
-    for c in contacts {
-        account.put_alternate_contact(c).await?;
-    }
-    ctx.set_resource(Resource::AlternateContacts, digest);
-    Ok(())
-}
-
-/// Assigns the configured permission set to the ops group on the account, once: an assignment that
-/// exists (made by an earlier attempt whose answer was lost, or by hand) is taken as done. Identity
-/// Center makes it asynchronously: `Some(wait)` until it shows.
-pub(crate) async fn assign_access(
-    silo: &Silo,
-    ctx: &mut StepContext,
-    account: &str,
-) -> Result<Option<StepOutcome>, StepError> {
-    let Some((sso, key)) = super::identity_center(silo) else {
-        return Ok(None);
-    };
-    if ctx.resource_str(Resource::AccessAssignment) == Some(key.as_str()) {
-        return Ok(None);
-    }
-    if !sso.assigned(account).await? {
-        use crate::aws::identity_center::Request;
-        match sso.assign(account).await? {
-            Request::Succeeded => {}
-            Request::InProgress => {
-                return Ok(Some(StepOutcome::Wait {
-                    after: std::time::Duration::from_secs(5),
-                    note: "Identity Center is assigning the ops group's access".into(),
-                }));
-            }
-            Request::Failed(reason) => {
-                return Err(StepError::permanent(
-                    "AccessAssignmentFailed",
-                    format!("Identity Center could not assign the ops group's access: {reason}"),
-                ));
+            match super::account_settings::apply(silo, ctx, &inside, &account).await? {
+                Some(wait) => Ok(wait),
+                None => Ok(StepOutcome::Succeeded),
             }
         }
     }
-    ctx.set_resource(Resource::AccessAssignment, key);
-    Ok(None)
-}
-
-fn contacts_digest(contacts: &[crate::config::AlternateContact]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for c in contacts {
-        for part in [c.kind.as_str(), &c.name, &c.title, &c.email, &c.phone] {
-            h.update(part.as_bytes());
-            h.update(b"\0");
-        }
-    }
-    super::hex(&h.finalize())[..16].to_owned()
 }
 
 /// The tenant's baseline stack made from `template_body` (the file at start, or a rollout's).

@@ -3,6 +3,7 @@
 //! what its tenant's saved resources and AWS already say, and only then acts; external ids are saved
 //! the moment they are known.
 
+mod account_settings;
 mod await_account;
 mod bootstrap_baseline;
 mod create_account;

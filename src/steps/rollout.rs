@@ -47,15 +47,11 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
         let cfn = Cfn::new(&inside);
         let spec = super::bootstrap_baseline::spec(silo, ctx, template);
         let progress = converge(ctx, &silo.pool, &cfn, spec, StackKind::Baseline).await?;
-        // The baseline's rollout carries the account settings (contacts, Identity Center access) to
-        // existing tenants too.
-        if matches!(progress, StackProgress::Ready(_)) {
-            super::bootstrap_baseline::set_alternate_contacts(silo, ctx, &inside).await?;
-            if let Some(wait) =
-                super::bootstrap_baseline::assign_access(silo, ctx, &account).await?
-            {
-                return Ok(wait);
-            }
+        // The baseline's rollout carries the account settings to existing tenants too.
+        if matches!(progress, StackProgress::Ready(_))
+            && let Some(wait) = super::account_settings::apply(silo, ctx, &inside, &account).await?
+        {
+            return Ok(wait);
         }
         progress
     } else {

@@ -177,3 +177,203 @@ async fn tenant_accounts_get_their_contacts_and_the_ops_groups_access_until_offb
     assert_eq!(assigned_groups(&sdk, &account).await, Vec::<String>::new());
     engine.stop().await;
 }
+
+/// The default VPC ids of `region` inside the account `sdk` acts in.
+async fn default_vpcs(sdk: &SdkConfig, region: &str) -> Vec<String> {
+    let ec2 = ec2_in(sdk, region);
+    ec2.describe_vpcs()
+        .filters(is_default())
+        .send()
+        .await
+        .unwrap()
+        .vpcs()
+        .iter()
+        .filter_map(|v| v.vpc_id().map(str::to_owned))
+        .collect()
+}
+
+fn ec2_in(sdk: &SdkConfig, region: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(
+        &sdk.to_builder()
+            .region(aws_config::Region::new(region.to_owned()))
+            .build(),
+    )
+}
+
+fn is_default() -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name("is-default")
+        .values("true")
+        .build()
+}
+
+/// A fresh default VPC in `region` (as AWS makes one), with an internet gateway attached.
+async fn recreate_default_vpc(sdk: &SdkConfig, region: &str) -> String {
+    let ec2 = ec2_in(sdk, region);
+    let vpc = ec2.create_default_vpc().send().await.unwrap();
+    let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_owned();
+    let igw = ec2.create_internet_gateway().send().await.unwrap();
+    let igw = igw
+        .internet_gateway()
+        .unwrap()
+        .internet_gateway_id()
+        .unwrap();
+    ec2.attach_internet_gateway()
+        .internet_gateway_id(igw)
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap();
+    vpc
+}
+
+async fn resource(app: &crate::support::TestApp, key: &str) -> serde_json::Value {
+    sqlx::query_scalar::<_, Option<serde_json::Value>>(
+        "SELECT resources->$1 FROM tenants WHERE slug = 'acme'",
+    )
+    .bind(key)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_checked() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    // Met by AWS's default (egress-only internet gateways per region: 5), so nothing is requested.
+    let quota = vend::config::QuotaRequest {
+        service: "vpc".into(),
+        quota: "L-45FE3B85".into(),
+        value: 5.0,
+    };
+    let configured = quota.clone();
+    let (app, _rt) = spawn_silo_graced(
+        &moto.url,
+        |s| s.service_quotas = vec![configured],
+        Duration::ZERO,
+    )
+    .await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
+    let account = t["account_id"].as_str().unwrap().to_owned();
+    let inside = moto::sdk_in(&sdk, &account).await;
+
+    // Every enabled region's default VPC is gone, and recorded as removed.
+    let enabled: Vec<String> = ec2_in(&inside, moto::REGION)
+        .describe_regions()
+        .send()
+        .await
+        .unwrap()
+        .regions()
+        .iter()
+        .filter(|r| r.opt_in_status() != Some("not-opted-in"))
+        .filter_map(|r| r.region_name().map(str::to_owned))
+        // moto lists other partitions' regions too; AWS lists only the caller's.
+        .filter(|r| !r.starts_with("cn-") && !r.starts_with("us-gov-"))
+        .collect();
+    assert!(enabled.len() > 3, "{enabled:?}");
+    for region in [moto::REGION, moto::OTHER_REGION, "ap-southeast-2"] {
+        assert_eq!(
+            default_vpcs(&inside, region).await,
+            Vec::<String>::new(),
+            "{region}"
+        );
+    }
+    let record = resource(&app, "default_vpcs").await;
+    assert_eq!(
+        record["removed"].as_array().map(Vec::len),
+        Some(enabled.len()),
+        "{record}"
+    );
+    assert_eq!(record["kept"], json!({}));
+    // The management account's own default VPC is not a tenant's: untouched.
+    assert_eq!(default_vpcs(&sdk, moto::REGION).await.len(), 1);
+
+    let quotas = resource(&app, "service_quotas").await;
+    assert_eq!(quotas["quotas"][0]["outcome"], "met", "{quotas}");
+    assert_eq!(quotas["quotas"][0]["current"], 5.0, "{quotas}");
+    assert_eq!(quotas["region"], moto::REGION, "{quotas}");
+
+    // An account from before vend removed default VPCs (no record): its unused default VPC goes with
+    // its internet gateway, one with a network interface stays and is reported, and a VPC that is
+    // not a default one is never looked at.
+    let pristine = recreate_default_vpc(&inside, moto::OTHER_REGION).await;
+    let busy = recreate_default_vpc(&inside, "us-west-2").await;
+    let subnet = ec2_in(&inside, "us-west-2")
+        .describe_subnets()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("vpc-id")
+                .values(&busy)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_owned();
+    ec2_in(&inside, "us-west-2")
+        .create_network_interface()
+        .subnet_id(subnet)
+        .send()
+        .await
+        .unwrap();
+    let own = ec2_in(&inside, moto::REGION)
+        .create_vpc()
+        .cidr_block("10.20.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let own = own.vpc().unwrap().vpc_id().unwrap().to_owned();
+    sqlx::query("UPDATE tenants SET resources = resources - 'default_vpcs' WHERE slug = 'acme'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let t = app
+        .requeue_and_settle("acme", "bootstrap_baseline", WITHIN)
+        .await;
+    assert_eq!(t["state"], "active", "{t}");
+    assert_eq!(
+        default_vpcs(&inside, moto::OTHER_REGION).await,
+        Vec::<String>::new()
+    );
+    let gateways = ec2_in(&inside, moto::OTHER_REGION)
+        .describe_internet_gateways()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gateways.internet_gateways().len(), 0, "{gateways:?}");
+    assert_eq!(default_vpcs(&inside, "us-west-2").await, vec![busy.clone()]);
+    let owned = ec2_in(&inside, moto::REGION)
+        .describe_vpcs()
+        .vpc_ids(&own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owned.vpcs().len(), 1);
+    let record = resource(&app, "default_vpcs").await;
+    assert_eq!(
+        record["removed"],
+        json!([format!("{}:{pristine}", moto::OTHER_REGION)]),
+        "{record}"
+    );
+    let why = record["kept"][format!("us-west-2:{busy}")]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("network interface"), "{record}");
+
+    // Run again: recorded, so nothing is swept and the record stands.
+    let t = app
+        .requeue_and_settle("acme", "bootstrap_baseline", WITHIN)
+        .await;
+    assert_eq!(t["state"], "active", "{t}");
+    assert_eq!(resource(&app, "default_vpcs").await, record);
+    assert_eq!(default_vpcs(&inside, "us-west-2").await, vec![busy]);
+    engine.stop().await;
+}

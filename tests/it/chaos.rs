@@ -16,8 +16,8 @@ use crate::support::{TestApp, signup_body, spawn_silo_with};
 /// CreateDomainName allows one call per 30 s per account: a few throttles cost minutes.
 const WITHIN: Duration = Duration::from_secs(300);
 
-/// AWS calls per tenant that the whole silo workflow may take under 30 % throttles and 5 % 5xx, SDK
-/// retries included. Without faults it takes about 24; each fault costs one more call, so about 35
+/// AWS calls per tenant (besides EC2's default VPC sweep, bounded on its own) that the whole silo
+/// workflow may take under 30 % throttles and 5 % 5xx, SDK retries included. Without faults it takes about 24; each fault costs one more call, so about 35
 /// is expected (measured: 33) — this bound leaves room for bad luck but not for a retry storm.
 const CALLS_PER_TENANT_BOUND: f64 = 60.0;
 
@@ -84,16 +84,49 @@ async fn made_by_hand(
     }
 }
 
-fn report(stats: &ProxyStats, tenants: usize) -> f64 {
-    let per_tenant = stats.total_calls() as f64 / tenants as f64;
+/// Calls of `op` that reached the emulator and were answered.
+fn answered(stats: &ProxyStats, op: &str) -> u64 {
+    stats.operations.get(op).map_or(0, |o| {
+        o.calls - o.quota_throttles - o.injected_throttles - o.injected_errors - o.lost_responses
+    })
+}
+
+/// How many regions of the commercial partition moto has enabled for an account (each with a
+/// default VPC).
+async fn enabled_regions(sdk: &SdkConfig) -> usize {
+    aws_sdk_ec2::Client::new(sdk)
+        .describe_regions()
+        .send()
+        .await
+        .unwrap()
+        .regions()
+        .iter()
+        .filter(|r| r.opt_in_status() != Some("not-opted-in"))
+        .filter(|r| {
+            r.region_name()
+                .is_some_and(|n| !n.starts_with("cn-") && !n.starts_with("us-gov-"))
+        })
+        .count()
+}
+
+/// Prints the proxy's counts; AWS calls per tenant outside EC2, and EC2's (the default VPC sweep).
+fn report(stats: &ProxyStats, tenants: usize) -> (f64, f64) {
+    let ec2: u64 = stats
+        .operations
+        .iter()
+        .filter(|(op, _)| op.starts_with("ec2."))
+        .map(|(_, o)| o.calls)
+        .sum();
+    let per_tenant = (stats.total_calls() - ec2) as f64 / tenants as f64;
+    let ec2_per_tenant = ec2 as f64 / tenants as f64;
     eprintln!(
-        "calls {} ({per_tenant:.1}/tenant), throttles {}, max CreateAccount in flight {}, over cap {}",
+        "calls {} ({per_tenant:.1}/tenant besides EC2's {ec2_per_tenant:.1}), throttles {}, max CreateAccount in flight {}, over cap {}",
         stats.total_calls(),
         stats.total_throttles(),
         stats.create_account_max_in_flight,
         stats.create_account_over_cap
     );
-    per_tenant
+    (per_tenant, ec2_per_tenant)
 }
 
 #[tokio::test]
@@ -112,7 +145,16 @@ async fn throttles_and_errors_on_every_api_still_vend_each_tenant_exactly_once()
     }
     engine.stop().await;
     let stats = c.proxy.stats();
-    let per_tenant = report(&stats, slugs.len());
+    let (per_tenant, ec2_per_tenant) = report(&stats, slugs.len());
+    eprintln!(
+        "{:#?}",
+        stats
+            .operations
+            .iter()
+            .filter(|(k, _)| k.starts_with("ec2."))
+            .collect::<Vec<_>>()
+    );
+    let _ = ec2_per_tenant;
     assert!(
         stats.total_throttles() > 0 && stats.operations.values().any(|o| o.injected_errors > 0),
         "faults were injected"
@@ -125,6 +167,15 @@ async fn throttles_and_errors_on_every_api_still_vend_each_tenant_exactly_once()
     assert!(
         per_tenant <= CALLS_PER_TENANT_BOUND,
         "{per_tenant:.1} AWS calls per tenant: a retry storm"
+    );
+    // The default VPC sweep (about ten EC2 calls per region) resumes where a failed attempt left off:
+    // each region's default VPC is looked up about once, not once per attempt of the step.
+    let regions = enabled_regions(&c.moto_sdk).await;
+    let looked_up = answered(&stats, "ec2.DescribeVpcs");
+    assert!(
+        looked_up as f64 <= 1.5 * (regions * slugs.len()) as f64,
+        "{looked_up} default VPC lookups answered for {} tenants in {regions} regions: the sweep restarts",
+        slugs.len()
     );
     // A step attempt that met one of those answers keeps AWS's request id in its history entry (the
     // proxy answers as AWS does, with an id), for a support case.

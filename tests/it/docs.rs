@@ -23,6 +23,8 @@ fn operations_in_code() -> BTreeSet<String> {
                     "acm",
                     "account",
                     "sso-admin",
+                    "ec2",
+                    "service-quotas",
                 ]
                 .contains(&svc)
                 && !op.is_empty()
@@ -83,9 +85,13 @@ fn the_tenant_account_policy_covers_the_calls_made_there() {
     for op in operations_in_code() {
         let (svc, name) = op.split_once('.').unwrap();
         match svc {
-            "cloudformation" | "acm" | "account" => {
+            "cloudformation" | "acm" | "account" | "ec2" => {
                 assert!(listed.contains(&format!("{svc}:{name}")), "{op} missing")
             }
+            "service-quotas" => assert!(
+                listed.contains(&format!("servicequotas:{name}")),
+                "{op} missing"
+            ),
             // API Gateway's control plane is authorized by HTTP verb.
             "apigateway" => {
                 let verb = if name.starts_with("Get") {

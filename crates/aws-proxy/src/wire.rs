@@ -11,14 +11,17 @@ pub(crate) enum Protocol {
     Query,
     RestXml,
     RestJson,
+    /// EC2's query protocol, whose errors have a shape of their own.
+    Ec2,
 }
 
 pub(crate) fn protocol(service: &str) -> Option<Protocol> {
     match service {
-        "organizations" | "events" | "acm" => Some(Protocol::Json),
+        "organizations" | "events" | "acm" | "servicequotas" | "sso" => Some(Protocol::Json),
         "sts" | "iam" | "cloudformation" => Some(Protocol::Query),
+        "ec2" => Some(Protocol::Ec2),
         "route53" => Some(Protocol::RestXml),
-        "apigateway" => Some(Protocol::RestJson),
+        "apigateway" | "account" => Some(Protocol::RestJson),
         _ => None,
     }
 }
@@ -138,6 +141,14 @@ pub(crate) fn aws_error(
             json!({"message": message}).to_string(),
         )
             .into_response(),
+        Protocol::Ec2 => (
+            status,
+            [("content-type", "text/xml")],
+            format!(
+                "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
+            ),
+        )
+            .into_response(),
     };
     let h = resp.headers_mut();
     h.insert(
@@ -193,6 +204,14 @@ pub(crate) fn throttle(proto: Protocol, service: &str, operation: &str) -> Respo
             "Too Many Requests",
             Some(1),
         ),
+        (Protocol::Ec2, _) => aws_error(
+            proto,
+            service,
+            503,
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+            None,
+        ),
     }
 }
 
@@ -238,6 +257,14 @@ pub(crate) fn server_error(proto: Protocol, service: &str) -> Response {
             "Service Unavailable",
             None,
         ),
+        Protocol::Ec2 => aws_error(
+            proto,
+            service,
+            500,
+            "InternalError",
+            "An internal error has occurred",
+            None,
+        ),
     }
 }
 
@@ -253,6 +280,20 @@ pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ec2_errors_come_in_ec2s_own_shape() {
+        assert_eq!(protocol("ec2"), Some(Protocol::Ec2));
+        let r = throttle(Protocol::Ec2, "ec2", "DescribeVpcs");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.starts_with("<Response><Errors><Error><Code>RequestLimitExceeded</Code>"),
+            "{body}"
+        );
+        assert!(body.contains("<RequestID>"), "{body}");
+    }
 
     #[test]
     fn operations_are_named_per_protocol() {

@@ -215,6 +215,18 @@ pub async fn assert_exactly_one_of_everything(sdk: &SdkConfig, slugs: &[String])
             .await
             .unwrap();
         assert_eq!(apis.items().len(), 1, "{slug}: APIs");
+        let default_vpcs = aws_sdk_ec2::Client::new(&inside)
+            .describe_vpcs()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("is-default")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(default_vpcs.vpcs().len(), 0, "{slug}: default VPC left");
     }
     let r53 = aws_sdk_route53::Client::new(sdk);
     let zone = base_zone_id(&r53).await;
