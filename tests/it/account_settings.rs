@@ -375,5 +375,6 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
     assert_eq!(t["state"], "active", "{t}");
     assert_eq!(resource(&app, "default_vpcs").await, record);
     assert_eq!(default_vpcs(&inside, "us-west-2").await, vec![busy]);
+    assert_eq!(resource(&app, "service_quotas").await, quotas);
     engine.stop().await;
 }
