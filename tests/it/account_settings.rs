@@ -178,38 +178,9 @@ async fn tenant_accounts_get_their_contacts_and_the_ops_groups_access_until_offb
     engine.stop().await;
 }
 
-/// The default VPC ids of `region` inside the account `sdk` acts in.
-async fn default_vpcs(sdk: &SdkConfig, region: &str) -> Vec<String> {
-    let ec2 = ec2_in(sdk, region);
-    ec2.describe_vpcs()
-        .filters(is_default())
-        .send()
-        .await
-        .unwrap()
-        .vpcs()
-        .iter()
-        .filter_map(|v| v.vpc_id().map(str::to_owned))
-        .collect()
-}
-
-fn ec2_in(sdk: &SdkConfig, region: &str) -> aws_sdk_ec2::Client {
-    aws_sdk_ec2::Client::new(
-        &sdk.to_builder()
-            .region(aws_config::Region::new(region.to_owned()))
-            .build(),
-    )
-}
-
-fn is_default() -> aws_sdk_ec2::types::Filter {
-    aws_sdk_ec2::types::Filter::builder()
-        .name("is-default")
-        .values("true")
-        .build()
-}
-
 /// A fresh default VPC in `region` (as AWS makes one), with an internet gateway attached.
 async fn recreate_default_vpc(sdk: &SdkConfig, region: &str) -> String {
-    let ec2 = ec2_in(sdk, region);
+    let ec2 = moto::ec2_in(sdk, region);
     let vpc = ec2.create_default_vpc().send().await.unwrap();
     let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_owned();
     let igw = ec2.create_internet_gateway().send().await.unwrap();
@@ -263,22 +234,11 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
     let inside = moto::sdk_in(&sdk, &account).await;
 
     // Every enabled region's default VPC is gone, and recorded as removed.
-    let enabled: Vec<String> = ec2_in(&inside, moto::REGION)
-        .describe_regions()
-        .send()
-        .await
-        .unwrap()
-        .regions()
-        .iter()
-        .filter(|r| r.opt_in_status() != Some("not-opted-in"))
-        .filter_map(|r| r.region_name().map(str::to_owned))
-        // moto lists other partitions' regions too; AWS lists only the caller's.
-        .filter(|r| !r.starts_with("cn-") && !r.starts_with("us-gov-"))
-        .collect();
+    let enabled = moto::enabled_regions(&inside).await;
     assert!(enabled.len() > 3, "{enabled:?}");
     for region in [moto::REGION, moto::OTHER_REGION, "ap-southeast-2"] {
         assert_eq!(
-            default_vpcs(&inside, region).await,
+            moto::default_vpcs(&inside, region).await,
             Vec::<String>::new(),
             "{region}"
         );
@@ -291,7 +251,7 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
     );
     assert_eq!(record["kept"], json!({}));
     // The management account's own default VPC is not a tenant's: untouched.
-    assert_eq!(default_vpcs(&sdk, moto::REGION).await.len(), 1);
+    assert_eq!(moto::default_vpcs(&sdk, moto::REGION).await.len(), 1);
 
     let quotas = resource(&app, "service_quotas").await;
     assert_eq!(quotas["quotas"][0]["outcome"], "met", "{quotas}");
@@ -303,7 +263,7 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
     // not a default one is never looked at.
     let pristine = recreate_default_vpc(&inside, moto::OTHER_REGION).await;
     let busy = recreate_default_vpc(&inside, "us-west-2").await;
-    let subnet = ec2_in(&inside, "us-west-2")
+    let subnet = moto::ec2_in(&inside, "us-west-2")
         .describe_subnets()
         .filters(
             aws_sdk_ec2::types::Filter::builder()
@@ -318,13 +278,13 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
         .subnet_id()
         .unwrap()
         .to_owned();
-    ec2_in(&inside, "us-west-2")
+    moto::ec2_in(&inside, "us-west-2")
         .create_network_interface()
         .subnet_id(subnet)
         .send()
         .await
         .unwrap();
-    let own = ec2_in(&inside, moto::REGION)
+    let own = moto::ec2_in(&inside, moto::REGION)
         .create_vpc()
         .cidr_block("10.20.0.0/16")
         .send()
@@ -340,17 +300,20 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
         .await;
     assert_eq!(t["state"], "active", "{t}");
     assert_eq!(
-        default_vpcs(&inside, moto::OTHER_REGION).await,
+        moto::default_vpcs(&inside, moto::OTHER_REGION).await,
         Vec::<String>::new()
     );
-    let gateways = ec2_in(&inside, moto::OTHER_REGION)
+    let gateways = moto::ec2_in(&inside, moto::OTHER_REGION)
         .describe_internet_gateways()
         .send()
         .await
         .unwrap();
     assert_eq!(gateways.internet_gateways().len(), 0, "{gateways:?}");
-    assert_eq!(default_vpcs(&inside, "us-west-2").await, vec![busy.clone()]);
-    let owned = ec2_in(&inside, moto::REGION)
+    assert_eq!(
+        moto::default_vpcs(&inside, "us-west-2").await,
+        vec![busy.clone()]
+    );
+    let owned = moto::ec2_in(&inside, moto::REGION)
         .describe_vpcs()
         .vpc_ids(&own)
         .send()
@@ -374,7 +337,7 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
         .await;
     assert_eq!(t["state"], "active", "{t}");
     assert_eq!(resource(&app, "default_vpcs").await, record);
-    assert_eq!(default_vpcs(&inside, "us-west-2").await, vec![busy]);
+    assert_eq!(moto::default_vpcs(&inside, "us-west-2").await, vec![busy]);
     assert_eq!(resource(&app, "service_quotas").await, quotas);
     engine.stop().await;
 }

@@ -91,24 +91,6 @@ fn answered(stats: &ProxyStats, op: &str) -> u64 {
     })
 }
 
-/// How many regions of the commercial partition moto has enabled for an account (each with a
-/// default VPC).
-async fn enabled_regions(sdk: &SdkConfig) -> usize {
-    aws_sdk_ec2::Client::new(sdk)
-        .describe_regions()
-        .send()
-        .await
-        .unwrap()
-        .regions()
-        .iter()
-        .filter(|r| r.opt_in_status() != Some("not-opted-in"))
-        .filter(|r| {
-            r.region_name()
-                .is_some_and(|n| !n.starts_with("cn-") && !n.starts_with("us-gov-"))
-        })
-        .count()
-}
-
 /// Prints the proxy's counts; AWS calls per tenant outside EC2, and EC2's (the default VPC sweep).
 fn report(stats: &ProxyStats, tenants: usize) -> (f64, f64) {
     let ec2: u64 = stats
@@ -170,7 +152,7 @@ async fn throttles_and_errors_on_every_api_still_vend_each_tenant_exactly_once()
     );
     // The default VPC sweep (about ten EC2 calls per region) resumes where a failed attempt left off:
     // each region's default VPC is looked up about once, not once per attempt of the step.
-    let regions = enabled_regions(&c.moto_sdk).await;
+    let regions = moto::enabled_regions(&c.moto_sdk).await.len();
     let looked_up = answered(&stats, "ec2.DescribeVpcs");
     assert!(
         looked_up as f64 <= 1.5 * (regions * slugs.len()) as f64,

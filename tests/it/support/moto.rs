@@ -122,6 +122,50 @@ pub async fn sdk_in(base: &SdkConfig, account_id: &str) -> SdkConfig {
         .build()
 }
 
+/// EC2 in `region` as `sdk` sees it.
+pub fn ec2_in(sdk: &SdkConfig, region: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(
+        &sdk.to_builder()
+            .region(aws_config::Region::new(region.to_owned()))
+            .build(),
+    )
+}
+
+/// The default VPC ids of `region` inside the account `sdk` acts in.
+pub async fn default_vpcs(sdk: &SdkConfig, region: &str) -> Vec<String> {
+    ec2_in(sdk, region)
+        .describe_vpcs()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("is-default")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .vpcs()
+        .iter()
+        .filter_map(|v| v.vpc_id().map(str::to_owned))
+        .collect()
+}
+
+/// The regions of the commercial partition moto has enabled for the account `sdk` acts in, each with
+/// a default VPC (moto lists other partitions' regions too; AWS lists only the caller's).
+pub async fn enabled_regions(sdk: &SdkConfig) -> Vec<String> {
+    ec2_in(sdk, REGION)
+        .describe_regions()
+        .send()
+        .await
+        .unwrap()
+        .regions()
+        .iter()
+        .filter(|r| r.opt_in_status() != Some("not-opted-in"))
+        .filter_map(|r| r.region_name().map(str::to_owned))
+        .filter(|r| !r.starts_with("cn-") && !r.starts_with("us-gov-"))
+        .collect()
+}
+
 /// The id of the base domain's hosted zone.
 pub async fn base_zone_id(r53: &aws_sdk_route53::Client) -> String {
     r53.list_hosted_zones_by_name()
@@ -215,18 +259,11 @@ pub async fn assert_exactly_one_of_everything(sdk: &SdkConfig, slugs: &[String])
             .await
             .unwrap();
         assert_eq!(apis.items().len(), 1, "{slug}: APIs");
-        let default_vpcs = aws_sdk_ec2::Client::new(&inside)
-            .describe_vpcs()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("is-default")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(default_vpcs.vpcs().len(), 0, "{slug}: default VPC left");
+        assert_eq!(
+            default_vpcs(&inside, REGION).await,
+            Vec::<String>::new(),
+            "{slug}: default VPC left"
+        );
     }
     let r53 = aws_sdk_route53::Client::new(sdk);
     let zone = base_zone_id(&r53).await;
