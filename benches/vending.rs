@@ -204,12 +204,7 @@ async fn main() {
         "CreateAccount max in flight   {} (over cap: {})",
         stats.create_account_max_in_flight, stats.create_account_over_cap
     );
-    let ec2: u64 = stats
-        .operations
-        .iter()
-        .filter(|(op, _)| op.starts_with("ec2."))
-        .map(|(_, o)| o.calls)
-        .sum();
+    let ec2 = stats.service_calls("ec2");
     println!(
         "AWS calls                     {} ({:.1} per tenant, of which EC2's default VPC sweep {:.1})",
         stats.total_calls(),

@@ -36,6 +36,25 @@ async fn assigned_groups(sdk: &SdkConfig, account: &str) -> Vec<String> {
 
 const WITHIN: Duration = Duration::from_secs(60);
 
+/// vend with the settings `tune` makes, against `moto`, with tenant `acme` signed up and vended: the
+/// app, its AWS runtime, the running engine and acme's account.
+async fn vend_acme(
+    moto: &moto::Moto,
+    tune: impl FnOnce(&mut vend::config::AwsSettings),
+) -> (
+    crate::support::TestApp,
+    vend::app::AwsRuntime,
+    crate::support::EngineHandle,
+    String,
+) {
+    let (app, rt) = spawn_silo_graced(&moto.url, tune, Duration::ZERO).await;
+    app.signup(&signup_body("acme")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
+    let account = t["account_id"].as_str().unwrap().to_owned();
+    (app, rt, engine, account)
+}
+
 fn contact(kind: ContactKind, who: &str) -> AlternateContact {
     AlternateContact {
         kind,
@@ -56,24 +75,16 @@ async fn tenant_accounts_get_their_contacts_and_the_ops_groups_access_until_offb
         contact(ContactKind::Security, "Security"),
     ];
     let configured = contacts.clone();
-    let (app, _rt) = spawn_silo_graced(
-        &moto.url,
-        |s| {
-            s.alternate_contacts = configured;
-            s.identity_center = Some(IdentityCenter {
-                instance_arn: INSTANCE.into(),
-                permission_set_arn: PERMISSION_SET.into(),
-                group_id: OPS_GROUP.into(),
-                region: None,
-            });
-        },
-        Duration::ZERO,
-    )
+    let (app, _rt, engine, account) = vend_acme(&moto, |s| {
+        s.alternate_contacts = configured;
+        s.identity_center = Some(IdentityCenter {
+            instance_arn: INSTANCE.into(),
+            permission_set_arn: PERMISSION_SET.into(),
+            group_id: OPS_GROUP.into(),
+            region: None,
+        });
+    })
     .await;
-    app.signup(&signup_body("acme")).await;
-    let engine = app.start_engine(app.engine_config("w1"));
-    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
-    let account = t["account_id"].as_str().unwrap().to_owned();
 
     let inside = aws_sdk_account::Client::new(&moto::sdk_in(&sdk, &account).await);
     for (kind, want) in [
@@ -221,16 +232,8 @@ async fn new_accounts_lose_their_unused_default_vpcs_and_have_their_quotas_check
         value: 5.0,
     };
     let configured = quota.clone();
-    let (app, _rt) = spawn_silo_graced(
-        &moto.url,
-        |s| s.service_quotas = vec![configured],
-        Duration::ZERO,
-    )
-    .await;
-    app.signup(&signup_body("acme")).await;
-    let engine = app.start_engine(app.engine_config("w1"));
-    let t = app.wait_for_state("acme", &["active"], WITHIN).await;
-    let account = t["account_id"].as_str().unwrap().to_owned();
+    let (app, _rt, engine, account) =
+        vend_acme(&moto, |s| s.service_quotas = vec![configured]).await;
     let inside = moto::sdk_in(&sdk, &account).await;
 
     // Every enabled region's default VPC is gone, and recorded as removed.

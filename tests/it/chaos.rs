@@ -93,12 +93,7 @@ fn answered(stats: &ProxyStats, op: &str) -> u64 {
 
 /// Prints the proxy's counts; AWS calls per tenant outside EC2, and EC2's (the default VPC sweep).
 fn report(stats: &ProxyStats, tenants: usize) -> (f64, f64) {
-    let ec2: u64 = stats
-        .operations
-        .iter()
-        .filter(|(op, _)| op.starts_with("ec2."))
-        .map(|(_, o)| o.calls)
-        .sum();
+    let ec2 = stats.service_calls("ec2");
     let per_tenant = (stats.total_calls() - ec2) as f64 / tenants as f64;
     let ec2_per_tenant = ec2 as f64 / tenants as f64;
     eprintln!(

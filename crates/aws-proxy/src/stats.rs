@@ -47,4 +47,13 @@ impl ProxyStats {
     pub fn calls(&self, op: &str) -> u64 {
         self.operations.get(op).map_or(0, |o| o.calls)
     }
+
+    /// Calls of every operation of `service` (as the credential scope names it: `ec2`, `sts`).
+    pub fn service_calls(&self, service: &str) -> u64 {
+        self.operations
+            .iter()
+            .filter(|(op, _)| op.split_once('.').is_some_and(|(s, _)| s == service))
+            .map(|(_, o)| o.calls)
+            .sum()
+    }
 }
