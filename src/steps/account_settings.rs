@@ -41,8 +41,7 @@ pub(crate) async fn apply(
         return Ok(Some(wait));
     }
     remove_default_vpcs(silo, ctx, inside).await?;
-    let in_region = super::in_tenant_region(silo, ctx, account).await?;
-    request_quotas(silo, ctx, &in_region).await?;
+    request_quotas(silo, ctx, account).await?;
     Ok(None)
 }
 
@@ -345,7 +344,7 @@ fn quota_met(current: Option<f64>, want: &QuotaRequest) -> Result<Option<f64>, S
 async fn request_quotas(
     silo: &Silo,
     ctx: &mut StepContext,
-    in_region: &Aws,
+    account: &str,
 ) -> Result<(), StepError> {
     let quotas = &silo.settings.service_quotas;
     if quotas.is_empty() {
@@ -360,7 +359,9 @@ async fn request_quotas(
     if recorded.and_then(|r| r["digest"].as_str()) == Some(digest.as_str()) {
         return Ok(());
     }
-    let sq = ServiceQuotas::new(in_region);
+    // The account in the tenant's region is reached only when there is something to ask there.
+    let in_region = super::in_tenant_region(silo, ctx, account).await?;
+    let sq = ServiceQuotas::new(&in_region);
     let mut outcomes = Vec::new();
     for q in quotas {
         let fate = match quota_met(sq.value(&q.service, &q.quota).await?, q)? {
