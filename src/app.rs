@@ -38,6 +38,7 @@ pub fn known_kinds(registry: &Registry) -> BTreeSet<String> {
     k.extend(steps::SILO_KINDS.iter().map(|s| s.to_string()));
     k.extend(steps::OFFBOARD_KINDS.iter().map(|s| s.to_string()));
     k.extend(steps::ROLLOUT_KINDS.iter().map(|s| s.to_string()));
+    k.extend(steps::POOL_KINDS.iter().map(|s| s.to_string()));
     k
 }
 
@@ -516,7 +517,7 @@ async fn run_background(
         None => None,
     };
     let registry = match &aws_runtime {
-        Some(rt) => crate::steps::registry(rt.silo.clone()),
+        Some(rt) => crate::steps::registry(rt.silo.clone(), workflows.limits()),
         None => Registry::new(),
     };
     let dispatcher = Dispatcher::new(

@@ -251,6 +251,9 @@ pub struct AwsSettings {
     pub remove_default_vpcs: bool,
     /// `VEND_SERVICE_QUOTAS`: quota values every tenant account asks for in its region.
     pub service_quotas: Vec<QuotaRequest>,
+    /// `VEND_POOL_ACCOUNT_ID`: the shared pool's account, which vend uses as it is (never moves it).
+    /// Unset: vend creates one the first time a pool tenant needs it, and records it.
+    pub pool_account_id: Option<String>,
 }
 
 /// A quota value tenant accounts need above AWS's default, e.g. Lambda's concurrent executions
@@ -508,6 +511,7 @@ impl AwsSettings {
             identity_center: None,
             remove_default_vpcs: true,
             service_quotas: Vec::new(),
+            pool_account_id: None,
         }
     }
 
@@ -628,6 +632,15 @@ impl AwsSettings {
             Some("keep") => false,
             Some(_) => return Err(err("VEND_DEFAULT_VPCS", "must be remove or keep")),
         };
+        if let Some(v) = env.get("VEND_POOL_ACCOUNT_ID") {
+            if v.len() != 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(
+                    "VEND_POOL_ACCOUNT_ID",
+                    format!("{v:?} is not a 12-digit AWS account id"),
+                ));
+            }
+            s.pool_account_id = Some(v);
+        }
         if let Some(v) = env.get("VEND_SERVICE_QUOTAS") {
             s.service_quotas =
                 parse_service_quotas(&v).map_err(|m| err("VEND_SERVICE_QUOTAS", m))?;
@@ -1272,6 +1285,14 @@ mod tests {
         let aws = with_aws(&[]).unwrap().aws.unwrap();
         assert!(aws.remove_default_vpcs);
         assert_eq!(aws.service_quotas, vec![]);
+        assert_eq!(aws.pool_account_id, None);
+        let pool = with_aws(&[("VEND_POOL_ACCOUNT_ID", "210987654321")]);
+        assert_eq!(
+            pool.unwrap().aws.unwrap().pool_account_id.as_deref(),
+            Some("210987654321")
+        );
+        let e = with_aws(&[("VEND_POOL_ACCOUNT_ID", "pool")]).unwrap_err();
+        assert!(e.to_string().contains("VEND_POOL_ACCOUNT_ID"), "{e}");
         let kept = with_aws(&[("VEND_DEFAULT_VPCS", "keep")]);
         assert!(!kept.unwrap().aws.unwrap().remove_default_vpcs);
         let e = with_aws(&[("VEND_DEFAULT_VPCS", "delete")]).unwrap_err();

@@ -50,6 +50,8 @@ pub fn default_budgets() -> HashMap<String, Budget> {
     // EC2 buckets per account and region (describes refill at 20/s); vend's calls in a tenant
     // account share one budget across its regions, which stays under any one region's.
     m.insert("ec2".into(), Budget::new(20.0, 40.0, true));
+    // DynamoDB item writes (the pool's tenant table) are data plane: thousands a second per table.
+    m.insert("dynamodb".into(), Budget::new(100.0, 200.0, true));
     // Service Quotas allows a few requests a second per account.
     m.insert("service-quotas".into(), Budget::new(5.0, 5.0, true));
     m

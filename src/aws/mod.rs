@@ -12,6 +12,7 @@ pub mod acm;
 pub mod apigateway;
 pub mod classify;
 pub mod cloudformation;
+pub mod dynamodb;
 pub mod ec2;
 pub mod eventbridge;
 pub mod identity_center;

@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod history;
 pub mod org;
 pub mod outbox;
+pub mod pool;
 pub mod replicas;
 pub mod retention;
 pub mod rollouts;

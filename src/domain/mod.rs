@@ -21,4 +21,4 @@ pub use tenant::{
     AccountNamingTemplates, OwnerEmail, Regions, Signup, Slug, SlugRefusal, SlugRules, TenantName,
     TenantState, Tier, ValidationError,
 };
-pub use workflow::{Purpose, StepDef, Workflow, WorkflowError, Workflows};
+pub use workflow::{Purpose, StepDef, TierLimits, Workflow, WorkflowError, Workflows};

@@ -10,6 +10,8 @@ use serde::Deserialize;
 pub enum StackKind {
     Baseline,
     Tenant,
+    /// The shared pool's stack, recorded by the tenant whose step last converged it.
+    Pool,
 }
 
 impl StackKind {
@@ -17,6 +19,7 @@ impl StackKind {
         match self {
             StackKind::Baseline => "baseline",
             StackKind::Tenant => "tenant",
+            StackKind::Pool => "pool",
         }
     }
 }
@@ -77,6 +80,11 @@ pub enum Resource {
     StackFailed(StackKind),
     StackOpStartedAt(StackKind),
     StackOpSeenS(StackKind),
+    /// A pool tenant's API key in the pool account, and the tier whose usage plan it is on.
+    PoolApiKeyId,
+    PoolPlanTier,
+    /// The tier a tier change in progress moves the tenant to.
+    TierTo,
     /// An entry of a step outside vend's own workflows (an extension's, a test's).
     Named(&'static str),
 }
@@ -85,7 +93,7 @@ impl Resource {
     /// The entry's key in `tenants.resources`.
     pub const fn key(self) -> &'static str {
         use Resource::*;
-        use StackKind::{Baseline, Tenant};
+        use StackKind::{Baseline, Pool, Tenant};
         match self {
             AccountId => "account_id",
             AccountAdopted => "account_adopted",
@@ -126,6 +134,14 @@ impl Resource {
             StackOpStartedAt(Tenant) => "tenant_op_started_at",
             StackOpSeenS(Baseline) => "baseline_op_seen_s",
             StackOpSeenS(Tenant) => "tenant_op_seen_s",
+            StackId(Pool) => "pool_stack_id",
+            StackVersion(Pool) => "pool_stack_version",
+            StackFailed(Pool) => "pool_failed",
+            StackOpStartedAt(Pool) => "pool_op_started_at",
+            StackOpSeenS(Pool) => "pool_op_seen_s",
+            PoolApiKeyId => "pool_api_key_id",
+            PoolPlanTier => "pool_plan_tier",
+            TierTo => "tier_to",
             Named(key) => key,
         }
     }

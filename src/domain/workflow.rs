@@ -28,6 +28,38 @@ pub struct Workflow {
     pub purpose: Purpose,
     pub tiers: Vec<Tier>,
     pub steps: Vec<StepDef>,
+    /// The API limits of the tiers this workflow serves in the shared pool (`[limits.<tier>]`).
+    pub limits: BTreeMap<Tier, TierLimits>,
+}
+
+/// A pool tier's API limits: its usage plan's throttle and monthly quota.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    /// Steady-state requests per second.
+    pub rate_limit: f64,
+    /// The most requests at once above the rate.
+    pub burst_limit: i32,
+    /// Requests per calendar month; none means no quota.
+    pub monthly_quota: Option<i32>,
+}
+
+impl TierLimits {
+    fn validate(&self) -> Result<(), String> {
+        if !(self.rate_limit.is_finite() && self.rate_limit > 0.0) {
+            return Err(format!("rate_limit = {} must be above 0", self.rate_limit));
+        }
+        if self.burst_limit < 1 {
+            return Err(format!(
+                "burst_limit = {} must be at least 1",
+                self.burst_limit
+            ));
+        }
+        if self.monthly_quota.is_some_and(|q| q < 1) {
+            return Err("monthly_quota must be at least 1 (leave it out for none)".into());
+        }
+        Ok(())
+    }
 }
 
 /// What a run of a workflow does to its tenant: the state the tenant is in while it runs, the state
@@ -125,6 +157,8 @@ struct WorkflowFile {
     tiers: Vec<String>,
     #[serde(default)]
     defaults: Defaults,
+    #[serde(default)]
+    limits: BTreeMap<String, TierLimits>,
     steps: Vec<StepFile>,
 }
 
@@ -207,6 +241,15 @@ impl Workflow {
         if file.purpose != Purpose::Provision && !tiers.is_empty() {
             return Err("only a provision workflow serves tiers (tiers = [])".into());
         }
+        let mut limits = BTreeMap::new();
+        for (t, l) in &file.limits {
+            let tier = Tier::parse(t).map_err(|e| format!("limits.{t}: {}", e.message))?;
+            if !tiers.contains(&tier) {
+                return Err(format!("limits.{t}: this workflow does not serve tier {t}"));
+            }
+            l.validate().map_err(|e| format!("limits.{t}: {e}"))?;
+            limits.insert(tier, *l);
+        }
         let base = file.defaults.retry.over(&RetryPolicy::default())?;
         base.validate()
             .map_err(|e| format!("defaults.retry: {e}"))?;
@@ -260,6 +303,7 @@ impl Workflow {
             purpose: file.purpose,
             tiers,
             steps,
+            limits,
         })
     }
 }
@@ -369,6 +413,14 @@ impl Workflows {
     pub fn all(&self) -> impl Iterator<Item = &Workflow> {
         self.by_name.values()
     }
+
+    /// Every tier's pool limits, from whichever workflow serves it.
+    pub fn limits(&self) -> BTreeMap<Tier, TierLimits> {
+        self.by_name
+            .values()
+            .flat_map(|w| w.limits.iter().map(|(t, l)| (*t, *l)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +512,7 @@ mod tests {
             .iter()
             .chain(crate::steps::OFFBOARD_KINDS.iter())
             .chain(crate::steps::ROLLOUT_KINDS.iter())
+            .chain(crate::steps::POOL_KINDS.iter())
             .map(|s| s.to_string())
             .collect();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");

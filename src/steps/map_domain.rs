@@ -94,50 +94,62 @@ async fn run(silo: &Silo, ctx: &mut StepContext) -> Result<StepOutcome, StepErro
 
     apigw.ensure_root_mapping(&domain, &api_id, &stage).await?;
 
-    let zone = &silo.management.hosted_zone_id;
-    let current = silo.route53.target_of(zone, &domain).await?;
-    let action = match record_action(
-        current.as_deref(),
+    // The record may point at the pool (an upgrade): vend's own target for this name, so repointed.
+    let mut own: Vec<String> = previous.into_iter().collect();
+    own.extend(super::pool::pool_target(silo).await?);
+    point_record(
+        silo,
+        &domain,
         &target.regional_domain_name,
-        previous.as_deref(),
-    ) {
+        &target.regional_hosted_zone_id,
+        &own,
+    )
+    .await?;
+    ctx.set_resource(Resource::Endpoint, format!("https://{domain}"));
+    Ok(StepOutcome::Succeeded)
+}
+
+/// Points the tenant's record `domain` in the central zone at `target` (an API Gateway domain in
+/// `target_zone`), creating it, or repointing it from one of `own` (targets vend pointed it at for
+/// this tenant); a record pointing anywhere else is refused and left alone.
+pub(crate) async fn point_record(
+    silo: &Silo,
+    domain: &str,
+    target: &str,
+    target_zone: &str,
+    own: &[String],
+) -> Result<(), StepError> {
+    let zone = &silo.management.hosted_zone_id;
+    let current = silo.route53.target_of(zone, domain).await?;
+    let action = match record_action(current.as_deref(), target, own) {
         RecordAction::Keep => None,
         RecordAction::Create => Some(ChangeAction::Create),
         RecordAction::Replace => Some(ChangeAction::Upsert),
-        RecordAction::Refuse(other) => return Err(record_conflict(&domain, &other)),
+        RecordAction::Refuse(other) => return Err(record_conflict(domain, &other)),
     };
-    if let Some(action) = action {
-        let changed = silo
-            .route53
-            .set_target(
-                action,
-                zone,
-                &domain,
-                &target.regional_domain_name,
-                &target.regional_hosted_zone_id,
-            )
-            .await;
-        match changed {
-            Ok(_) => {}
-            // The name appeared between the look and the CREATE: this step's own earlier CREATE
-            // whose answer was lost, or someone else's record. Only a look tells which.
-            Err(e) if e.code == RECORD_EXISTS => {
-                let now = silo.route53.target_of(zone, &domain).await?;
-                match record_action(now.as_deref(), &target.regional_domain_name, None) {
-                    RecordAction::Keep => {}
-                    _ => {
-                        return Err(record_conflict(
-                            &domain,
-                            now.as_deref().unwrap_or("a record of another type"),
-                        ));
-                    }
-                }
+    let Some(action) = action else {
+        return Ok(());
+    };
+    match silo
+        .route53
+        .set_target(action, zone, domain, target, target_zone)
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The name appeared between the look and the CREATE: this step's own earlier CREATE
+        // whose answer was lost, or someone else's record. Only a look tells which.
+        Err(e) if e.code == RECORD_EXISTS => {
+            let now = silo.route53.target_of(zone, domain).await?;
+            match record_action(now.as_deref(), target, &[]) {
+                RecordAction::Keep => Ok(()),
+                _ => Err(record_conflict(
+                    domain,
+                    now.as_deref().unwrap_or("a record of another type"),
+                )),
             }
-            Err(e) => return Err(e.into()),
         }
+        Err(e) => Err(e.into()),
     }
-    ctx.set_resource(Resource::Endpoint, format!("https://{domain}"));
-    Ok(StepOutcome::Succeeded)
 }
 
 /// What to do with the tenant's record in the central zone.
@@ -153,7 +165,7 @@ enum RecordAction {
     Refuse(String),
 }
 
-fn record_action(current: Option<&str>, target: &str, previous: Option<&str>) -> RecordAction {
+fn record_action(current: Option<&str>, target: &str, own: &[String]) -> RecordAction {
     let same = |a: &str, b: &str| {
         a.trim_end_matches('.')
             .eq_ignore_ascii_case(b.trim_end_matches('.'))
@@ -161,7 +173,7 @@ fn record_action(current: Option<&str>, target: &str, previous: Option<&str>) ->
     match current {
         None => RecordAction::Create,
         Some(c) if same(c, target) => RecordAction::Keep,
-        Some(c) if previous.is_some_and(|p| same(c, p)) => RecordAction::Replace,
+        Some(c) if own.iter().any(|p| same(c, p)) => RecordAction::Replace,
         Some(c) => RecordAction::Refuse(c.to_owned()),
     }
 }
@@ -267,22 +279,27 @@ mod tests {
     #[test]
     fn a_record_is_created_kept_or_repointed_only_when_it_is_the_tenants() {
         let t = "d-new.execute-api.us-east-1.amazonaws.com";
-        assert_eq!(record_action(None, t, None), RecordAction::Create);
-        assert_eq!(record_action(Some(t), t, None), RecordAction::Keep);
+        let old = ["d-old.x".to_owned(), "d-pool.y".to_owned()];
+        assert_eq!(record_action(None, t, &[]), RecordAction::Create);
+        assert_eq!(record_action(Some(t), t, &[]), RecordAction::Keep);
         assert_eq!(
-            record_action(Some("D-NEW.execute-api.us-east-1.amazonaws.com."), t, None),
+            record_action(Some("D-NEW.execute-api.us-east-1.amazonaws.com."), t, &[]),
             RecordAction::Keep
         );
         assert_eq!(
-            record_action(Some("d-old.x"), t, Some("d-old.x")),
+            record_action(Some("d-old.x"), t, &old),
             RecordAction::Replace
         );
         assert_eq!(
-            record_action(Some("www.saas.example"), t, None),
+            record_action(Some("d-pool.y."), t, &old),
+            RecordAction::Replace
+        );
+        assert_eq!(
+            record_action(Some("www.saas.example"), t, &[]),
             RecordAction::Refuse("www.saas.example".into())
         );
         assert_eq!(
-            record_action(Some("192.0.2.1"), t, Some("d-old.x")),
+            record_action(Some("192.0.2.1"), t, &old),
             RecordAction::Refuse("192.0.2.1".into())
         );
     }

@@ -11,6 +11,7 @@ mod deploy_stack;
 mod map_domain;
 mod move_account;
 mod offboard;
+mod pool;
 mod rollout;
 mod stack;
 mod timing;
@@ -37,6 +38,7 @@ pub use move_account::MoveAccount;
 pub use offboard::{
     CloseAccount, DarkenEndpoint, DeleteStack, GracePeriod, OFFBOARD_KINDS, UnmapDomain,
 };
+pub use pool::{IssueApiKey, POOL_KINDS, PoolCtx, PreparePool, RegisterTenant, RouteDomain};
 pub use rollout::UpdateStack;
 
 /// The step kinds of the silo workflow, in order (CONTRACT.md).
@@ -68,6 +70,7 @@ pub struct Management {
 pub struct Templates {
     pub baseline: String,
     pub tenant_stack: String,
+    pub pool_stack: String,
 }
 
 impl Templates {
@@ -80,6 +83,7 @@ impl Templates {
         Ok(Self {
             baseline: read("baseline.yaml")?,
             tenant_stack: read("tenant-stack.yaml")?,
+            pool_stack: read("pool-stack.yaml")?,
         })
     }
 }
@@ -131,9 +135,21 @@ impl Silo {
     }
 }
 
-/// The registry with every step: the silo workflow's and the offboard workflow's.
-pub fn registry(silo: Arc<Silo>) -> Registry {
+/// The registry with every step: the silo, pool, offboard and rollout workflows'. `limits` are the
+/// pool tiers' (`Workflows::limits`).
+pub fn registry(
+    silo: Arc<Silo>,
+    limits: std::collections::BTreeMap<crate::domain::Tier, crate::domain::TierLimits>,
+) -> Registry {
+    let pool = Arc::new(PoolCtx {
+        silo: silo.clone(),
+        limits,
+    });
     Registry::new()
+        .with_named(PreparePool(pool.clone()))
+        .with_named(IssueApiKey(pool.clone()))
+        .with_named(RegisterTenant(pool.clone()))
+        .with_named(RouteDomain(pool))
         .with_named(CreateAccount(silo.clone()))
         .with_named(AwaitAccount(silo.clone()))
         .with_named(MoveAccount(silo.clone()))

@@ -25,6 +25,7 @@ fn operations_in_code() -> BTreeSet<String> {
                     "sso-admin",
                     "ec2",
                     "service-quotas",
+                    "dynamodb",
                 ]
                 .contains(&svc)
                 && !op.is_empty()
@@ -85,7 +86,7 @@ fn the_tenant_account_policy_covers_the_calls_made_there() {
     for op in operations_in_code() {
         let (svc, name) = op.split_once('.').unwrap();
         match svc {
-            "cloudformation" | "acm" | "account" | "ec2" => {
+            "cloudformation" | "acm" | "account" | "ec2" | "dynamodb" => {
                 assert!(listed.contains(&format!("{svc}:{name}")), "{op} missing")
             }
             "service-quotas" => assert!(

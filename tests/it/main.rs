@@ -16,6 +16,7 @@ mod localstack;
 mod offboard;
 mod ops;
 mod outbox;
+mod pool;
 mod region;
 mod reliability;
 mod rollout;

@@ -68,7 +68,12 @@ jitter = "none"
 
 pub fn workflows(toml: &str, registry: &Registry) -> Arc<Workflows> {
     let kinds: BTreeSet<String> = registry.kinds();
-    let mut all = vec![Workflow::parse(toml, &kinds).expect("test workflow parses")];
+    let main = Workflow::parse(toml, &kinds).expect("test workflow parses");
+    let pooled = !main.tiers.contains(&vend::domain::Tier::Free);
+    let mut all = vec![main];
+    if pooled {
+        all.push(Workflow::parse(&fast_pool_toml(), &kinds).expect("pool workflow parses"));
+    }
     if kinds.contains("grace_period") {
         all.push(Workflow::parse(&fast_offboard_toml(), &kinds).expect("offboard workflow parses"));
     }
@@ -85,6 +90,33 @@ pub fn fast_rollout_toml() -> String {
         .replace("poll_interval = \"10s\"", "poll_interval = \"50ms\"")
         .replace("initial_interval = \"2s\"", "initial_interval = \"20ms\"")
         .replace("maximum_interval = \"5m\"", "maximum_interval = \"100ms\"")
+}
+
+/// The shipped pool workflow at test speed.
+pub fn fast_pool_toml() -> String {
+    std::fs::read_to_string(postgres::repo_root().join("workflows/pool.toml"))
+        .unwrap()
+        .replace("poll_interval = \"10s\"", "poll_interval = \"50ms\"")
+        .replace("initial_interval = \"2s\"", "initial_interval = \"20ms\"")
+        .replace("maximum_interval = \"5m\"", "maximum_interval = \"100ms\"")
+        .replace("maximum_interval = \"2m\"", "maximum_interval = \"100ms\"")
+}
+
+/// The shipped pool workflow's tier limits.
+pub fn pool_limits() -> std::collections::BTreeMap<vend::domain::Tier, vend::domain::TierLimits> {
+    let kinds: BTreeSet<String> = vend::steps::POOL_KINDS
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    Workflow::parse(&fast_pool_toml(), &kinds).unwrap().limits
+}
+
+/// The silo workflow at test speed serving enterprise only: free and pro go to the pool.
+pub fn fast_enterprise_toml() -> String {
+    fast_silo_toml().replace(
+        "tiers = [\"free\", \"pro\", \"enterprise\"]",
+        "tiers = [\"enterprise\"]",
+    )
 }
 
 /// The shipped offboard workflow at test speed (moto finishes everything at once).
@@ -151,7 +183,7 @@ pub async fn spawn_silo_with(
     let rt = vend::app::AwsRuntime::start(settings, sdk, pool.clone(), metrics, orgs)
         .await
         .expect("the management account reconciles");
-    let registry = vend::steps::registry(rt.silo.clone());
+    let registry = vend::steps::registry(rt.silo.clone(), pool_limits());
     let app = spawn_app_on(pool, registry, toml).await;
     (app, rt)
 }
@@ -182,7 +214,7 @@ pub async fn spawn_silo_graced(
     let rt = vend::app::AwsRuntime::start(settings, sdk, pool.clone(), Metrics::new(), None)
         .await
         .expect("the management account reconciles");
-    let registry = vend::steps::registry(rt.silo.clone());
+    let registry = vend::steps::registry(rt.silo.clone(), pool_limits());
     let app = spawn_app_full(
         pool,
         registry,

@@ -1,0 +1,219 @@
+//! The pool against moto: free and pro signups never get an account of their own. The first one makes
+//! the pool (its account, created once; its stack; a usage plan per tier; the wildcard domain); each
+//! tenant gets a tagged API key on its tier's plan, an item in the tenant table and its own record.
+
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use serde_json::{Value, json};
+
+use crate::support::moto::{self, BASE_DOMAIN};
+use crate::support::{fast_enterprise_toml, signup_body, spawn_silo_with};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+fn pooled(slug: &str, tier: &str) -> Value {
+    let mut b = signup_body(slug);
+    b["tier"] = json!(tier);
+    b
+}
+
+/// The pool account's id as vend recorded it.
+async fn pool_account(pool: &sqlx::PgPool) -> String {
+    sqlx::query_scalar("SELECT state->>'account_id' FROM pool")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// (plan name, key ids on it) of every usage plan in the pool account.
+async fn plans(inside: &SdkConfig) -> Vec<(String, Vec<String>)> {
+    let gw = aws_sdk_apigateway::Client::new(inside);
+    let mut out = Vec::new();
+    for p in gw.get_usage_plans().send().await.unwrap().items() {
+        let keys = gw
+            .get_usage_plan_keys()
+            .usage_plan_id(p.id().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .items()
+            .iter()
+            .map(|k| k.id().unwrap().to_owned())
+            .collect::<Vec<_>>();
+        let mut keys = keys;
+        keys.sort();
+        out.push((p.name().unwrap().to_owned(), keys));
+    }
+    out.sort();
+    out
+}
+
+/// The API keys of the pool account tagged `vend:tenant=<slug>`.
+pub async fn tenant_keys(inside: &SdkConfig, slug: &str) -> Vec<String> {
+    aws_sdk_apigateway::Client::new(inside)
+        .get_api_keys()
+        .send()
+        .await
+        .unwrap()
+        .items()
+        .iter()
+        .filter(|k| {
+            k.tags()
+                .and_then(|t| t.get("vend:tenant"))
+                .map(String::as_str)
+                == Some(slug)
+        })
+        .map(|k| k.id().unwrap().to_owned())
+        .collect()
+}
+
+/// The target the tenant's record in the central zone aliases.
+pub async fn record_target(sdk: &SdkConfig, slug: &str) -> Option<String> {
+    let rs = moto::records_named(sdk, &format!("{slug}.{BASE_DOMAIN}")).await;
+    assert!(rs.len() <= 1, "one record per name: {rs:?}");
+    rs.first()
+        .and_then(|r| r.alias_target())
+        .map(|a| a.dns_name().trim_end_matches('.').to_owned())
+}
+
+#[tokio::test]
+async fn free_and_pro_signups_join_one_pool_and_never_create_an_account() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, _rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &fast_enterprise_toml()).await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    let accounts = |org: aws_sdk_organizations::Client| async move {
+        org.list_accounts().send().await.unwrap().accounts().len()
+    };
+    let before = accounts(org.clone()).await;
+
+    for (slug, tier) in [("freddy", "free"), ("pam", "pro"), ("fiona", "free")] {
+        assert_eq!(app.signup(&pooled(slug, tier)).await.status(), 202);
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["freddy", "pam", "fiona"] {
+        let t = app.wait_for_state(slug, &["active"], WITHIN).await;
+        assert_eq!(t["account_id"], Value::Null, "{t:#}");
+        assert_eq!(t["endpoint"], format!("https://{slug}.{BASE_DOMAIN}"));
+    }
+    // One account more: the pool's, made once for all three, in the tenant OU, tagged as vend's.
+    assert_eq!(accounts(org.clone()).await, before + 1);
+    let account = pool_account(&app.pool).await;
+    assert_eq!(
+        moto::parent_of(&org, &account).await,
+        moto::tenant_ou_id(&org).await
+    );
+    let tags = org
+        .list_tags_for_resource()
+        .resource_id(&account)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tags.tags()
+            .iter()
+            .any(|t| t.key() == "vend:tenant" && t.value() == "pool"),
+        "{tags:?}"
+    );
+
+    let inside = moto::sdk_in(&sdk, &account).await;
+    let by_slug = |slug: &str| {
+        let inside = inside.clone();
+        let slug = slug.to_owned();
+        async move {
+            let keys = tenant_keys(&inside, &slug).await;
+            assert_eq!(keys.len(), 1, "{slug}: one key");
+            keys[0].clone()
+        }
+    };
+    let (freddy, pam, fiona) = (
+        by_slug("freddy").await,
+        by_slug("pam").await,
+        by_slug("fiona").await,
+    );
+    let mut free = vec![freddy.clone(), fiona.clone()];
+    free.sort();
+    assert_eq!(
+        plans(&inside).await,
+        vec![
+            ("vend-pool-free".to_owned(), free),
+            ("vend-pool-pro".to_owned(), vec![pam.clone()]),
+        ]
+    );
+    // The tiers' limits are the workflow file's.
+    let gw = aws_sdk_apigateway::Client::new(&inside);
+    let all = gw.get_usage_plans().send().await.unwrap();
+    let pro = all
+        .items()
+        .iter()
+        .find(|p| p.name() == Some("vend-pool-pro"))
+        .unwrap();
+    assert_eq!(pro.throttle().unwrap().rate_limit(), 50.0);
+    assert_eq!(pro.throttle().unwrap().burst_limit(), 100);
+    assert_eq!(pro.quota().unwrap().limit(), 1_000_000);
+
+    // Each tenant is in the table with its key, and its name aliases the pool's wildcard domain.
+    let ddb = aws_sdk_dynamodb::Client::new(&inside);
+    let item = ddb
+        .get_item()
+        .table_name("vend-pool-tenants")
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("pam".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let item = item.item().expect("pam is registered");
+    assert_eq!(item["tier"].as_s().unwrap(), "pro");
+    assert_eq!(item["api_key_id"].as_s().unwrap(), &pam);
+    let domains = gw.get_domain_names().send().await.unwrap();
+    let wildcard = domains
+        .items()
+        .iter()
+        .find(|d| d.domain_name() == Some(&format!("*.{BASE_DOMAIN}")))
+        .expect("the pool's wildcard domain");
+    let pool_target = wildcard.regional_domain_name().unwrap().to_owned();
+    for slug in ["freddy", "pam", "fiona"] {
+        assert_eq!(
+            record_target(&sdk, slug).await.as_deref(),
+            Some(pool_target.as_str())
+        );
+    }
+    // Mapped to the pooled API (read through vend's adapter: moto needs the `*` unescaped).
+    let vend_gw = vend::aws::apigateway::ApiGateway::new(&vend::aws::Aws::new(
+        inside.clone(),
+        vend::telemetry::Metrics::new(),
+    ));
+    let pool_api: String = sqlx::query_scalar("SELECT state->>'api_id' FROM pool")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mapping = vend_gw
+        .root_mapping(&format!("*.{BASE_DOMAIN}"))
+        .await
+        .unwrap()
+        .expect("the wildcard domain is mapped");
+    assert_eq!(mapping.rest_api_id, pool_api);
+
+    // Every pool step again changes nothing: no second key, plan entry, record or account.
+    for step in [
+        "prepare_pool",
+        "issue_api_key",
+        "register_tenant",
+        "route_domain",
+    ] {
+        let t = app.requeue_and_settle("pam", step, WITHIN).await;
+        assert_eq!(t["state"], "active", "{step}: {t:#}");
+    }
+    assert_eq!(tenant_keys(&inside, "pam").await, vec![pam.clone()]);
+    assert_eq!(plans(&inside).await[1].1, vec![pam]);
+    assert_eq!(accounts(org).await, before + 1);
+    assert_eq!(
+        record_target(&sdk, "pam").await.as_deref(),
+        Some(pool_target.as_str())
+    );
+    engine.stop().await;
+}
