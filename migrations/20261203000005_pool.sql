@@ -7,6 +7,8 @@ CREATE TABLE pool (
     state       jsonb NOT NULL DEFAULT '{}',
     version     text,
     lease_until timestamptz NOT NULL DEFAULT '-infinity',
+    -- The tenant whose step holds the lease: its own retry (after a crash) may take it again at once.
+    holder      uuid,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO pool (id) VALUES ('pool');

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgExecutor;
+use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct PoolRow {
@@ -23,13 +24,20 @@ pub async fn get(db: impl PgExecutor<'_>) -> Result<PoolRow, sqlx::Error> {
     })
 }
 
-/// Takes the lease for `lease` if nobody holds it. `false`: another step is preparing the pool.
-pub async fn claim(db: impl PgExecutor<'_>, lease: Duration) -> Result<bool, sqlx::Error> {
+/// Takes the lease for `lease` for the tenant `holder` if nobody else holds it (a lease of the same
+/// tenant's earlier attempt, which crashed, is taken over). `false`: another tenant's step is
+/// preparing the pool.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    holder: Uuid,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
     let secs = lease.as_secs_f64();
     let n = sqlx::query!(
-        "UPDATE pool SET lease_until = now() + make_interval(secs => $1)
-         WHERE id = 'pool' AND lease_until < now()",
-        secs
+        "UPDATE pool SET lease_until = now() + make_interval(secs => $1), holder = $2
+         WHERE id = 'pool' AND (lease_until < now() OR holder = $2)",
+        secs,
+        holder
     )
     .execute(db)
     .await?
@@ -37,10 +45,13 @@ pub async fn claim(db: impl PgExecutor<'_>, lease: Duration) -> Result<bool, sql
     Ok(n == 1)
 }
 
-pub async fn release(db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query!("UPDATE pool SET lease_until = '-infinity' WHERE id = 'pool'")
-        .execute(db)
-        .await?;
+pub async fn release(db: impl PgExecutor<'_>, holder: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE pool SET lease_until = '-infinity', holder = NULL WHERE id = 'pool' AND holder = $1",
+        holder
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 

@@ -166,7 +166,7 @@ impl NamedStep for PreparePool {
         if have.as_deref() == Some(want.as_str()) {
             return Ok(StepOutcome::Succeeded);
         }
-        if !db::pool::claim(&p.silo.pool, LEASE)
+        if !db::pool::claim(&p.silo.pool, ctx.tenant.id, LEASE)
             .await
             .map_err(db_error)?
         {
@@ -176,7 +176,9 @@ impl NamedStep for PreparePool {
             });
         }
         let outcome = prepare(p, ctx, &want).await;
-        db::pool::release(&p.silo.pool).await.map_err(db_error)?;
+        db::pool::release(&p.silo.pool, ctx.tenant.id)
+            .await
+            .map_err(db_error)?;
         outcome
     }
 }

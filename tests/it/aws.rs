@@ -671,10 +671,10 @@ async fn an_account_with_the_tenants_email_or_name_but_not_its_tag_is_left_alone
 
 /// Delegates to the real Organizations (moto) but, once, never returns from `create_account` after
 /// AWS has acted on it: the worker "dies" between the call and recording its answer.
-struct CrashAfterCreate {
-    inner: SdkOrganizations,
-    armed: AtomicBool,
-    called: Arc<Notify>,
+pub(crate) struct CrashAfterCreate {
+    pub(crate) inner: SdkOrganizations,
+    pub(crate) armed: AtomicBool,
+    pub(crate) called: Arc<Notify>,
 }
 
 #[async_trait]

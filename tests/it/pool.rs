@@ -217,3 +217,58 @@ async fn free_and_pro_signups_join_one_pool_and_never_create_an_account() {
     );
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_crash_after_the_pools_create_account_ends_with_one_pool_account() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let called = Arc::new(tokio::sync::Notify::new());
+    let orgs = Arc::new(crate::aws::CrashAfterCreate {
+        inner: vend::aws::organizations::SdkOrganizations::new(vend::aws::Aws::new(
+            sdk.clone(),
+            vend::telemetry::Metrics::new(),
+        )),
+        armed: AtomicBool::new(true),
+        called: called.clone(),
+    });
+    let (app, _rt) =
+        spawn_silo_with(sdk.clone(), Some(orgs), |_| {}, &fast_enterprise_toml()).await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    let before = org.list_accounts().send().await.unwrap().accounts().len();
+    app.signup(&pooled("freddy", "free")).await;
+    app.signup(&pooled("pam", "pro")).await;
+
+    let mut config = app.engine_config("doomed");
+    config.lease = Duration::from_secs(1);
+    let doomed = app.start_engine(config.clone());
+    called.notified().await;
+    doomed.kill().await;
+    // AWS is creating the pool account; vend recorded only its intent.
+    let state: Value = sqlx::query_scalar("SELECT state FROM pool")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(state["create_intent_at"].is_string(), "{state:#}");
+    assert!(state.get("create_request_id").is_none(), "{state:#}");
+
+    config.worker_id = "survivor".into();
+    let survivor = app.start_engine(config);
+    for slug in ["freddy", "pam"] {
+        let t = app.wait_for_state(slug, &["active"], WITHIN).await;
+        assert_eq!(t["account_id"], Value::Null);
+    }
+    survivor.stop().await;
+    // One pool account, the one the lost call made, and no tenant account.
+    let accounts = org.list_accounts().send().await.unwrap();
+    assert_eq!(accounts.accounts().len(), before + 1);
+    let account = pool_account(&app.pool).await;
+    assert!(
+        accounts
+            .accounts()
+            .iter()
+            .any(|a| a.id() == Some(account.as_str()))
+    );
+}
