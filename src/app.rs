@@ -39,6 +39,7 @@ pub fn known_kinds(registry: &Registry) -> BTreeSet<String> {
     k.extend(steps::OFFBOARD_KINDS.iter().map(|s| s.to_string()));
     k.extend(steps::ROLLOUT_KINDS.iter().map(|s| s.to_string()));
     k.extend(steps::POOL_KINDS.iter().map(|s| s.to_string()));
+    k.extend(steps::TIER_KINDS.iter().map(|s| s.to_string()));
     k
 }
 
@@ -517,7 +518,7 @@ async fn run_background(
         None => None,
     };
     let registry = match &aws_runtime {
-        Some(rt) => crate::steps::registry(rt.silo.clone(), workflows.limits()),
+        Some(rt) => crate::steps::registry(rt.silo.clone(), workflows.clone()),
         None => Registry::new(),
     };
     let dispatcher = Dispatcher::new(

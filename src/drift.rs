@@ -17,7 +17,7 @@ use crate::aws::apigateway::ApiGateway;
 use crate::aws::cloudformation::Cfn;
 use crate::db;
 use crate::db::tenants::Tenant;
-use crate::domain::Workflows;
+use crate::domain::{Resource, Workflows};
 use crate::reconcile::SCP_PREFIX;
 use crate::steps::Silo;
 
@@ -317,6 +317,20 @@ impl DriftChecker {
         let Some(account) = tenant.account_id().map(str::to_owned) else {
             return Ok(None);
         };
+        // A tenant between tiers, or one the pool serves, has no home of its own to hold to the silo's.
+        let moving = tenant
+            .resources
+            .get(Resource::TierTo.key())
+            .is_some_and(|v| v.is_string());
+        let silo_served = self
+            .workflows
+            .for_tier(tenant.tier)
+            .steps
+            .iter()
+            .any(|st| st.kind == "map_domain");
+        if moving || !silo_served {
+            return Ok(None);
+        }
         let domain = s.settings.tenant_domain(&tenant.slug);
         let ou = s.management.tenant_ou_id.clone();
         let parent = s.orgs.parent_of(&account).await?;

@@ -1,4 +1,4 @@
-//! `vend tenants ...`: list, show, history, retry, requeue, offboard, restore and watch, over the
+//! `vend tenants ...`: list, show, history, retry, requeue, offboard, restore, tier and watch, over the
 //! ops API.
 
 use std::process::ExitCode;
@@ -73,6 +73,10 @@ enum TenantsCommand {
     },
     /// Bring an offboarding tenant back while its grace period lasts.
     Restore { slug: String },
+    /// Move the tenant to another tier (free, pro, enterprise): pro <-> free changes its usage plan,
+    /// enterprise gives it an account of its own, free or pro from enterprise moves it into the pool
+    /// and closes its account after the grace period. It stays active and reachable throughout.
+    Tier { slug: String, tier: String },
     /// Open drift findings of a tenant (what differs in AWS from what vend made).
     Drift { slug: String },
     /// Follow a tenant's steps until it is active or closed (exit 0) or failed, or an offboarding step
@@ -237,6 +241,18 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&t)?);
             } else {
                 println!("offboarding {slug}");
+                print_detail(&t);
+            }
+        }
+        TenantsCommand::Tier { slug, tier } => {
+            let body = json!({ "tier": tier });
+            let t: TenantDetail = api
+                .call(Method::POST, &tenant_path(&slug, "/tier"), Some(&body))
+                .await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("moving {slug} to {tier}");
                 print_detail(&t);
             }
         }

@@ -644,6 +644,26 @@ pub async fn set_state(
     Ok(())
 }
 
+/// The tenant's tier switches to `tier`, served by `workflow` from now on, and the tier change it was
+/// in (`tier_to`) is over.
+pub async fn set_tier(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    tier: Tier,
+    workflow: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE tenants SET tier = $2, workflow = $3, resources = resources - 'tier_to', updated_at = now()
+         WHERE id = $1",
+        tenant_id,
+        tier.as_str(),
+        workflow
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Merges `patch` into the tenant's resources (external ids); keys in `patch` win.
 pub async fn merge_resources(
     conn: &mut PgConnection,

@@ -38,6 +38,13 @@ pub enum EventType {
     /// A drift check found something of the tenant's changed behind vend's back.
     #[serde(rename = "tenant.drift.detected")]
     DriftDetected,
+    /// The tenant's tier changed: its endpoint is served by its new home from now on.
+    #[serde(rename = "tenant.tier.changed")]
+    TierChanged,
+    /// A tier change finished: the old home is gone (the pool registration removed, or the old
+    /// account closed after its grace period).
+    #[serde(rename = "tenant.tier.completed")]
+    TierChangeCompleted,
 }
 
 impl EventType {
@@ -54,6 +61,8 @@ impl EventType {
             EventType::TenantClosed => "tenant.closed",
             EventType::StackUpdated => "tenant.stack.updated",
             EventType::DriftDetected => "tenant.drift.detected",
+            EventType::TierChanged => "tenant.tier.changed",
+            EventType::TierChangeCompleted => "tenant.tier.completed",
         }
     }
 }

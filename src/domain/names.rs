@@ -24,10 +24,13 @@ pub enum HistoryKind {
     TenantOffboarding,
     TenantRestored,
     RolloutStarted,
+    /// A tier change was asked for; and the tenant's tier switched (its endpoint served by the new home).
+    TierChangeRequested,
+    TierSwitched,
 }
 
 impl HistoryKind {
-    pub const ALL: [HistoryKind; 17] = [
+    pub const ALL: [HistoryKind; 19] = [
         HistoryKind::SignupAccepted,
         HistoryKind::StepSucceeded,
         HistoryKind::StepWaiting,
@@ -45,6 +48,8 @@ impl HistoryKind {
         HistoryKind::TenantOffboarding,
         HistoryKind::TenantRestored,
         HistoryKind::RolloutStarted,
+        HistoryKind::TierChangeRequested,
+        HistoryKind::TierSwitched,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +71,8 @@ impl HistoryKind {
             HistoryKind::TenantOffboarding => "tenant.offboarding",
             HistoryKind::TenantRestored => "tenant.restored",
             HistoryKind::RolloutStarted => "rollout.started",
+            HistoryKind::TierChangeRequested => "tier.requested",
+            HistoryKind::TierSwitched => "tier.switched",
         }
     }
 

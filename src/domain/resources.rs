@@ -83,8 +83,11 @@ pub enum Resource {
     /// A pool tenant's API key in the pool account, and the tier whose usage plan it is on.
     PoolApiKeyId,
     PoolPlanTier,
-    /// The tier a tier change in progress moves the tenant to.
+    /// The tier a tier change in progress moves the tenant to, and when an account it leaves may go.
     TierTo,
+    RetireAfter,
+    /// Accounts the tenant left by a tier change (closed).
+    RetiredAccounts,
     /// An entry of a step outside vend's own workflows (an extension's, a test's).
     Named(&'static str),
 }
@@ -142,6 +145,8 @@ impl Resource {
             PoolApiKeyId => "pool_api_key_id",
             PoolPlanTier => "pool_plan_tier",
             TierTo => "tier_to",
+            RetireAfter => "retire_after",
+            RetiredAccounts => "retired_accounts",
             Named(key) => key,
         }
     }

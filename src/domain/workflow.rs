@@ -30,6 +30,8 @@ pub struct Workflow {
     pub steps: Vec<StepDef>,
     /// The API limits of the tiers this workflow serves in the shared pool (`[limits.<tier>]`).
     pub limits: BTreeMap<Tier, TierLimits>,
+    /// The tier changes a `tier` workflow makes: every tier of `from` to every other of `to`.
+    pub changes: Vec<(Tier, Tier)>,
 }
 
 /// A pool tier's API limits: its usage plan's throttle and monthly quota.
@@ -74,6 +76,9 @@ pub enum Purpose {
     Offboard,
     /// Changes a live tenant (a fleet rollout): the tenant stays `active` throughout, failed or not.
     Update,
+    /// Moves a live tenant to another tier (`from` → `to`): it stays `active` and served where it was
+    /// until its new home takes over; a failed step leaves it so.
+    Tier,
 }
 
 impl Purpose {
@@ -81,13 +86,13 @@ impl Purpose {
         match self {
             Purpose::Provision => TenantState::Provisioning,
             Purpose::Offboard => TenantState::Offboarding,
-            Purpose::Update => TenantState::Active,
+            Purpose::Update | Purpose::Tier => TenantState::Active,
         }
     }
 
     pub fn done_state(self) -> TenantState {
         match self {
-            Purpose::Provision | Purpose::Update => TenantState::Active,
+            Purpose::Provision | Purpose::Update | Purpose::Tier => TenantState::Active,
             Purpose::Offboard => TenantState::Closed,
         }
     }
@@ -97,6 +102,7 @@ impl Purpose {
             Purpose::Provision => EventType::TenantActive,
             Purpose::Offboard => EventType::TenantClosed,
             Purpose::Update => EventType::StackUpdated,
+            Purpose::Tier => EventType::TierChangeCompleted,
         }
     }
 
@@ -107,7 +113,8 @@ impl Purpose {
             // The account may be half torn down: the tenant stays visibly offboarding until ops retry.
             Purpose::Offboard => TenantState::Offboarding,
             // The old stack keeps serving (CloudFormation rolled the update back): still active.
-            Purpose::Update => TenantState::Active,
+            // A tier change switches the endpoint in one step: before it, the old home serves.
+            Purpose::Update | Purpose::Tier => TenantState::Active,
         }
     }
 }
@@ -123,6 +130,7 @@ impl Workflow {
 pub struct Workflows {
     by_name: BTreeMap<String, Workflow>,
     by_tier: BTreeMap<&'static str, String>,
+    by_change: BTreeMap<(Tier, Tier), String>,
     offboard: Option<String>,
     update: Option<String>,
 }
@@ -159,6 +167,10 @@ struct WorkflowFile {
     defaults: Defaults,
     #[serde(default)]
     limits: BTreeMap<String, TierLimits>,
+    #[serde(default)]
+    from: Vec<String>,
+    #[serde(default)]
+    to: Vec<String>,
     steps: Vec<StepFile>,
 }
 
@@ -241,6 +253,29 @@ impl Workflow {
         if file.purpose != Purpose::Provision && !tiers.is_empty() {
             return Err("only a provision workflow serves tiers (tiers = [])".into());
         }
+        let parse_tiers = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|t| Tier::parse(t).map_err(|e| format!("{field}: {t:?} {}", e.message)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let (from, to) = (
+            parse_tiers("from", &file.from)?,
+            parse_tiers("to", &file.to)?,
+        );
+        let changes: Vec<(Tier, Tier)> = from
+            .iter()
+            .flat_map(|f| to.iter().filter(move |t| *t != f).map(move |t| (*f, *t)))
+            .collect();
+        match file.purpose {
+            Purpose::Tier if changes.is_empty() => {
+                return Err("a tier workflow needs from = [...] and to = [...] tiers (a change to another tier)".into());
+            }
+            Purpose::Tier => {}
+            _ if !from.is_empty() || !to.is_empty() => {
+                return Err("only a tier workflow (purpose = \"tier\") has from and to".into());
+            }
+            _ => {}
+        }
         let mut limits = BTreeMap::new();
         for (t, l) in &file.limits {
             let tier = Tier::parse(t).map_err(|e| format!("limits.{t}: {}", e.message))?;
@@ -304,6 +339,7 @@ impl Workflow {
             tiers,
             steps,
             limits,
+            changes,
         })
     }
 }
@@ -315,7 +351,18 @@ impl Workflows {
         let mut by_tier: BTreeMap<&'static str, String> = BTreeMap::new();
         let mut offboard = None;
         let mut update = None;
+        let mut by_change = BTreeMap::new();
         for w in workflows {
+            for c in &w.changes {
+                if let Some(other) = by_change.insert(*c, w.name.clone()) {
+                    return Err(WorkflowError::Set(format!(
+                        "the change {} -> {} is claimed by both {other:?} and {:?}",
+                        c.0.as_str(),
+                        c.1.as_str(),
+                        w.name
+                    )));
+                }
+            }
             if w.purpose == Purpose::Update
                 && let Some(other) = update.replace(w.name.clone())
             {
@@ -359,6 +406,7 @@ impl Workflows {
         Ok(Self {
             by_name,
             by_tier,
+            by_change,
             offboard,
             update,
         })
@@ -412,6 +460,11 @@ impl Workflows {
 
     pub fn all(&self) -> impl Iterator<Item = &Workflow> {
         self.by_name.values()
+    }
+
+    /// The workflow that moves a tenant from one tier to another, if one is loaded.
+    pub fn for_change(&self, from: Tier, to: Tier) -> Option<&Workflow> {
+        self.by_change.get(&(from, to)).map(|n| &self.by_name[n])
     }
 
     /// Every tier's pool limits, from whichever workflow serves it.
@@ -513,6 +566,7 @@ mod tests {
             .chain(crate::steps::OFFBOARD_KINDS.iter())
             .chain(crate::steps::ROLLOUT_KINDS.iter())
             .chain(crate::steps::POOL_KINDS.iter())
+            .chain(crate::steps::TIER_KINDS.iter())
             .map(|s| s.to_string())
             .collect();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");

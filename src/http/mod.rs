@@ -9,6 +9,7 @@ pub mod ops;
 pub mod rollouts;
 pub mod server;
 pub mod signup;
+pub mod tier;
 pub mod views;
 
 use std::sync::Arc;
@@ -118,6 +119,7 @@ fn ops_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::requeue_tenant))
         .routes(routes!(ops::offboard_tenant))
         .routes(routes!(ops::restore_tenant))
+        .routes(routes!(tier::change_tier))
         .routes(routes!(ops::list_deliveries))
         .routes(routes!(ops::drift))
         .routes(routes!(rollouts::start_rollout, rollouts::list_rollouts))
@@ -133,6 +135,7 @@ fn open_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(signup::signup))
         .routes(routes!(offboard::offboard_webhook))
+        .routes(routes!(tier::tier_webhook))
 }
 
 /// Unauthenticated probes. They stay outside the in-flight limit, so a flood of slow requests cannot

@@ -176,7 +176,7 @@ pub(super) async fn detail_of(
     })
 }
 
-fn no_tenant(slug: &str) -> ApiError {
+pub(super) fn no_tenant(slug: &str) -> ApiError {
     ApiError::not_found(format!("no tenant {slug:?}"))
 }
 

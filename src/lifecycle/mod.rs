@@ -7,3 +7,4 @@ pub mod offboard;
 pub mod operator;
 pub mod rollout;
 pub mod signup;
+pub mod tier;

@@ -287,7 +287,9 @@ pub(crate) async fn ensure_requested(
         .await?;
     ctx.set_resource(Resource::AccountEmail, email.clone());
     ctx.set_resource(Resource::AccountName, name.clone());
-    let tags = silo.account_tags(&slug, ctx.tenant.tier.as_str());
+    // An upgrade's account is tagged with the tier it is made for.
+    let tier = super::pool::target_tier(ctx);
+    let tags = silo.account_tags(&slug, tier.as_str());
     match silo.orgs.create_account(&email, &name, &tags).await {
         Ok(r) => {
             // The account this request makes carries vend's tags from the start: no need to look.

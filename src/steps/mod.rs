@@ -14,6 +14,7 @@ mod offboard;
 mod pool;
 mod rollout;
 mod stack;
+mod tier;
 mod timing;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use offboard::{
 };
 pub use pool::{IssueApiKey, POOL_KINDS, PoolCtx, PreparePool, RegisterTenant, RouteDomain};
 pub use rollout::UpdateStack;
+pub use tier::{ForgetAccount, LeavePool, RetireDomain, RetireGrace, SwitchTier, TIER_KINDS};
 
 /// The step kinds of the silo workflow, in order (CONTRACT.md).
 pub const SILO_KINDS: [&str; 6] = [
@@ -135,17 +137,23 @@ impl Silo {
     }
 }
 
-/// The registry with every step: the silo, pool, offboard and rollout workflows'. `limits` are the
-/// pool tiers' (`Workflows::limits`).
-pub fn registry(
-    silo: Arc<Silo>,
-    limits: std::collections::BTreeMap<crate::domain::Tier, crate::domain::TierLimits>,
-) -> Registry {
+/// The registry with every step: the silo, pool, tier change, offboard and rollout workflows'. The
+/// pool steps take the pool tiers' limits from `workflows`, and `switch_tier` which workflow serves
+/// each tier.
+pub fn registry(silo: Arc<Silo>, workflows: Arc<crate::domain::Workflows>) -> Registry {
     let pool = Arc::new(PoolCtx {
         silo: silo.clone(),
-        limits,
+        limits: workflows.limits(),
     });
     Registry::new()
+        .with_named(SwitchTier {
+            silo: silo.clone(),
+            workflows,
+        })
+        .with_named(LeavePool(silo.clone()))
+        .with_named(RetireGrace)
+        .with_named(RetireDomain(silo.clone()))
+        .with_named(ForgetAccount)
         .with_named(PreparePool(pool.clone()))
         .with_named(IssueApiKey(pool.clone()))
         .with_named(RegisterTenant(pool.clone()))

@@ -34,7 +34,7 @@ pub const OFFBOARD_KINDS: [&str; 5] = [
 ];
 
 /// How long until the RFC 3339 time `at`, if it is still ahead.
-fn time_until(at: Option<&str>) -> Option<Duration> {
+pub(super) fn time_until(at: Option<&str>) -> Option<Duration> {
     let at = DateTime::parse_from_rfc3339(at?).ok()?.with_timezone(&Utc);
     (at - Utc::now()).to_std().ok().filter(|d| !d.is_zero())
 }

@@ -144,6 +144,16 @@ pub(crate) async fn ready_pool(silo: &Silo) -> Result<(PoolState, String), StepE
     }
 }
 
+/// What vend knows of the pool, ready or not.
+pub(crate) async fn load_pool(silo: &Silo) -> Result<PoolState, StepError> {
+    Ok(load(silo).await?.0)
+}
+
+/// The pool account through its access role, as the tenant `slug`.
+pub(crate) async fn pool_in(silo: &Silo, account: &str, slug: &str) -> Result<Aws, StepError> {
+    pool_aws(silo, account, slug).await
+}
+
 /// The pool's wildcard domain target, once the pool has one: records pointing at it are vend's.
 pub(crate) async fn pool_target(silo: &Silo) -> Result<Option<String>, StepError> {
     Ok(load(silo).await?.0.domain_target)

@@ -21,3 +21,4 @@ mod region;
 mod reliability;
 mod rollout;
 mod signup;
+mod tier;

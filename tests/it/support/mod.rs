@@ -67,12 +67,20 @@ jitter = "none"
 }
 
 pub fn workflows(toml: &str, registry: &Registry) -> Arc<Workflows> {
-    let kinds: BTreeSet<String> = registry.kinds();
+    workflows_with_kinds(toml, &registry.kinds())
+}
+
+fn workflows_with_kinds(toml: &str, kinds: &BTreeSet<String>) -> Arc<Workflows> {
+    let kinds = kinds.clone();
     let main = Workflow::parse(toml, &kinds).expect("test workflow parses");
     let pooled = !main.tiers.contains(&vend::domain::Tier::Free);
     let mut all = vec![main];
     if pooled {
-        all.push(Workflow::parse(&fast_pool_toml(), &kinds).expect("pool workflow parses"));
+        for name in ["pool", "plan", "upgrade", "downgrade"] {
+            if let Ok(w) = Workflow::parse(&fast_shipped(name), &kinds) {
+                all.push(w);
+            }
+        }
     }
     if kinds.contains("grace_period") {
         all.push(Workflow::parse(&fast_offboard_toml(), &kinds).expect("offboard workflow parses"));
@@ -92,23 +100,24 @@ pub fn fast_rollout_toml() -> String {
         .replace("maximum_interval = \"5m\"", "maximum_interval = \"100ms\"")
 }
 
-/// The shipped pool workflow at test speed.
-pub fn fast_pool_toml() -> String {
-    std::fs::read_to_string(postgres::repo_root().join("workflows/pool.toml"))
+/// A shipped workflow (`workflows/<name>.toml`) at test speed.
+pub fn fast_shipped(name: &str) -> String {
+    std::fs::read_to_string(postgres::repo_root().join(format!("workflows/{name}.toml")))
         .unwrap()
         .replace("poll_interval = \"10s\"", "poll_interval = \"50ms\"")
         .replace("initial_interval = \"2s\"", "initial_interval = \"20ms\"")
+        .replace("initial_interval = \"5s\"", "initial_interval = \"20ms\"")
+        .replace("initial_interval = \"30s\"", "initial_interval = \"20ms\"")
         .replace("maximum_interval = \"5m\"", "maximum_interval = \"100ms\"")
         .replace("maximum_interval = \"2m\"", "maximum_interval = \"100ms\"")
 }
 
-/// The shipped pool workflow's tier limits.
-pub fn pool_limits() -> std::collections::BTreeMap<vend::domain::Tier, vend::domain::TierLimits> {
-    let kinds: BTreeSet<String> = vend::steps::POOL_KINDS
-        .iter()
-        .map(|k| k.to_string())
-        .collect();
-    Workflow::parse(&fast_pool_toml(), &kinds).unwrap().limits
+/// The workflows a test app with `toml` runs, as the steps' registry needs them (every step kind
+/// this build has).
+pub fn workflows_for(toml: &str) -> Arc<Workflows> {
+    let mut kinds = vend::app::known_kinds(&Registry::new());
+    kinds.extend(["grace_period", "update_stack"].map(String::from));
+    workflows_with_kinds(toml, &kinds)
 }
 
 /// The silo workflow at test speed serving enterprise only: free and pro go to the pool.
@@ -183,7 +192,7 @@ pub async fn spawn_silo_with(
     let rt = vend::app::AwsRuntime::start(settings, sdk, pool.clone(), metrics, orgs)
         .await
         .expect("the management account reconciles");
-    let registry = vend::steps::registry(rt.silo.clone(), pool_limits());
+    let registry = vend::steps::registry(rt.silo.clone(), workflows_for(toml));
     let app = spawn_app_on(pool, registry, toml).await;
     (app, rt)
 }
@@ -207,6 +216,16 @@ pub async fn spawn_silo_graced(
     tune: impl FnOnce(&mut vend::config::AwsSettings),
     grace: Duration,
 ) -> (TestApp, vend::app::AwsRuntime) {
+    spawn_silo_graced_with(moto_url, tune, grace, &fast_silo_toml()).await
+}
+
+/// As [`spawn_silo_graced`], with the workflow `toml`.
+pub async fn spawn_silo_graced_with(
+    moto_url: &str,
+    tune: impl FnOnce(&mut vend::config::AwsSettings),
+    grace: Duration,
+    toml: &str,
+) -> (TestApp, vend::app::AwsRuntime) {
     let sdk = moto::sdk(moto_url).await;
     let (pool, _) = postgres::fresh_database().await;
     let mut settings = silo_settings();
@@ -214,11 +233,11 @@ pub async fn spawn_silo_graced(
     let rt = vend::app::AwsRuntime::start(settings, sdk, pool.clone(), Metrics::new(), None)
         .await
         .expect("the management account reconciles");
-    let registry = vend::steps::registry(rt.silo.clone(), pool_limits());
+    let registry = vend::steps::registry(rt.silo.clone(), workflows_for(toml));
     let app = spawn_app_full(
         pool,
         registry,
-        &fast_silo_toml(),
+        toml,
         Default::default(),
         Default::default(),
         grace,

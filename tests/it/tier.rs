@@ -1,0 +1,354 @@
+//! Tier changes against moto: pro <-> free moves a key between usage plans; an upgrade builds the
+//! tenant's account and switches its record to it in one change; a downgrade puts it back in the pool
+//! and closes the account after the grace period. The tenant stays `active` and its name resolves to
+//! a live target at every point, watched from outside while the change runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::pool::{record_target, tenant_keys};
+use crate::support::moto::{self, BASE_DOMAIN};
+use crate::support::{
+    TestApp, fast_enterprise_toml, signup_body, spawn_silo_graced_with, spawn_silo_with,
+};
+
+const WITHIN: Duration = Duration::from_secs(120);
+
+fn pooled(slug: &str, tier: &str) -> Value {
+    let mut b = signup_body(slug);
+    b["tier"] = json!(tier);
+    b
+}
+
+async fn pool_account(app: &TestApp) -> String {
+    sqlx::query_scalar("SELECT state->>'account_id' FROM pool")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn pool_target(app: &TestApp) -> String {
+    sqlx::query_scalar("SELECT state->>'domain_target' FROM pool")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until the tenant's tier reads `tier` and no change is under way (its run finished).
+async fn settled_at(app: &TestApp, slug: &str, tier: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let t = app.tenant(slug).await;
+        let run_done: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM runs r JOIN tenants t ON t.id = r.tenant_id
+             WHERE t.slug = $1 AND r.state = 'running')",
+        )
+        .bind(slug)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if t["tier"] == tier && run_done {
+            return t;
+        }
+        let failed: Option<String> = sqlx::query_scalar(
+            "SELECT s.name FROM steps s JOIN runs r ON r.id = s.run_id JOIN tenants t ON t.id = r.tenant_id
+             WHERE t.slug = $1 AND s.state = 'failed' AND r.state <> 'cancelled' LIMIT 1",
+        )
+        .bind(slug)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        assert!(
+            failed.is_none(),
+            "step {failed:?} failed: {t:#}\n{:#?}",
+            app.history(slug).await
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{slug} did not settle at {tier}: {t:#}\n{:#?}",
+            app.history(slug).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Watches `slug` from outside until stopped: its state must read `active` and its record must
+/// point somewhere at every look. Returns the distinct targets seen, in order.
+fn watch(
+    app: &TestApp,
+    sdk: &SdkConfig,
+    slug: &str,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, sdk, slug) = (stop.clone(), sdk.clone(), slug.to_owned());
+    let (http, base) = (app.http.clone(), app.base.clone());
+    let handle = tokio::spawn(async move {
+        let mut seen: Vec<String> = Vec::new();
+        while !stop2.load(Ordering::SeqCst) {
+            let t: Value = http
+                .get(format!("{base}/v1/tenants/{slug}"))
+                .bearer_auth(crate::support::OPS_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(t["state"], "active", "{t:#}");
+            let target = record_target(&sdk, &slug)
+                .await
+                .unwrap_or_else(|| panic!("{slug} did not resolve while its tier changed"));
+            if seen.last() != Some(&target) {
+                seen.push(target);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    });
+    (stop, handle)
+}
+
+async fn change(app: &TestApp, slug: &str, tier: &str) -> reqwest::Response {
+    app.ops(
+        Method::POST,
+        &format!("/v1/tenants/{slug}/tier"),
+        Some(json!({"tier": tier})),
+    )
+    .await
+}
+
+async fn events_of(app: &TestApp, slug: &str, kind: &str) -> Vec<Value> {
+    sqlx::query_scalar(
+        "SELECT e.payload FROM events e JOIN tenants t ON t.id = e.tenant_id
+         WHERE t.slug = $1 AND e.type = $2 ORDER BY e.created_at",
+    )
+    .bind(slug)
+    .bind(kind)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// The usage plan names the key is on, in the pool account.
+async fn plans_of_key(inside: &SdkConfig, key: &str) -> Vec<String> {
+    let gw = aws_sdk_apigateway::Client::new(inside);
+    let mut out = Vec::new();
+    for p in gw.get_usage_plans().send().await.unwrap().items() {
+        let keys = gw
+            .get_usage_plan_keys()
+            .usage_plan_id(p.id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if keys.items().iter().any(|k| k.id() == Some(key)) {
+            out.push(p.name().unwrap().to_owned());
+        }
+    }
+    out
+}
+
+async fn table_item(inside: &SdkConfig, slug: &str) -> Option<String> {
+    aws_sdk_dynamodb::Client::new(inside)
+        .get_item()
+        .table_name("vend-pool-tenants")
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(slug.into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item()
+        .map(|i| i["tier"].as_s().unwrap().clone())
+}
+
+#[tokio::test]
+async fn a_pool_tenant_changes_plan_upgrades_and_downgrades_while_reachable() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, _rt) =
+        spawn_silo_graced_with(&moto.url, |_| {}, Duration::ZERO, &fast_enterprise_toml()).await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    app.signup(&pooled("pam", "pro")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("pam", &["active"], WITHIN).await;
+    let inside = moto::sdk_in(&sdk, &pool_account(&app).await).await;
+    let key = tenant_keys(&inside, "pam").await.remove(0);
+    assert_eq!(plans_of_key(&inside, &key).await, ["vend-pool-pro"]);
+
+    // Bad requests change nothing.
+    let r = change(&app, "pam", "gold").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_tier"
+    );
+    assert_eq!(change(&app, "nobody", "free").await.status(), 404);
+    assert_eq!(
+        change(&app, "pam", "pro").await.status(),
+        200,
+        "already pro"
+    );
+
+    // pro -> free: the same key, on the free plan only; no DNS change.
+    let target = pool_target(&app).await;
+    let (stop, seen) = watch(&app, &sdk, "pam");
+    assert_eq!(change(&app, "pam", "free").await.status(), 202);
+    assert_eq!(change(&app, "pam", "free").await.status(), 200, "under way");
+    assert_eq!(
+        change(&app, "pam", "enterprise").await.status(),
+        409,
+        "another change under way"
+    );
+    let t = settled_at(&app, "pam", "free").await;
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(seen.await.unwrap(), std::slice::from_ref(&target));
+    assert_eq!(t["account_id"], Value::Null);
+    assert_eq!(
+        tenant_keys(&inside, "pam").await,
+        std::slice::from_ref(&key)
+    );
+    assert_eq!(plans_of_key(&inside, &key).await, ["vend-pool-free"]);
+    assert_eq!(table_item(&inside, "pam").await.as_deref(), Some("free"));
+    let changed = events_of(&app, "pam", "tenant.tier.changed").await;
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["tier"], json!({"from": "pro", "to": "free"}));
+    assert_eq!(changed[0]["tenant"]["tier"], "free");
+
+    // free -> enterprise: an account of its own; the record moves from the pool to it in one change.
+    let accounts_before = org.list_accounts().send().await.unwrap().accounts().len();
+    let (stop, seen) = watch(&app, &sdk, "pam");
+    assert_eq!(change(&app, "pam", "enterprise").await.status(), 202);
+    let t = settled_at(&app, "pam", "enterprise").await;
+    stop.store(true, Ordering::SeqCst);
+    let account = t["account_id"].as_str().expect("an account").to_owned();
+    let own = moto::sdk_in(&sdk, &account).await;
+    let silo_target = aws_sdk_apigateway::Client::new(&own)
+        .get_domain_name()
+        .domain_name(format!("pam.{BASE_DOMAIN}"))
+        .send()
+        .await
+        .unwrap()
+        .regional_domain_name()
+        .unwrap()
+        .to_owned();
+    assert_eq!(seen.await.unwrap(), [target.clone(), silo_target.clone()]);
+    assert_eq!(
+        org.list_accounts().send().await.unwrap().accounts().len(),
+        accounts_before + 1
+    );
+    assert!(
+        tenant_keys(&inside, "pam").await.is_empty(),
+        "its key left the pool"
+    );
+    assert_eq!(table_item(&inside, "pam").await, None);
+    assert_eq!(t["endpoint"], format!("https://pam.{BASE_DOMAIN}"));
+    let workflow: String = sqlx::query_scalar("SELECT workflow FROM tenants WHERE slug = 'pam'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Served by the silo workflow from now on (fleet rollouts and drift checks include it).
+    assert_eq!(
+        workflow,
+        app.workflows.for_tier(vend::domain::Tier::Enterprise).name
+    );
+
+    // enterprise -> pro: back in the pool, and the account it left is closed (grace 0 here).
+    let (stop, seen) = watch(&app, &sdk, "pam");
+    assert_eq!(change(&app, "pam", "pro").await.status(), 202);
+    let t = settled_at(&app, "pam", "pro").await;
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(seen.await.unwrap(), [silo_target, target.clone()]);
+    assert_eq!(t["account_id"], Value::Null, "{t:#}");
+    let status = org
+        .describe_account()
+        .account_id(&account)
+        .send()
+        .await
+        .unwrap()
+        .account()
+        .unwrap()
+        .status()
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(
+        ["SUSPENDED", "PENDING_CLOSURE"].contains(&status.as_str()),
+        "{status}"
+    );
+    let keys = tenant_keys(&inside, "pam").await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(plans_of_key(&inside, &keys[0]).await, ["vend-pool-pro"]);
+    assert_eq!(table_item(&inside, "pam").await.as_deref(), Some("pro"));
+    assert_eq!(events_of(&app, "pam", "tenant.tier.changed").await.len(), 3);
+    assert_eq!(
+        events_of(&app, "pam", "tenant.tier.completed").await.len(),
+        3
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_in_the_middle_of_an_upgrade_ends_with_one_account_and_the_tenant_served_throughout()
+ {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let called = Arc::new(tokio::sync::Notify::new());
+    let orgs = Arc::new(crate::aws::CrashAfterCreate {
+        inner: vend::aws::organizations::SdkOrganizations::new(vend::aws::Aws::new(
+            sdk.clone(),
+            vend::telemetry::Metrics::new(),
+        )),
+        armed: AtomicBool::new(false),
+        called: called.clone(),
+    });
+    let (app, _rt) = spawn_silo_with(
+        sdk.clone(),
+        Some(orgs.clone()),
+        |_| {},
+        &fast_enterprise_toml(),
+    )
+    .await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    app.signup(&pooled("fred", "free")).await;
+    let mut config = app.engine_config("first");
+    config.lease = Duration::from_secs(1);
+    let first = app.start_engine(config.clone());
+    app.wait_for_state("fred", &["active"], WITHIN).await;
+    let before = org.list_accounts().send().await.unwrap().accounts().len();
+
+    // The worker dies right after CreateAccount reached AWS, before vend recorded its answer.
+    orgs.armed.store(true, Ordering::SeqCst);
+    let (stop, seen) = watch(&app, &sdk, "fred");
+    assert_eq!(change(&app, "fred", "enterprise").await.status(), 202);
+    called.notified().await;
+    first.kill().await;
+    let t = app.tenant("fred").await;
+    assert_eq!(t["tier"], "free", "still the pool's until the switch");
+    assert_eq!(t["state"], "active");
+
+    config.worker_id = "second".into();
+    let second = app.start_engine(config);
+    let t = settled_at(&app, "fred", "enterprise").await;
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(seen.await.unwrap().len(), 2, "pool, then its own account");
+    second.stop().await;
+    assert_eq!(
+        org.list_accounts().send().await.unwrap().accounts().len(),
+        before + 1
+    );
+    let tagged: Vec<(String, String)> = moto::tagged_accounts(&sdk)
+        .await
+        .into_iter()
+        .filter(|(slug, _)| slug == "fred")
+        .collect();
+    assert_eq!(tagged.len(), 1, "one account for fred: {tagged:?}");
+    assert_eq!(t["account_id"], tagged[0].1);
+}
