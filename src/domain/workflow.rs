@@ -546,6 +546,48 @@ mod tests {
     }
 
     #[test]
+    fn tier_workflows_and_limits_are_checked() {
+        let tier = |extra: &str| {
+            format!("name = \"up\"\npurpose = \"tier\"\n{extra}\n[[steps]]\nname = \"a\"\n")
+        };
+        let w = Workflow::parse(
+            &tier("from = [\"free\"]\nto = [\"pro\", \"free\"]"),
+            &kinds(),
+        )
+        .unwrap();
+        assert_eq!(w.changes, vec![(Tier::Free, Tier::Pro)]);
+        let e = Workflow::parse(&tier(""), &kinds()).unwrap_err();
+        assert!(e.contains("from = [...]"), "{e}");
+        let e = Workflow::parse(&tier("from = [\"gold\"]\nto = [\"pro\"]"), &kinds()).unwrap_err();
+        assert!(e.contains("from"), "{e}");
+        let e = Workflow::parse(
+            &GOOD.replace("[defaults.retry]", "from = [\"free\"]\n[defaults.retry]"),
+            &kinds(),
+        )
+        .unwrap_err();
+        assert!(e.contains("only a tier workflow"), "{e}");
+        let limits = |l: &str| {
+            GOOD.replace(
+                "[defaults.retry]",
+                &format!("[limits.free]\n{l}\n[defaults.retry]"),
+            )
+        };
+        let w = Workflow::parse(&limits("rate_limit = 2.5\nburst_limit = 5"), &kinds()).unwrap();
+        assert_eq!(w.limits[&Tier::Free].monthly_quota, None);
+        let e =
+            Workflow::parse(&limits("rate_limit = 0.0\nburst_limit = 5"), &kinds()).unwrap_err();
+        assert!(e.contains("limits.free: rate_limit"), "{e}");
+        let e = Workflow::parse(
+            &limits("rate_limit = 1.0\nburst_limit = 5\nmonthly_quota = 0"),
+            &kinds(),
+        )
+        .unwrap_err();
+        assert!(e.contains("monthly_quota"), "{e}");
+        let e = Workflow::parse(&limits("rate_limit = 1.0"), &kinds()).unwrap_err();
+        assert!(e.contains("burst_limit"), "{e}");
+    }
+
+    #[test]
     fn every_tier_needs_exactly_one_workflow() {
         let w = Workflow::parse(GOOD, &kinds()).unwrap();
         assert!(Workflows::new(vec![w.clone()]).is_ok());
@@ -584,6 +626,23 @@ mod tests {
                 "map_domain"
             ]
         );
+        // Free and pro share the pool; every change between two tiers has a workflow.
+        assert_eq!(ws.for_tier(Tier::Free).name, "pool");
+        assert_eq!(ws.for_tier(Tier::Pro).name, "pool");
+        for from in Tier::ALL {
+            for to in Tier::ALL.into_iter().filter(|t| *t != from) {
+                let w = ws.for_change(from, to).expect("a tier workflow");
+                assert_eq!(w.purpose, Purpose::Tier);
+                let kinds: Vec<&str> = w.steps.iter().map(|s| s.kind.as_str()).collect();
+                assert!(kinds.contains(&"switch_tier"), "{}: {kinds:?}", w.name);
+            }
+        }
+        let limits = ws.limits();
+        assert_eq!(
+            limits.keys().copied().collect::<Vec<_>>(),
+            [Tier::Free, Tier::Pro]
+        );
+        assert!(limits[&Tier::Pro].rate_limit > limits[&Tier::Free].rate_limit);
         let offboard = ws.offboard().expect("an offboard workflow ships");
         assert_eq!(offboard.purpose, Purpose::Offboard);
         let kinds: Vec<&str> = offboard.steps.iter().map(|s| s.kind.as_str()).collect();

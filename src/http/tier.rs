@@ -57,6 +57,14 @@ fn outcome(slug: &str, c: Changed) -> Result<bool, ApiError> {
             ),
         )),
         Changed::Busy(why) => Err(ApiError::conflict("change_in_progress", why)),
+        Changed::AccountRetiring { account_id, until } => Err(ApiError::conflict(
+            "account_retiring",
+            format!(
+                "the tenant's previous account {account_id} is closed and AWS keeps it, with the \
+                 tenant's root e-mail, until {}; it can have an account of its own again after that",
+                until.to_rfc3339()
+            ),
+        )),
         Changed::NoWorkflow(from, to) => Err(ApiError::conflict(
             "no_tier_workflow",
             format!(

@@ -24,8 +24,8 @@ const OFFBOARD_REASON: &str = crate::domain::Resource::OffboardReason.key();
 pub const QUIESCE_UNTIL: &str = crate::domain::Resource::OffboardQuiesceUntil.key();
 /// The step kind whose success ends the grace period: past it, things are deleted.
 pub const GRACE_KIND: &str = "grace_period";
-/// The provisioning step kind a restore re-runs to light the endpoint again.
-const RELIGHT_KIND: &str = "map_domain";
+/// The provisioning step kinds a restore re-runs to light the endpoint again (the silo's, the pool's).
+const RELIGHT_KINDS: [&str; 2] = ["map_domain", "route_domain"];
 
 /// How an offboard request ended.
 #[derive(Debug)]
@@ -184,33 +184,50 @@ pub async fn restore(
         &json!({OFFBOARD_AFTER: Value::Null, OFFBOARD_REASON: Value::Null, QUIESCE_UNTIL: Value::Null}),
     )
     .await?;
-    // The tenant's home: its latest provisioning run, finished or interrupted.
-    let provisioning: Vec<String> = workflows
+    // The tenant's home: its latest run that built it (provisioning, or a tier change), finished or
+    // interrupted.
+    let homes: Vec<String> = workflows
         .all()
-        .filter(|w| w.purpose == Purpose::Provision)
+        .filter(|w| matches!(w.purpose, Purpose::Provision | Purpose::Tier))
         .map(|w| w.name.clone())
         .collect();
-    let home = db::tenants::latest_run_of(&mut *tx, tenant.id, &provisioning).await?;
+    let home = db::tenants::latest_run_of(&mut *tx, tenant.id, &homes).await?;
     let to = match home {
-        Some(home) if home.state == RunState::Succeeded => {
-            // Built whole: the endpoint was only made dark; light it again.
-            if let Some(pos) = workflows
-                .get(&home.workflow)
-                .and_then(|w| w.steps.iter().position(|s| s.kind == RELIGHT_KIND))
-            {
-                db::steps::rewind(&mut tx, home.id, pos as i32).await?;
-                db::tenants::set_run_state(&mut tx, home.id, RunState::Running).await?;
-            }
-            TenantState::Active
-        }
         Some(home) => {
-            // Interrupted or failed: go on from its first step that has not succeeded.
+            let workflow = workflows.get(&home.workflow);
+            let relight = workflow.and_then(|w| {
+                w.steps
+                    .iter()
+                    .position(|s| RELIGHT_KINDS.contains(&s.kind.as_str()))
+            });
             let steps = db::steps::lock_for_run(&mut tx, home.id).await?;
-            if let Some(s) = steps.iter().find(|s| s.state != StepState::Succeeded) {
-                db::steps::reset_failed(&mut tx, home.id, s.position).await?;
+            let unfinished = steps
+                .iter()
+                .find(|s| s.state != StepState::Succeeded)
+                .map(|s| s.position);
+            let whole = home.state == RunState::Succeeded || unfinished.is_none();
+            match (relight, unfinished) {
+                // Its record was made (the endpoint was only made dark): light it again from there,
+                // and go on with whatever came after.
+                (Some(pos), u) if whole || u.is_some_and(|u| u as usize > pos) => {
+                    db::steps::rewind(&mut tx, home.id, pos as i32).await?;
+                    db::tenants::set_run_state(&mut tx, home.id, RunState::Running).await?;
+                }
+                // Interrupted before its record: go on from its first step that has not succeeded.
+                (_, Some(u)) => {
+                    db::steps::reset_failed(&mut tx, home.id, u).await?;
+                    db::tenants::set_run_state(&mut tx, home.id, RunState::Running).await?;
+                }
+                // Nothing left to run and nothing to light (a workflow without a record step).
+                _ => {}
             }
-            db::tenants::set_run_state(&mut tx, home.id, RunState::Running).await?;
-            TenantState::Provisioning
+            let provisioning = workflow.is_none_or(|w| w.purpose == Purpose::Provision);
+            if provisioning && !whole {
+                TenantState::Provisioning
+            } else {
+                // A tier change keeps the tenant active wherever it stopped.
+                TenantState::Active
+            }
         }
         None => TenantState::Pending,
     };

@@ -32,7 +32,16 @@ pub enum Changed {
     Busy(String),
     /// No workflow moves a tenant between these tiers.
     NoWorkflow(Tier, Tier),
+    /// The tenant's previous account, closed by a downgrade, still holds its root e-mail (AWS keeps a
+    /// closed account, and its e-mail, for 90 days): another account of its own cannot be made yet.
+    AccountRetiring {
+        account_id: String,
+        until: chrono::DateTime<Utc>,
+    },
 }
+
+/// How long AWS keeps a closed account (and its root e-mail) in the organization.
+const CLOSED_ACCOUNT_KEPT: chrono::Duration = chrono::Duration::days(90);
 
 /// Asks for `slug` to move to `tier`. `grace` is how long an account the tenant leaves stays before it
 /// is torn down (`VEND_OFFBOARD_GRACE`).
@@ -70,6 +79,10 @@ pub async fn change(
     let Some(workflow) = workflows.for_change(tenant.tier, tier) else {
         return Ok(Changed::NoWorkflow(tenant.tier, tier));
     };
+    let makes_account = workflow.steps.iter().any(|s| s.kind == "create_account");
+    if makes_account && let Some((account_id, until)) = retiring_account(&tenant) {
+        return Ok(Changed::AccountRetiring { account_id, until });
+    }
     if let Some(run) = db::tenants::current_run(&mut *tx, tenant.id).await?
         && run.state == RunState::Running
     {
@@ -112,6 +125,18 @@ pub async fn change(
     let fresh = db::tenants::by_id_locked(&mut tx, tenant.id).await?;
     tx.commit().await?;
     Ok(Changed::Started(fresh))
+}
+
+/// The last account the tenant left by a downgrade, while AWS still keeps it (and its e-mail).
+fn retiring_account(tenant: &Tenant) -> Option<(String, chrono::DateTime<Utc>)> {
+    let last = tenant
+        .resources
+        .get(Resource::RetiredAccounts.key())?
+        .as_array()?
+        .last()?;
+    let closed = chrono::DateTime::parse_from_rfc3339(last["closed_at"].as_str()?).ok()?;
+    let until = closed.with_timezone(&Utc) + CLOSED_ACCOUNT_KEPT;
+    (until > Utc::now()).then(|| (last["account_id"].as_str().unwrap_or("").to_owned(), until))
 }
 
 /// The tenant's tier switches to the one its change is moving it to (its `tier_to`), with the history

@@ -25,10 +25,11 @@ use super::create_account::{TENANT_TAG, owned_account, release_slot, still_in_fl
 use super::deploy_stack::STACK_NAME;
 
 /// The step kinds of the offboard workflow, in order (workflows/offboard.toml).
-pub const OFFBOARD_KINDS: [&str; 5] = [
+pub const OFFBOARD_KINDS: [&str; 6] = [
     DarkenEndpoint::KIND,
     GracePeriod::KIND,
     UnmapDomain::KIND,
+    super::tier::LeavePool::KIND,
     DeleteStack::KIND,
     CloseAccount::KIND,
 ];

@@ -49,8 +49,6 @@ pub const POOL_STACK: &str = "vend-pool";
 const LEASE: Duration = Duration::from_secs(300);
 /// How soon a tenant that found the pool being prepared looks again.
 const BUSY_LOOK: Duration = Duration::from_secs(5);
-const ACCOUNT_LOOK: Duration = Duration::from_secs(15);
-const CERTIFICATE_LOOK: Duration = Duration::from_secs(30);
 
 /// What the pool steps share: the silo's adapters and the pool tiers' limits.
 pub struct PoolCtx {
@@ -200,7 +198,7 @@ async fn prepare(p: &PoolCtx, ctx: &mut StepContext, want: &str) -> Result<StepO
         Ok(a) => a,
         Err(note) => {
             return Ok(StepOutcome::Wait {
-                after: ACCOUNT_LOOK,
+                after: ctx.poll_interval,
                 note,
             });
         }
@@ -259,7 +257,7 @@ async fn prepare(p: &PoolCtx, ctx: &mut StepContext, want: &str) -> Result<StepO
                         Ok(arn) => arn,
                         Err(note) => {
                             return Ok(StepOutcome::Wait {
-                                after: CERTIFICATE_LOOK,
+                                after: ctx.poll_interval,
                                 note,
                             });
                         }

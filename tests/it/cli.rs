@@ -10,7 +10,7 @@ use vend::engine::Registry;
 use crate::support::steps::{Calls, FailTimes, Succeed};
 use crate::support::{OPS_TOKEN, TestApp, signup_body, spawn_app, workflow_toml};
 
-async fn vend(app: &TestApp, args: &[&str]) -> Output {
+pub(crate) async fn vend(app: &TestApp, args: &[&str]) -> Output {
     vend_with(
         args,
         &[

@@ -427,11 +427,9 @@ async fn a_failed_stack_is_a_clear_step_failure_and_a_retry_starts_it_afresh() {
         "\n  Broken:\n    Type: AWS::IAM::Role\n    Properties:\n      RoleName: vend-broken\n      AssumeRolePolicyDocument: {Version: \"2012-10-17\", Statement: [{Effect: Allow, Principal: {Service: lambda.amazonaws.com}, Action: \"sts:AssumeRole\"}]}\n      ManagedPolicyArns: [arn:aws:iam::aws:policy/DoesNotExist]\n\nOutputs:",
     );
     std::fs::write(templates.path().join("baseline.yaml"), broken).unwrap();
-    std::fs::copy(
-        root.join("tenant-stack.yaml"),
-        templates.path().join("tenant-stack.yaml"),
-    )
-    .unwrap();
+    for f in ["tenant-stack.yaml", "pool-stack.yaml"] {
+        std::fs::copy(root.join(f), templates.path().join(f)).unwrap();
+    }
     let dir = templates.path().to_owned();
     let toml = workflow_toml(&[("bootstrap_baseline", "bootstrap_baseline")], "");
     let (app, _rt) = spawn_silo_with(

@@ -495,7 +495,10 @@ async fn a_tenant_that_never_got_an_account_is_closed_with_nothing_to_remove() {
         events,
         ["tenant.created", "tenant.offboarding"]
             .into_iter()
-            .chain(std::iter::repeat_n("tenant.step.succeeded", 5))
+            .chain(std::iter::repeat_n(
+                "tenant.step.succeeded",
+                vend::steps::OFFBOARD_KINDS.len(),
+            ))
             .chain(["tenant.closed"])
             .collect::<Vec<_>>()
     );

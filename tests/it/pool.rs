@@ -272,3 +272,68 @@ async fn a_crash_after_the_pools_create_account_ends_with_one_pool_account() {
             .any(|a| a.id() == Some(account.as_str()))
     );
 }
+
+#[tokio::test]
+async fn a_configured_pool_account_is_used_as_it_is_with_its_own_wildcard_certificate() {
+    // moto issues a certificate this long after its request, as if its DNS validation took that.
+    let moto = moto::start_with(&[("MOTO_ACM_VALIDATION_WAIT", "2")]).await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    // An account the platform team made for the pool, left at the root.
+    let made = org
+        .create_account()
+        .email("pool@platform.example")
+        .account_name("platform-pool")
+        .send()
+        .await
+        .unwrap();
+    let request = made
+        .create_account_status()
+        .unwrap()
+        .id()
+        .unwrap()
+        .to_owned();
+    let account = org
+        .describe_create_account_status()
+        .create_account_request_id(&request)
+        .send()
+        .await
+        .unwrap()
+        .create_account_status()
+        .unwrap()
+        .account_id()
+        .unwrap()
+        .to_owned();
+    let parent = moto::parent_of(&org, &account).await;
+    let before = org.list_accounts().send().await.unwrap().accounts().len();
+    let configured = account.clone();
+    let (app, _rt) = spawn_silo_with(
+        sdk.clone(),
+        None,
+        move |s| {
+            s.pool_account_id = Some(configured);
+            s.certificates = vend::config::Certificates::PerAccount;
+        },
+        &fast_enterprise_toml(),
+    )
+    .await;
+    app.signup(&pooled("freddy", "free")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    let t = app.wait_for_state("freddy", &["active"], WITHIN).await;
+    engine.stop().await;
+    assert_eq!(t["account_id"], Value::Null);
+    assert_eq!(pool_account(&app.pool).await, account);
+    // Not created, not moved: vend uses it as it is.
+    assert_eq!(
+        org.list_accounts().send().await.unwrap().accounts().len(),
+        before
+    );
+    assert_eq!(moto::parent_of(&org, &account).await, parent);
+    // The wildcard domain has the pool account's own certificate, validated in the central zone.
+    let inside = moto::sdk_in(&sdk, &account).await;
+    let certs = moto::certificates_in(&inside, &format!("*.{BASE_DOMAIN}")).await;
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert_eq!(tenant_keys(&inside, "freddy").await.len(), 1);
+    assert!(record_target(&sdk, "freddy").await.is_some());
+}

@@ -199,7 +199,16 @@ async fn a_pool_tenant_changes_plan_upgrades_and_downgrades_while_reachable() {
     // pro -> free: the same key, on the free plan only; no DNS change.
     let target = pool_target(&app).await;
     let (stop, seen) = watch(&app, &sdk, "pam");
-    assert_eq!(change(&app, "pam", "free").await.status(), 202);
+    // From the CLI, as ops run it: a bad tier is refused with the API's reason, then the move.
+    let o = crate::cli::vend(&app, &["tenants", "tier", "pam", "gold"]).await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tier"), "{o:?}");
+    let o = crate::cli::vend(&app, &["tenants", "tier", "pam", "free"]).await;
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("moving pam to free"),
+        "{o:?}"
+    );
     assert_eq!(change(&app, "pam", "free").await.status(), 200, "under way");
     assert_eq!(
         change(&app, "pam", "enterprise").await.status(),
@@ -259,9 +268,25 @@ async fn a_pool_tenant_changes_plan_upgrades_and_downgrades_while_reachable() {
         app.workflows.for_tier(vend::domain::Tier::Enterprise).name
     );
 
-    // enterprise -> pro: back in the pool, and the account it left is closed (grace 0 here).
+    // enterprise -> pro through the signed webhook: back in the pool, and the account it left is
+    // closed (grace 0 here). A repeat of the message gets the first answer and changes nothing.
     let (stop, seen) = watch(&app, &sdk, "pam");
-    assert_eq!(change(&app, "pam", "pro").await.status(), 202);
+    let body = json!({"slug": "pam", "tier": "pro"});
+    let first = app.signed_post("/v1/tier", "msg-down", &body).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["tenant"]["slug"], "pam");
+    let again = app.signed_post("/v1/tier", "msg-down", &body).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let bad = app
+        .signed_post(
+            "/v1/tier",
+            "msg-bad",
+            &json!({"slug": "pam", "tier": "gold"}),
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
     let t = settled_at(&app, "pam", "pro").await;
     stop.store(true, Ordering::SeqCst);
     assert_eq!(seen.await.unwrap(), [silo_target, target.clone()]);
@@ -291,6 +316,157 @@ async fn a_pool_tenant_changes_plan_upgrades_and_downgrades_while_reachable() {
         events_of(&app, "pam", "tenant.tier.completed").await.len(),
         3
     );
+    let retired = &t["resources"]["retired_accounts"];
+    assert_eq!(retired[0]["account_id"], account.as_str(), "{t:#}");
+
+    // Its closed account keeps its e-mail at AWS for 90 days: no new account of its own until then.
+    let r = change(&app, "pam", "enterprise").await;
+    assert_eq!(r.status(), 409);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "account_retiring", "{e:#}");
+    assert_eq!(app.tenant("pam").await["tier"], "pro");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_upgrade_leaves_the_tenant_in_the_pool_and_goes_on_when_retried() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let org = aws_sdk_organizations::Client::new(&sdk);
+    // An account someone made with the name and e-mail gus's own would get (not tagged for it).
+    let settings = crate::support::silo_settings();
+    let made = org
+        .create_account()
+        .email(settings.account_email("gus"))
+        .account_name(settings.account_name("gus"))
+        .send()
+        .await
+        .unwrap();
+    let request = made
+        .create_account_status()
+        .unwrap()
+        .id()
+        .unwrap()
+        .to_owned();
+    let foreign = org
+        .describe_create_account_status()
+        .create_account_request_id(&request)
+        .send()
+        .await
+        .unwrap()
+        .create_account_status()
+        .unwrap()
+        .account_id()
+        .unwrap()
+        .to_owned();
+    let (app, _rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &fast_enterprise_toml()).await;
+    app.signup(&pooled("gus", "free")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("gus", &["active"], WITHIN).await;
+    let target = pool_target(&app).await;
+
+    assert_eq!(change(&app, "gus", "enterprise").await.status(), 202);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let t = loop {
+        let t = app.tenant("gus").await;
+        if t["steps"][0]["state"] == "failed" {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{t:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Still the pool's, active and served there; the failure is visible and names the conflict.
+    assert_eq!(t["state"], "active");
+    assert_eq!(t["tier"], "free");
+    assert_eq!(t["steps"][0]["name"], "create_account");
+    assert!(t.to_string().contains("AccountConflict"), "{t:#}");
+    assert_eq!(
+        record_target(&sdk, "gus").await.as_deref(),
+        Some(target.as_str())
+    );
+    let inside = moto::sdk_in(&sdk, &pool_account(&app).await).await;
+    assert_eq!(tenant_keys(&inside, "gus").await.len(), 1);
+    // The failed change is still the tenant's change: another one waits for it.
+    assert_eq!(change(&app, "gus", "pro").await.status(), 409);
+
+    // Ops resolve it (here: the account is gus's after all) and retry: the change goes on.
+    org.tag_resource()
+        .resource_id(&foreign)
+        .tags(
+            aws_sdk_organizations::types::Tag::builder()
+                .key("vend:tenant")
+                .value("gus")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let r = app.ops(Method::POST, "/v1/tenants/gus/retry", None).await;
+    assert_eq!(r.status(), 200);
+    let t = settled_at(&app, "gus", "enterprise").await;
+    assert_eq!(t["account_id"], foreign.as_str());
+    assert!(tenant_keys(&inside, "gus").await.is_empty());
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn an_offboarded_pool_tenant_can_be_restored_and_otherwise_leaves_the_pool() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, _rt) = spawn_silo_graced_with(
+        &moto.url,
+        |_| {},
+        Duration::from_secs(4),
+        &fast_enterprise_toml(),
+    )
+    .await;
+    app.signup(&pooled("olga", "free")).await;
+    let engine = app.start_engine(app.engine_config("w1"));
+    app.wait_for_state("olga", &["active"], WITHIN).await;
+    let target = pool_target(&app).await;
+    let inside = moto::sdk_in(&sdk, &pool_account(&app).await).await;
+    let offboard = || async {
+        let r = app
+            .ops(Method::POST, "/v1/tenants/olga/offboard", Some(json!({})))
+            .await;
+        assert_eq!(r.status(), 202);
+    };
+
+    // Offboarded: its name stops resolving at once; restored within the grace period: back.
+    offboard().await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while record_target(&sdk, "olga").await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "olga's record stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = app
+        .ops(Method::POST, "/v1/tenants/olga/restore", None)
+        .await;
+    assert_eq!(r.status(), 200);
+    app.wait_for_state("olga", &["active"], WITHIN).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while record_target(&sdk, "olga").await.as_deref() != Some(target.as_str()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "olga's record was not relit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tenant_keys(&inside, "olga").await.len(), 1);
+
+    // Offboarded for good: after the grace period its key and table item leave the pool.
+    offboard().await;
+    let t = app.wait_for_state("olga", &["closed"], WITHIN).await;
+    assert_eq!(t["account_id"], Value::Null);
+    assert!(tenant_keys(&inside, "olga").await.is_empty());
+    assert_eq!(table_item(&inside, "olga").await, None);
+    assert_eq!(record_target(&sdk, "olga").await, None);
     engine.stop().await;
 }
 

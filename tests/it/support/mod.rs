@@ -267,7 +267,7 @@ async fn spawn_app_full(
 ) -> TestApp {
     let workflows = workflows(toml, &registry);
     let templates = Arc::new(tempfile::tempdir().unwrap());
-    for f in ["baseline.yaml", "tenant-stack.yaml"] {
+    for f in ["baseline.yaml", "tenant-stack.yaml", "pool-stack.yaml"] {
         std::fs::copy(
             postgres::repo_root().join("templates").join(f),
             templates.path().join(f),
