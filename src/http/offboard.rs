@@ -3,17 +3,16 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use crate::db;
-use crate::db::tenants::StoredAnswer;
 use crate::lifecycle::offboard::{self, Offboarded};
 
 use super::AppState;
 use super::error::ApiError;
-use super::signup::{answer_response, replay, verified};
-use super::views::{OffboardWebhook, SignupAccepted, TenantView, reason};
+use super::signup::{accepted, replay, verified};
+use super::views::{OffboardWebhook, SignupAccepted, reason};
 
 /// Offboard a tenant: its endpoint goes dark now; after `VEND_OFFBOARD_GRACE` its resources are
 /// deleted and its account closed.
@@ -67,18 +66,7 @@ pub async fn offboard_webhook(
         Offboarded::Closed => return Err(closed(&req.slug)),
         Offboarded::Unavailable => return Err(unavailable()),
     };
-    let answer = StoredAnswer {
-        status: StatusCode::ACCEPTED.as_u16(),
-        response: serde_json::to_value(SignupAccepted {
-            status_url: format!("/v1/tenants/{}", tenant.slug),
-            tenant: TenantView::from(&tenant),
-        })
-        .expect("views serialize"),
-    };
-    // The offboard itself is idempotent (a repeat finds the tenant offboarding); this makes the
-    // repeat's answer the first one's.
-    db::tenants::store_answer(&state.pool, &webhook_id, tenant.id, &answer).await?;
-    Ok(answer_response(answer))
+    accepted(&state, &webhook_id, &tenant).await
 }
 
 pub(super) fn closed(slug: &str) -> ApiError {

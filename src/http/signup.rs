@@ -165,6 +165,25 @@ pub(super) fn replay(answer: StoredAnswer) -> Response {
     answer_response(answer)
 }
 
+/// A lifecycle webhook's answer (offboard, tier): `202` with the tenant, stored under its
+/// `webhook-id` so a repeat of the message gets this answer. The action itself is idempotent too.
+pub(super) async fn accepted(
+    state: &AppState,
+    webhook_id: &str,
+    tenant: &crate::db::tenants::Tenant,
+) -> Result<Response, ApiError> {
+    let answer = StoredAnswer {
+        status: StatusCode::ACCEPTED.as_u16(),
+        response: serde_json::to_value(super::views::SignupAccepted {
+            status_url: format!("/v1/tenants/{}", tenant.slug),
+            tenant: super::views::TenantView::from(tenant),
+        })
+        .expect("views serialize"),
+    };
+    crate::db::tenants::store_answer(&state.pool, webhook_id, tenant.id, &answer).await?;
+    Ok(answer_response(answer))
+}
+
 pub(super) fn answer_response(answer: StoredAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::ACCEPTED);
     (status, axum::Json(answer.response)).into_response()

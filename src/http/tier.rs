@@ -10,14 +10,13 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::db;
-use crate::db::tenants::StoredAnswer;
 use crate::domain::Tier;
 use crate::lifecycle::tier::{self, Changed};
 
 use super::error::{ApiError, ErrorBody};
 use super::ops::{ApiJson, detail, no_tenant};
-use super::signup::{answer_response, replay, verified};
-use super::views::{SignupAccepted, TenantDetail, TenantView};
+use super::signup::{accepted, replay, verified};
+use super::views::{SignupAccepted, TenantDetail};
 use super::{AppState, Operator};
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -162,14 +161,5 @@ pub async fn tier_webhook(
     let tenant = db::tenants::by_slug(&state.pool, &req.slug)
         .await?
         .ok_or_else(|| no_tenant(&req.slug))?;
-    let answer = StoredAnswer {
-        status: StatusCode::ACCEPTED.as_u16(),
-        response: serde_json::to_value(SignupAccepted {
-            status_url: format!("/v1/tenants/{}", tenant.slug),
-            tenant: TenantView::from(&tenant),
-        })
-        .expect("views serialize"),
-    };
-    db::tenants::store_answer(&state.pool, &webhook_id, tenant.id, &answer).await?;
-    Ok(answer_response(answer))
+    accepted(&state, &webhook_id, &tenant).await
 }

@@ -281,30 +281,7 @@ async fn a_configured_pool_account_is_used_as_it_is_with_its_own_wildcard_certif
     moto::prepare_management(&sdk).await;
     let org = aws_sdk_organizations::Client::new(&sdk);
     // An account the platform team made for the pool, left at the root.
-    let made = org
-        .create_account()
-        .email("pool@platform.example")
-        .account_name("platform-pool")
-        .send()
-        .await
-        .unwrap();
-    let request = made
-        .create_account_status()
-        .unwrap()
-        .id()
-        .unwrap()
-        .to_owned();
-    let account = org
-        .describe_create_account_status()
-        .create_account_request_id(&request)
-        .send()
-        .await
-        .unwrap()
-        .create_account_status()
-        .unwrap()
-        .account_id()
-        .unwrap()
-        .to_owned();
+    let account = moto::create_account(&sdk, "pool@platform.example", "platform-pool").await;
     let parent = moto::parent_of(&org, &account).await;
     let before = org.list_accounts().send().await.unwrap().accounts().len();
     let configured = account.clone();

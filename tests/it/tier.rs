@@ -292,18 +292,7 @@ async fn a_pool_tenant_changes_plan_upgrades_and_downgrades_while_reachable() {
     stop.store(true, Ordering::SeqCst);
     assert_eq!(seen.await.unwrap(), [silo_target, target.clone()]);
     assert_eq!(t["account_id"], Value::Null, "{t:#}");
-    let status = org
-        .describe_account()
-        .account_id(&account)
-        .send()
-        .await
-        .unwrap()
-        .account()
-        .unwrap()
-        .status()
-        .unwrap()
-        .as_str()
-        .to_owned();
+    let status = moto::account_status(&sdk, &account).await;
     assert!(
         ["SUSPENDED", "PENDING_CLOSURE"].contains(&status.as_str()),
         "{status}"
@@ -337,30 +326,12 @@ async fn a_failed_upgrade_leaves_the_tenant_in_the_pool_and_goes_on_when_retried
     let org = aws_sdk_organizations::Client::new(&sdk);
     // An account someone made with the name and e-mail gus's own would get (not tagged for it).
     let settings = crate::support::silo_settings();
-    let made = org
-        .create_account()
-        .email(settings.account_email("gus"))
-        .account_name(settings.account_name("gus"))
-        .send()
-        .await
-        .unwrap();
-    let request = made
-        .create_account_status()
-        .unwrap()
-        .id()
-        .unwrap()
-        .to_owned();
-    let foreign = org
-        .describe_create_account_status()
-        .create_account_request_id(&request)
-        .send()
-        .await
-        .unwrap()
-        .create_account_status()
-        .unwrap()
-        .account_id()
-        .unwrap()
-        .to_owned();
+    let foreign = moto::create_account(
+        &sdk,
+        &settings.account_email("gus"),
+        &settings.account_name("gus"),
+    )
+    .await;
     let (app, _rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &fast_enterprise_toml()).await;
     app.signup(&pooled("gus", "free")).await;
     let engine = app.start_engine(app.engine_config("w1"));
@@ -577,7 +548,6 @@ async fn every_tier_change_survives_workers_crashing_anywhere_in_it() {
     moto::prepare_management(&sdk).await;
     let (app, _rt) =
         spawn_silo_graced_with(&moto.url, |_| {}, Duration::ZERO, &fast_enterprise_toml()).await;
-    let org = aws_sdk_organizations::Client::new(&sdk);
     let accounts = || async {
         aws_sdk_organizations::Client::new(&sdk)
             .list_accounts()
@@ -629,18 +599,7 @@ async fn every_tier_change_survives_workers_crashing_anywhere_in_it() {
         .collect();
     assert_eq!(tagged.len(), 1, "{tagged:?}");
     assert_eq!(accounts().await, before + 2);
-    let status = org
-        .describe_account()
-        .account_id(&tagged[0].1)
-        .send()
-        .await
-        .unwrap()
-        .account()
-        .unwrap()
-        .status()
-        .unwrap()
-        .as_str()
-        .to_owned();
+    let status = moto::account_status(&sdk, &tagged[0].1).await;
     assert!(
         ["SUSPENDED", "PENDING_CLOSURE"].contains(&status.as_str()),
         "{status}"

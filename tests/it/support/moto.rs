@@ -447,3 +447,47 @@ pub async fn mapped_apis(inside: &SdkConfig, domain: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// An account made in the organization directly (as a person would, without vend's tags); its id.
+pub async fn create_account(sdk: &SdkConfig, email: &str, name: &str) -> String {
+    let org = aws_sdk_organizations::Client::new(sdk);
+    let made = org
+        .create_account()
+        .email(email)
+        .account_name(name)
+        .send()
+        .await
+        .unwrap();
+    let request = made
+        .create_account_status()
+        .unwrap()
+        .id()
+        .unwrap()
+        .to_owned();
+    org.describe_create_account_status()
+        .create_account_request_id(&request)
+        .send()
+        .await
+        .unwrap()
+        .create_account_status()
+        .unwrap()
+        .account_id()
+        .unwrap()
+        .to_owned()
+}
+
+/// The account's status in the organization (`ACTIVE`, `SUSPENDED`, `PENDING_CLOSURE`).
+pub async fn account_status(sdk: &SdkConfig, account: &str) -> String {
+    aws_sdk_organizations::Client::new(sdk)
+        .describe_account()
+        .account_id(account)
+        .send()
+        .await
+        .unwrap()
+        .account()
+        .unwrap()
+        .status()
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
