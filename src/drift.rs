@@ -264,6 +264,9 @@ impl DriftChecker {
 
     /// Checks up to `limit` tenants that are due; returns how many.
     pub async fn check_due(&self, limit: i64) -> Result<usize, sqlx::Error> {
+        if db::org::claim_periodic(&self.silo.pool, "pool-drift", self.interval).await? {
+            self.check_pool().await?;
+        }
         let due = db::drift::claim_due(&self.silo.pool, self.interval, limit).await?;
         for tenant in &due {
             let facts = match self.facts(tenant).await {
@@ -310,6 +313,50 @@ impl DriftChecker {
             }
         }
         Ok(due.len())
+    }
+
+    /// Checks the shared pool (its stack, usage plans and wildcard domain) and returns what drifted.
+    /// Drift makes the next `prepare_pool` converge the pool again; with repair on, a pool tenant is
+    /// requeued from `prepare_pool` for that (every active one when a usage plan is gone, so that
+    /// their keys join its replacement).
+    pub async fn check_pool(&self) -> Result<Vec<String>, sqlx::Error> {
+        let s = &self.silo;
+        let ctx = crate::steps::PoolCtx {
+            silo: s.clone(),
+            limits: self.workflows.limits(),
+        };
+        let state = crate::steps::pool_state(s).await?;
+        let (plan_gone, found) = match crate::steps::pool_drift(&ctx, &state).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "pool drift check incomplete");
+                return Ok(Vec::new());
+            }
+        };
+        if found.is_empty() {
+            return Ok(found);
+        }
+        tracing::warn!(findings = ?found, repair = self.repair, "the pool drifted");
+        crate::steps::pool_unready(s).await?;
+        if self.repair {
+            let workflow = &self.workflows.for_tier(crate::domain::Tier::Free).name;
+            let limit = crate::lifecycle::operator::BULK_LIMIT;
+            for slug in db::pool::active_tenants(&s.pool, workflow, limit).await? {
+                let r = crate::lifecycle::operator::requeue(
+                    &s.pool,
+                    &self.workflows,
+                    &slug,
+                    "prepare_pool",
+                    "drift",
+                )
+                .await?;
+                let done = matches!(r, crate::lifecycle::operator::Requeued::Done);
+                if done && !plan_gone {
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn facts(&self, tenant: &Tenant) -> Result<Option<Facts>, AwsError> {

@@ -370,10 +370,12 @@ impl ApiGateway {
         Ok(plan.id().unwrap_or_default().to_owned())
     }
 
-    /// Sets a usage plan's throttle and quota.
+    /// Sets a usage plan's throttle and quota from `current` to `limits`, patching only what
+    /// differs (moto stores a patched quota limit as a string its own answers then cannot carry).
     pub async fn set_plan_limits(
         &self,
         plan_id: &str,
+        current: &PlanLimits,
         limits: &PlanLimits,
     ) -> Result<(), AwsError> {
         let op = |op: Op, path: &str, value: Option<String>| {
@@ -383,24 +385,31 @@ impl ApiGateway {
                 .set_value(value)
                 .build()
         };
-        let mut ops = vec![
-            op(
+        let mut ops = Vec::new();
+        if current.rate_limit != limits.rate_limit {
+            ops.push(op(
                 Op::Replace,
                 "/throttle/rateLimit",
                 Some(limits.rate_limit.to_string()),
-            ),
-            op(
+            ));
+        }
+        if current.burst_limit != limits.burst_limit {
+            ops.push(op(
                 Op::Replace,
                 "/throttle/burstLimit",
                 Some(limits.burst_limit.to_string()),
-            ),
-        ];
-        match limits.monthly_quota {
-            Some(q) => {
+            ));
+        }
+        match (current.monthly_quota, limits.monthly_quota) {
+            (c, Some(q)) if c != Some(q) => {
                 ops.push(op(Op::Replace, "/quota/limit", Some(q.to_string())));
                 ops.push(op(Op::Replace, "/quota/period", Some("MONTH".into())));
             }
-            None => ops.push(op(Op::Remove, "/quota", None)),
+            (Some(_), None) => ops.push(op(Op::Remove, "/quota", None)),
+            _ => {}
+        }
+        if ops.is_empty() {
+            return Ok(());
         }
         self.aws
             .call(

@@ -80,3 +80,18 @@ pub async fn set_version(
     .await?;
     Ok(())
 }
+
+/// Active tenants served by `workflow` (the pool's), newest first, at most `limit`.
+pub async fn active_tenants(
+    db: impl PgExecutor<'_>,
+    workflow: &str,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT slug FROM tenants WHERE workflow = $1 AND state = 'active' ORDER BY id DESC LIMIT $2",
+        workflow,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}

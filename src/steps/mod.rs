@@ -39,7 +39,10 @@ pub use move_account::MoveAccount;
 pub use offboard::{
     CloseAccount, DarkenEndpoint, DeleteStack, GracePeriod, OFFBOARD_KINDS, UnmapDomain,
 };
-pub use pool::{IssueApiKey, POOL_KINDS, PoolCtx, PreparePool, RegisterTenant, RouteDomain};
+pub use pool::{
+    IssueApiKey, POOL_KINDS, PoolCtx, PreparePool, RegisterTenant, RouteDomain,
+    drift as pool_drift, state as pool_state, unready as pool_unready,
+};
 pub use rollout::UpdateStack;
 pub use tier::{ForgetAccount, LeavePool, RetireDomain, RetireGrace, SwitchTier, TIER_KINDS};
 

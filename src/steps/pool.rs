@@ -418,7 +418,7 @@ async fn usage_plan(
     match found.iter().find(ours) {
         Some(p) => {
             if &p.limits != limits {
-                apigw.set_plan_limits(&p.id, limits).await?;
+                apigw.set_plan_limits(&p.id, &p.limits, limits).await?;
             }
             Ok(p.id.clone())
         }
@@ -498,6 +498,76 @@ async fn pool_certificate(
             ),
         )),
     }
+}
+
+/// What differs in AWS from the pool vend made, by read-only looks: the stack gone or failed, a
+/// tier's usage plan gone or with other limits, the wildcard domain or its mapping gone. Empty when
+/// the pool is as made, or there is no pool yet. `(true, _)` when a usage plan is gone: the keys
+/// that were on it must be put on its replacement.
+pub async fn drift(
+    p: &PoolCtx,
+    state: &PoolState,
+) -> Result<(bool, Vec<String>), crate::aws::AwsError> {
+    let silo = &p.silo;
+    let (Some(account), Some(api)) = (state.account_id.clone(), state.api_id.clone()) else {
+        return Ok((false, Vec::new()));
+    };
+    let aws = silo.accounts.in_account(&account, POOL_SLUG).await?;
+    let mut found = Vec::new();
+    match Cfn::new(&aws).describe(POOL_STACK).await? {
+        None => found.push(format!("the pool stack {POOL_STACK} is gone")),
+        Some(s) if !s.status.ends_with("_COMPLETE") || s.status.contains("ROLLBACK") => {
+            found.push(format!("the pool stack {POOL_STACK} is {}", s.status))
+        }
+        Some(_) => {}
+    }
+    let apigw = ApiGateway::new(&aws);
+    let mut plan_gone = false;
+    for (tier, limits) in &p.limits {
+        let name = plan_name(*tier);
+        let ours = apigw
+            .usage_plans_named(&name)
+            .await?
+            .into_iter()
+            .find(|pl| {
+                pl.tags
+                    .iter()
+                    .any(|(k, v)| k == "vend:tier" && v == tier.as_str())
+            });
+        match ours {
+            None => {
+                plan_gone = true;
+                found.push(format!("the usage plan {name} is gone"));
+            }
+            Some(pl) if pl.limits != plan_limits(limits) => found.push(format!(
+                "the usage plan {name} has other limits than workflows/ gives the tier"
+            )),
+            Some(_) => {}
+        }
+    }
+    let domain = wildcard_domain(silo);
+    if apigw.get_domain(&domain).await?.is_none() {
+        found.push(format!("the custom domain {domain} is gone"));
+    } else if apigw
+        .root_mapping(&domain)
+        .await?
+        .is_none_or(|m| m.rest_api_id != api)
+    {
+        found.push(format!(
+            "the custom domain {domain} is not mapped to the pooled API"
+        ));
+    }
+    Ok((plan_gone, found))
+}
+
+/// What vend knows of the pool (for the drift check).
+pub async fn state(silo: &Silo) -> Result<PoolState, sqlx::Error> {
+    Ok(serde_json::from_value(db::pool::get(&silo.pool).await?.state).unwrap_or_default())
+}
+
+/// The pool is to be made ready again by the next `prepare_pool`.
+pub async fn unready(silo: &Silo) -> Result<(), sqlx::Error> {
+    db::pool::set_version(&silo.pool, None).await
 }
 
 /// The tier the tenant is being moved to (a tier change in progress), else its own.

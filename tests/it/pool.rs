@@ -314,3 +314,110 @@ async fn a_configured_pool_account_is_used_as_it_is_with_its_own_wildcard_certif
     assert_eq!(tenant_keys(&inside, "freddy").await.len(), 1);
     assert!(record_target(&sdk, "freddy").await.is_some());
 }
+
+#[tokio::test]
+async fn the_pool_drifting_is_found_and_repaired_with_the_keys_back_on_their_plans() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &fast_enterprise_toml()).await;
+    for (slug, tier) in [("freddy", "free"), ("pam", "pro")] {
+        app.signup(&pooled(slug, tier)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["freddy", "pam"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    let checker = |repair| vend::drift::DriftChecker {
+        silo: rt.silo.clone(),
+        workflows: app.workflows.clone(),
+        interval: Duration::from_millis(1),
+        repair,
+    };
+    assert!(checker(false).check_pool().await.unwrap().is_empty());
+    let before = plans(&moto::sdk_in(&sdk, &pool_account(&app.pool).await).await).await;
+
+    // Someone deletes the pro plan, loosens the free plan and unmaps the wildcard domain.
+    let inside = moto::sdk_in(&sdk, &pool_account(&app.pool).await).await;
+    let gw = aws_sdk_apigateway::Client::new(&inside);
+    for p in gw.get_usage_plans().send().await.unwrap().items() {
+        match p.name() {
+            Some("vend-pool-pro") => {
+                for k in gw
+                    .get_usage_plan_keys()
+                    .usage_plan_id(p.id().unwrap())
+                    .send()
+                    .await
+                    .unwrap()
+                    .items()
+                {
+                    gw.delete_usage_plan_key()
+                        .usage_plan_id(p.id().unwrap())
+                        .key_id(k.id().unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                gw.delete_usage_plan()
+                    .usage_plan_id(p.id().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            Some("vend-pool-free") => {
+                gw.update_usage_plan()
+                    .usage_plan_id(p.id().unwrap())
+                    .patch_operations(
+                        aws_sdk_apigateway::types::PatchOperation::builder()
+                            .op(aws_sdk_apigateway::types::Op::Replace)
+                            .path("/throttle/rateLimit")
+                            .value("1000")
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    let vend_gw = vend::aws::apigateway::ApiGateway::new(&vend::aws::Aws::new(
+        inside.clone(),
+        vend::telemetry::Metrics::new(),
+    ));
+    assert!(
+        vend_gw
+            .delete_root_mapping(&format!("*.{BASE_DOMAIN}"))
+            .await
+            .unwrap()
+    );
+
+    // Reported without repair: nothing changes but the pool is no longer taken as ready.
+    let found = checker(false).check_pool().await.unwrap();
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("vend-pool-pro") && f.contains("gone"))
+    );
+    assert!(found.iter().any(|f| f.contains("vend-pool-free")));
+    assert!(found.iter().any(|f| f.contains("not mapped")));
+    // Repaired: the pool tenants are requeued from prepare_pool and everything comes back.
+    assert_eq!(checker(true).check_pool().await.unwrap().len(), 3);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !checker(false).check_pool().await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool was not repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for slug in ["freddy", "pam"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    let after = plans(&inside).await;
+    // The same keys on plans of the same names (pro's is a new plan).
+    assert_eq!(after, before);
+    assert_eq!(tenant_keys(&inside, "pam").await.len(), 1);
+    engine.stop().await;
+}
