@@ -245,6 +245,9 @@ impl DriftChecker {
     /// interval (at most every minute).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let idle = (self.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        if let Err(e) = self.converge_pool().await {
+            tracing::warn!(error = %e, "cannot look whether the pool is current; the drift check will");
+        }
         loop {
             // Drift checks spend only the spare AWS budget: vending tenants come first.
             let pause = match crate::aws::limiter::in_background(self.check_due(BATCH)).await {
@@ -265,6 +268,7 @@ impl DriftChecker {
     /// Checks up to `limit` tenants that are due; returns how many.
     pub async fn check_due(&self, limit: i64) -> Result<usize, sqlx::Error> {
         if db::org::claim_periodic(&self.silo.pool, "pool-drift", self.interval).await? {
+            self.converge_pool().await?;
             self.check_pool().await?;
         }
         let due = db::drift::claim_due(&self.silo.pool, self.interval, limit).await?;
@@ -315,16 +319,32 @@ impl DriftChecker {
         Ok(due.len())
     }
 
+    fn pool_ctx(&self) -> crate::steps::PoolCtx {
+        crate::steps::PoolCtx {
+            silo: self.silo.clone(),
+            limits: self.workflows.limits(),
+        }
+    }
+
+    /// When the pool was made from another template, other tier limits or another domain than
+    /// this vend runs with, requeues a pool tenant from `prepare_pool`, which converges the pool (a
+    /// change in `workflows/` or `templates/` is applied like a changed SCP file, repair mode or
+    /// not). Returns whether one was requeued.
+    pub async fn converge_pool(&self) -> Result<bool, sqlx::Error> {
+        if !crate::steps::pool_outdated(&self.pool_ctx()).await? {
+            return Ok(false);
+        }
+        tracing::info!("the pool's template, tier limits or domain changed; converging the pool");
+        self.requeue_pool_tenants(false, "config").await
+    }
+
     /// Checks the shared pool (its stack, usage plans and wildcard domain) and returns what drifted.
     /// Drift makes the next `prepare_pool` converge the pool again; with repair on, a pool tenant is
     /// requeued from `prepare_pool` for that (every active one when a usage plan is gone, so that
     /// their keys join its replacement).
     pub async fn check_pool(&self) -> Result<Vec<String>, sqlx::Error> {
         let s = &self.silo;
-        let ctx = crate::steps::PoolCtx {
-            silo: s.clone(),
-            limits: self.workflows.limits(),
-        };
+        let ctx = self.pool_ctx();
         let state = crate::steps::pool_state(s).await?;
         let (plan_gone, found) = match crate::steps::pool_drift(&ctx, &state).await {
             Ok(f) => f,
@@ -339,24 +359,32 @@ impl DriftChecker {
         tracing::warn!(findings = ?found, repair = self.repair, "the pool drifted");
         crate::steps::pool_unready(s).await?;
         if self.repair {
-            let workflow = &self.workflows.for_tier(crate::domain::Tier::Free).name;
-            let limit = crate::lifecycle::operator::BULK_LIMIT;
-            for slug in db::pool::active_tenants(&s.pool, workflow, limit).await? {
-                let r = crate::lifecycle::operator::requeue(
-                    &s.pool,
-                    &self.workflows,
-                    &slug,
-                    "prepare_pool",
-                    "drift",
-                )
-                .await?;
-                let done = matches!(r, crate::lifecycle::operator::Requeued::Done);
-                if done && !plan_gone {
-                    break;
-                }
-            }
+            self.requeue_pool_tenants(plan_gone, "drift").await?;
         }
         Ok(found)
+    }
+
+    /// Requeues active pool tenants from `prepare_pool`, newest first: one (the first that can be:
+    /// one mid-change is skipped), or with `all` every one up to the bulk limit.
+    async fn requeue_pool_tenants(&self, all: bool, actor: &str) -> Result<bool, sqlx::Error> {
+        use crate::lifecycle::operator::{BULK_LIMIT, Requeued, requeue};
+        let workflow = &self.workflows.for_tier(crate::domain::Tier::Free).name;
+        let mut any = false;
+        for slug in db::pool::active_tenants(&self.silo.pool, workflow, BULK_LIMIT).await? {
+            let r = requeue(
+                &self.silo.pool,
+                &self.workflows,
+                &slug,
+                "prepare_pool",
+                actor,
+            )
+            .await?;
+            any |= matches!(r, Requeued::Done);
+            if any && !all {
+                break;
+            }
+        }
+        Ok(any)
     }
 
     async fn facts(&self, tenant: &Tenant) -> Result<Option<Facts>, AwsError> {

@@ -41,7 +41,7 @@ pub use offboard::{
 };
 pub use pool::{
     IssueApiKey, POOL_KINDS, PoolCtx, PreparePool, RegisterTenant, RouteDomain,
-    drift as pool_drift, state as pool_state, unready as pool_unready,
+    drift as pool_drift, outdated as pool_outdated, state as pool_state, unready as pool_unready,
 };
 pub use rollout::UpdateStack;
 pub use tier::{ForgetAccount, LeavePool, RetireDomain, RetireGrace, SwitchTier, TIER_KINDS};

@@ -565,6 +565,14 @@ pub async fn state(silo: &Silo) -> Result<PoolState, sqlx::Error> {
     Ok(serde_json::from_value(db::pool::get(&silo.pool).await?.state).unwrap_or_default())
 }
 
+/// Whether the pool was made ready from other inputs than `p`'s: its template, a tier's limits or
+/// the domain changed since, so the next `prepare_pool` converges it.
+pub async fn outdated(p: &PoolCtx) -> Result<bool, sqlx::Error> {
+    let row = db::pool::get(&p.silo.pool).await?;
+    let state: PoolState = serde_json::from_value(row.state).unwrap_or_default();
+    Ok(state.account_id.is_some() && row.version.is_some_and(|v| v != version(p)))
+}
+
 /// The pool is to be made ready again by the next `prepare_pool`.
 pub async fn unready(silo: &Silo) -> Result<(), sqlx::Error> {
     db::pool::set_version(&silo.pool, None).await

@@ -421,3 +421,90 @@ async fn the_pool_drifting_is_found_and_repaired_with_the_keys_back_on_their_pla
     assert_eq!(tenant_keys(&inside, "pam").await.len(), 1);
     engine.stop().await;
 }
+
+/// (rate limit, burst limit) of the usage plan `name` in the pool account.
+async fn throttle(inside: &SdkConfig, name: &str) -> (f64, i32) {
+    let gw = aws_sdk_apigateway::Client::new(inside);
+    let plans = gw.get_usage_plans().send().await.unwrap();
+    let p = plans
+        .items()
+        .iter()
+        .find(|p| p.name() == Some(name))
+        .expect("the usage plan exists");
+    let t = p.throttle().unwrap();
+    (t.rate_limit(), t.burst_limit())
+}
+
+#[tokio::test]
+async fn a_tier_limit_changed_in_workflows_reaches_its_usage_plan_after_a_restart() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let toml = fast_enterprise_toml();
+    let (app, rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &toml).await;
+    for (slug, tier) in [("freddy", "free"), ("pam", "pro")] {
+        app.signup(&pooled(slug, tier)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["freddy", "pam"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    engine.stop().await;
+    let inside = moto::sdk_in(&sdk, &pool_account(&app.pool).await).await;
+    assert_eq!(throttle(&inside, "vend-pool-free").await, (5.0, 10));
+    let checker = |workflows| vend::drift::DriftChecker {
+        silo: rt.silo.clone(),
+        workflows,
+        interval: Duration::from_secs(3600),
+        repair: false,
+    };
+    // Unchanged workflows: nothing to converge.
+    assert!(
+        !checker(app.workflows.clone())
+            .converge_pool()
+            .await
+            .unwrap()
+    );
+
+    // vend restarts with the free tier's limits raised (and only those).
+    let raised = crate::support::workflows_with_pool(&toml, |pool| {
+        pool.replacen(
+            "rate_limit = 5.0\nburst_limit = 10",
+            "rate_limit = 8.0\nburst_limit = 16",
+            1,
+        )
+    });
+    let registry = vend::steps::registry(rt.silo.clone(), raised.clone());
+    let engine = app.start_engine_with(raised.clone(), registry, app.engine_config("w2"));
+    assert!(checker(raised.clone()).converge_pool().await.unwrap());
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while throttle(&inside, "vend-pool-free").await != (8.0, 16) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the free plan kept its old limits"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for slug in ["freddy", "pam"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    // Converged once: the pool is current and no drift is left.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while checker(raised.clone()).converge_pool().await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool never became current"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        checker(raised.clone())
+            .check_pool()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(throttle(&inside, "vend-pool-pro").await, (50.0, 100));
+    assert_eq!(tenant_keys(&inside, "freddy").await.len(), 1);
+    engine.stop().await;
+}

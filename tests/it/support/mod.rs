@@ -71,13 +71,27 @@ pub fn workflows(toml: &str, registry: &Registry) -> Arc<Workflows> {
 }
 
 fn workflows_with_kinds(toml: &str, kinds: &BTreeSet<String>) -> Arc<Workflows> {
+    workflows_with_pool_edit(toml, kinds, &|pool| pool)
+}
+
+fn workflows_with_pool_edit(
+    toml: &str,
+    kinds: &BTreeSet<String>,
+    pool_edit: &dyn Fn(String) -> String,
+) -> Arc<Workflows> {
     let kinds = kinds.clone();
     let main = Workflow::parse(toml, &kinds).expect("test workflow parses");
     let pooled = !main.tiers.contains(&vend::domain::Tier::Free);
     let mut all = vec![main];
     if pooled {
         for name in ["pool", "plan", "upgrade", "downgrade"] {
-            if let Ok(w) = Workflow::parse(&fast_shipped(name), &kinds) {
+            let text = fast_shipped(name);
+            let text = if name == "pool" {
+                pool_edit(text)
+            } else {
+                text
+            };
+            if let Ok(w) = Workflow::parse(&text, &kinds) {
                 all.push(w);
             }
         }
@@ -118,6 +132,13 @@ pub fn workflows_for(toml: &str) -> Arc<Workflows> {
     let mut kinds = vend::app::known_kinds(&Registry::new());
     kinds.extend(["grace_period", "update_stack"].map(String::from));
     workflows_with_kinds(toml, &kinds)
+}
+
+/// As [`workflows_for`], with the shipped pool workflow's text passed through `pool_edit`.
+pub fn workflows_with_pool(toml: &str, pool_edit: impl Fn(String) -> String) -> Arc<Workflows> {
+    let mut kinds = vend::app::known_kinds(&Registry::new());
+    kinds.extend(["grace_period", "update_stack"].map(String::from));
+    workflows_with_pool_edit(toml, &kinds, &pool_edit)
 }
 
 /// The silo workflow at test speed serving enterprise only: free and pro go to the pool.
@@ -346,6 +367,25 @@ impl TestApp {
             config,
             self.metrics.clone(),
         )
+    }
+
+    /// An engine of a vend restarted with other workflows (and so other steps).
+    pub fn start_engine_with(
+        &self,
+        workflows: Arc<Workflows>,
+        registry: Registry,
+        config: EngineConfig,
+    ) -> EngineHandle {
+        let engine = Engine::new(
+            self.pool.clone(),
+            workflows,
+            registry,
+            config,
+            self.metrics.clone(),
+        );
+        let token = CancellationToken::new();
+        let task = tokio::spawn(engine.run(token.clone()));
+        EngineHandle { token, task }
     }
 
     /// Runs an engine in the background until the returned guard is dropped (which aborts it, like a
