@@ -368,7 +368,12 @@ impl DriftChecker {
     /// one mid-change is skipped), or with `all` every one up to the bulk limit.
     async fn requeue_pool_tenants(&self, all: bool, actor: &str) -> Result<bool, sqlx::Error> {
         use crate::lifecycle::operator::{BULK_LIMIT, Requeued, requeue};
-        let workflow = &self.workflows.for_tier(crate::domain::Tier::Free).name;
+        let workflow = self.workflows.for_tier(crate::domain::Tier::Free);
+        if workflow.step("prepare_pool").is_none() {
+            // No tier is served by the pool (any more): nothing would converge it.
+            return Ok(false);
+        }
+        let workflow = &workflow.name;
         let mut any = false;
         for slug in db::pool::active_tenants(&self.silo.pool, workflow, BULK_LIMIT).await? {
             let r = requeue(
