@@ -5,7 +5,9 @@
 //! differs is an open finding until a check no longer sees it. With `VEND_DRIFT_REPAIR=auto` vend repairs what is its own to repair: it
 //! moves the tenant's account back, re-attaches its SCPs, tags the account again, or requeues the step
 //! that makes the missing piece (which never takes over what someone else made, e.g. a record
-//! pointing elsewhere stays a finding).
+//! pointing elsewhere stays a finding). A pool tenant has no account: its place in the pool is
+//! checked instead (its record pointing at the pool, its API key on its tier's plan, its item in the
+//! tenant table), and the shared pool itself once per interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,17 +124,13 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
             },
         );
     }
-    let same = |a: &str, b: &str| {
-        a.trim_end_matches('.')
-            .eq_ignore_ascii_case(b.trim_end_matches('.'))
-    };
     match (&f.record, &f.domain_target) {
         (None, _) => add(
             "dns.record".into(),
             format!("no record {} in the central zone", f.domain),
             Repair::Requeue("map_domain"),
         ),
-        (Some(r), Some(t)) if !same(r, t) => add(
+        (Some(r), Some(t)) if !same_name(r, t) => add(
             "dns.record".into(),
             format!(
                 "{} points at {r}, not at the tenant's domain {t}; vend does not change a record \
@@ -226,8 +224,132 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
     out
 }
 
-/// The steps drift may rerun, in the silo workflow's order.
-const REQUEUE_ORDER: [&str; 3] = ["bootstrap_baseline", "deploy_stack", "map_domain"];
+/// What a check saw of one pool tenant (free or pro: a place in the shared pool, no account).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolFacts {
+    pub domain: String,
+    /// Where `<slug>.<base domain>` points in the central zone, if anywhere.
+    pub record: Option<String>,
+    /// The pool's wildcard domain target, which the record is to point at.
+    pub pool_target: String,
+    /// Where vend last pointed the record (the pool's target then).
+    pub recorded_target: Option<String>,
+    pub tier: String,
+    /// The tenant's API key as vend recorded it, and whether it still exists.
+    pub key_id: String,
+    pub key_exists: bool,
+    /// Whether the key is on its tier's usage plan.
+    pub on_plan: bool,
+    /// The tenant id in the pool's tenant table under the slug (`None`: no item); `Err` when the
+    /// table itself is gone.
+    pub registered: Result<Option<String>, String>,
+    pub tenant_id: String,
+}
+
+/// The findings in what a check saw of a pool tenant.
+pub fn pool_findings(f: &PoolFacts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |resource: &str, detail: String, repair: Repair| {
+        out.push(Finding {
+            resource: resource.into(),
+            detail,
+            repair,
+        })
+    };
+    match &f.record {
+        None => add(
+            "dns.record",
+            format!("no record {} in the central zone", f.domain),
+            Repair::Requeue("route_domain"),
+        ),
+        Some(r) if same_name(r, &f.pool_target) => {}
+        // vend's own record, left at a wildcard domain the pool had before (one made again).
+        Some(r)
+            if f.recorded_target
+                .as_deref()
+                .is_some_and(|t| same_name(r, t)) =>
+        {
+            add(
+                "dns.record",
+                format!(
+                    "{} points at {r}, the pool's former domain, not at its domain {}",
+                    f.domain, f.pool_target
+                ),
+                Repair::Requeue("route_domain"),
+            )
+        }
+        Some(r) => add(
+            "dns.record",
+            format!(
+                "{} points at {r}, not at the pool's domain {}; vend does not change a record it \
+                 did not make",
+                f.domain, f.pool_target
+            ),
+            Repair::None,
+        ),
+    }
+    if !f.key_exists {
+        add(
+            "apigateway.api_key",
+            format!(
+                "the tenant's API key {} is gone from the pool account",
+                f.key_id
+            ),
+            Repair::Requeue("issue_api_key"),
+        );
+    } else if !f.on_plan {
+        add(
+            "apigateway.usage_plan",
+            format!(
+                "the tenant's API key {} is not on the {} usage plan",
+                f.key_id, f.tier
+            ),
+            Repair::Requeue("issue_api_key"),
+        );
+    }
+    match &f.registered {
+        Ok(None) => add(
+            "dynamodb.tenant",
+            "the pool's tenant table has no item for the tenant".into(),
+            Repair::Requeue("register_tenant"),
+        ),
+        Ok(Some(id)) if *id != f.tenant_id => add(
+            "dynamodb.tenant",
+            format!(
+                "the pool's tenant table has the slug registered for another tenant ({id}); vend \
+                 leaves it alone"
+            ),
+            Repair::None,
+        ),
+        Ok(Some(_)) => {}
+        Err(table) => add(
+            "dynamodb.table",
+            format!(
+                "the pool's tenant table {table} is gone (deleted outside CloudFormation); update \
+                 the pool stack to make it again"
+            ),
+            Repair::None,
+        ),
+    }
+    out
+}
+
+/// Two DNS names are the same whatever their case and trailing dot.
+fn same_name(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
+}
+
+/// The steps drift may rerun, in their workflow's order (the silo's, then the pool's; a tenant runs
+/// one of the two).
+const REQUEUE_ORDER: [&str; 6] = [
+    "bootstrap_baseline",
+    "deploy_stack",
+    "map_domain",
+    "issue_api_key",
+    "register_tenant",
+    "route_domain",
+];
 
 /// The periodic checker.
 pub struct DriftChecker {
@@ -272,9 +394,10 @@ impl DriftChecker {
             self.check_pool().await?;
         }
         let due = db::drift::claim_due(&self.silo.pool, self.interval, limit).await?;
+        let pool = crate::steps::pool_state(&self.silo).await?;
         for tenant in &due {
-            let facts = match self.facts(tenant).await {
-                Ok(Some(f)) => f,
+            let found = match self.look(tenant, &pool).await {
+                Ok(Some(found)) => found,
                 Ok(None) => continue,
                 Err(e) => {
                     // AWS did not answer: no conclusion about this tenant this time.
@@ -283,10 +406,9 @@ impl DriftChecker {
                     continue;
                 }
             };
-            let found = findings(&facts);
             let mut repaired = Vec::new();
             if self.repair && !found.is_empty() {
-                repaired = self.repair(tenant, &facts, &found).await?;
+                repaired = self.repair(tenant, &found).await?;
             }
             if !found.is_empty() {
                 tracing::warn!(tenant.slug = %tenant.slug, findings = found.len(), repaired = repaired.len(), "drift found");
@@ -340,13 +462,14 @@ impl DriftChecker {
 
     /// Checks the shared pool (its stack, usage plans and wildcard domain) and returns what drifted.
     /// Drift makes the next `prepare_pool` converge the pool again; with repair on, a pool tenant is
-    /// requeued from `prepare_pool` for that (every active one when a usage plan is gone, so that
-    /// their keys join its replacement).
+    /// requeued from `prepare_pool` for that (every active one when a usage plan or the wildcard
+    /// domain is gone, so that their keys join the new plan and their records point at the new
+    /// domain; one beyond the bulk limit is found by its own check).
     pub async fn check_pool(&self) -> Result<Vec<String>, sqlx::Error> {
         let s = &self.silo;
         let ctx = self.pool_ctx();
         let state = crate::steps::pool_state(s).await?;
-        let (plan_gone, found) = match crate::steps::pool_drift(&ctx, &state).await {
+        let (all_tenants, found) = match crate::steps::pool_drift(&ctx, &state).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "pool drift check incomplete");
@@ -359,7 +482,7 @@ impl DriftChecker {
         tracing::warn!(findings = ?found, repair = self.repair, "the pool drifted");
         crate::steps::pool_unready(s).await?;
         if self.repair {
-            self.requeue_pool_tenants(plan_gone, "drift").await?;
+            self.requeue_pool_tenants(all_tenants, "drift").await?;
         }
         Ok(found)
     }
@@ -392,25 +515,109 @@ impl DriftChecker {
         Ok(any)
     }
 
+    /// What is amiss with one tenant: `None` when it is not checked now (between tiers, or not made
+    /// by either workflow).
+    async fn look(
+        &self,
+        tenant: &Tenant,
+        pool: &crate::steps::PoolState,
+    ) -> Result<Option<Vec<Finding>>, AwsError> {
+        // A tenant between tiers is held to neither home until the change is over.
+        let moving = tenant
+            .resources
+            .get(Resource::TierTo.key())
+            .is_some_and(|v| v.is_string());
+        if moving {
+            return Ok(None);
+        }
+        let steps = &self.workflows.for_tier(tenant.tier).steps;
+        if steps.iter().any(|st| st.kind == "map_domain") {
+            return Ok(self.facts(tenant).await?.map(|f| findings(&f)));
+        }
+        if steps.iter().any(|st| st.kind == "route_domain") {
+            return Ok(self
+                .pool_facts(tenant, pool)
+                .await?
+                .map(|f| pool_findings(&f)));
+        }
+        Ok(None)
+    }
+
+    /// What a pool tenant's place in the pool looks like: four reads (its record, its key, the
+    /// key's plans, its table item).
+    async fn pool_facts(
+        &self,
+        tenant: &Tenant,
+        state: &crate::steps::PoolState,
+    ) -> Result<Option<PoolFacts>, AwsError> {
+        let s = &self.silo;
+        let Some(key_id) = tenant
+            .resources
+            .get(Resource::PoolApiKeyId.key())
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+        else {
+            return Ok(None);
+        };
+        let (Some(account), Some(pool_target)) =
+            (state.account_id.clone(), state.domain_target.clone())
+        else {
+            return Ok(None);
+        };
+        let domain = s.settings.tenant_domain(&tenant.slug);
+        let record = s
+            .route53
+            .target_of(&s.management.hosted_zone_id, &domain)
+            .await?;
+        let aws = s
+            .accounts
+            .in_account(&account, crate::steps::POOL_SLUG)
+            .await?;
+        let apigw = ApiGateway::new(&aws);
+        let key_exists = apigw.api_key_exists(&key_id).await?;
+        let on_plan = match state.plans.get(tenant.tier.as_str()) {
+            // A plan missing from the pool is the pool's drift, found and repaired there.
+            None => true,
+            Some(plan) => {
+                !key_exists
+                    || apigw
+                        .plans_of_key(&key_id)
+                        .await?
+                        .iter()
+                        .any(|p| &p.id == plan)
+            }
+        };
+        let table = state
+            .table
+            .clone()
+            .unwrap_or_else(|| "vend-pool-tenants".into());
+        let registered = match crate::aws::dynamodb::TenantTable::new(&aws, &table)
+            .get(&tenant.slug)
+            .await
+        {
+            Ok(item) => Ok(item.map(|(id, _)| id)),
+            Err(e) if e.code == "ResourceNotFoundException" => Err(table),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(PoolFacts {
+            domain,
+            record,
+            pool_target,
+            recorded_target: tenant.known_resources().domain_target,
+            tier: tenant.tier.as_str().to_owned(),
+            key_id,
+            key_exists,
+            on_plan,
+            registered,
+            tenant_id: tenant.id.to_string(),
+        }))
+    }
+
     async fn facts(&self, tenant: &Tenant) -> Result<Option<Facts>, AwsError> {
         let s = &self.silo;
         let Some(account) = tenant.account_id().map(str::to_owned) else {
             return Ok(None);
         };
-        // A tenant between tiers, or one the pool serves, has no home of its own to hold to the silo's.
-        let moving = tenant
-            .resources
-            .get(Resource::TierTo.key())
-            .is_some_and(|v| v.is_string());
-        let silo_served = self
-            .workflows
-            .for_tier(tenant.tier)
-            .steps
-            .iter()
-            .any(|st| st.kind == "map_domain");
-        if moving || !silo_served {
-            return Ok(None);
-        }
         let domain = s.settings.tenant_domain(&tenant.slug);
         let ou = s.management.tenant_ou_id.clone();
         let parent = s.orgs.parent_of(&account).await?;
@@ -517,13 +724,9 @@ impl DriftChecker {
     }
 
     /// Starts the repairs vend may make; returns the resources it started a repair for.
-    async fn repair(
-        &self,
-        tenant: &Tenant,
-        facts: &Facts,
-        found: &[Finding],
-    ) -> Result<Vec<String>, sqlx::Error> {
+    async fn repair(&self, tenant: &Tenant, found: &[Finding]) -> Result<Vec<String>, sqlx::Error> {
         let s = &self.silo;
+        let tenant_ou = &s.management.tenant_ou_id;
         let mut repaired = Vec::new();
         let mut requeue_from: Option<&'static str> = None;
         for f in found {
@@ -531,7 +734,7 @@ impl DriftChecker {
                 Repair::MoveBack { from } => match tenant.account_id() {
                     Some(account) => s
                         .orgs
-                        .move_account(account, from, &facts.tenant_ou)
+                        .move_account(account, from, tenant_ou)
                         .await
                         .map_err(|e| tracing::warn!(error = %e, "drift repair: move failed"))
                         .is_ok(),
@@ -539,7 +742,7 @@ impl DriftChecker {
                 },
                 Repair::AttachScp { id } => s
                     .orgs
-                    .attach_scp(id, &facts.tenant_ou)
+                    .attach_scp(id, tenant_ou)
                     .await
                     .map_err(|e| tracing::warn!(error = %e, "drift repair: attach failed"))
                     .is_ok(),
@@ -581,6 +784,7 @@ impl DriftChecker {
                 repaired.retain(|res| {
                     !res.starts_with("dns.")
                         && !res.starts_with("apigateway.")
+                        && !res.starts_with("dynamodb.")
                         && !res.starts_with("stack")
                 });
             }
@@ -677,5 +881,74 @@ mod tests {
         assert_eq!(found[0].repair, Repair::None);
         f.domain_exists = false;
         assert_eq!(findings(&f)[1].resource, "apigateway.domain");
+    }
+
+    fn healthy_pool() -> PoolFacts {
+        PoolFacts {
+            domain: "freddy.t.example".into(),
+            record: Some("d-9.execute-api.us-east-1.amazonaws.com".into()),
+            pool_target: "D-9.execute-api.us-east-1.amazonaws.com.".into(),
+            recorded_target: Some("d-9.execute-api.us-east-1.amazonaws.com".into()),
+            tier: "free".into(),
+            key_id: "k1".into(),
+            key_exists: true,
+            on_plan: true,
+            registered: Ok(Some("t-1".into())),
+            tenant_id: "t-1".into(),
+        }
+    }
+
+    fn resources_and_repairs(found: &[Finding]) -> Vec<(&str, &Repair)> {
+        found
+            .iter()
+            .map(|x| (x.resource.as_str(), &x.repair))
+            .collect()
+    }
+
+    #[test]
+    fn a_pool_tenant_in_place_has_no_findings() {
+        assert_eq!(pool_findings(&healthy_pool()), vec![]);
+    }
+
+    #[test]
+    fn a_pool_tenant_missing_pieces_is_repaired_by_the_step_that_makes_them() {
+        let mut f = healthy_pool();
+        f.record = None;
+        f.on_plan = false;
+        f.registered = Ok(None);
+        assert_eq!(
+            resources_and_repairs(&pool_findings(&f)),
+            vec![
+                ("dns.record", &Repair::Requeue("route_domain")),
+                ("apigateway.usage_plan", &Repair::Requeue("issue_api_key")),
+                ("dynamodb.tenant", &Repair::Requeue("register_tenant")),
+            ]
+        );
+        // A key that is gone is one finding, whatever plan it was on.
+        f.key_exists = false;
+        assert_eq!(pool_findings(&f)[1].resource, "apigateway.api_key");
+        assert_eq!(pool_findings(&f).len(), 3);
+    }
+
+    #[test]
+    fn what_a_pool_tenant_shares_with_others_is_reported_never_taken_over() {
+        let mut f = healthy_pool();
+        f.record = Some("www.example.org".into());
+        f.registered = Ok(Some("t-2".into()));
+        let found = pool_findings(&f);
+        assert_eq!(
+            resources_and_repairs(&found),
+            vec![
+                ("dns.record", &Repair::None),
+                ("dynamodb.tenant", &Repair::None)
+            ]
+        );
+        // vend's record left at the pool's former domain is vend's to repoint.
+        f.recorded_target = Some("www.example.org".into());
+        assert_eq!(pool_findings(&f)[0].repair, Repair::Requeue("route_domain"));
+        f.registered = Err("vend-pool-tenants".into());
+        let found = pool_findings(&f);
+        assert_eq!(found[1].resource, "dynamodb.table");
+        assert_eq!(found[1].repair, Repair::None);
     }
 }

@@ -460,6 +460,22 @@ impl ApiGateway {
         }
     }
 
+    /// Whether the API key `key_id` exists.
+    pub async fn api_key_exists(&self, key_id: &str) -> Result<bool, AwsError> {
+        match self
+            .aws
+            .call(
+                "apigateway.GetApiKey",
+                self.client.get_api_key().api_key(key_id).send(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == "NotFoundException" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// An enabled API key with a generated value, tagged.
     pub async fn create_api_key(
         &self,

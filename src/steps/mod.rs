@@ -40,8 +40,9 @@ pub use offboard::{
     CloseAccount, DarkenEndpoint, DeleteStack, GracePeriod, OFFBOARD_KINDS, UnmapDomain,
 };
 pub use pool::{
-    IssueApiKey, POOL_KINDS, PoolCtx, PreparePool, RegisterTenant, RouteDomain,
-    drift as pool_drift, outdated as pool_outdated, state as pool_state, unready as pool_unready,
+    IssueApiKey, POOL_KINDS, POOL_SLUG, PoolCtx, PoolState, PreparePool, RegisterTenant,
+    RouteDomain, drift as pool_drift, outdated as pool_outdated, state as pool_state,
+    unready as pool_unready,
 };
 pub use rollout::UpdateStack;
 pub use tier::{ForgetAccount, LeavePool, RetireDomain, RetireGrace, SwitchTier, TIER_KINDS};

@@ -502,8 +502,9 @@ async fn pool_certificate(
 
 /// What differs in AWS from the pool vend made, by read-only looks: the stack gone or failed, a
 /// tier's usage plan gone or with other limits, the wildcard domain or its mapping gone. Empty when
-/// the pool is as made, or there is no pool yet. `(true, _)` when a usage plan is gone: the keys
-/// that were on it must be put on its replacement.
+/// the pool is as made, or there is no pool yet. `(true, _)` when a usage plan or the wildcard
+/// domain is gone: every tenant's key must be put on the plan's replacement, or its record pointed at
+/// the new domain.
 pub async fn drift(
     p: &PoolCtx,
     state: &PoolState,
@@ -522,7 +523,7 @@ pub async fn drift(
         Some(_) => {}
     }
     let apigw = ApiGateway::new(&aws);
-    let mut plan_gone = false;
+    let mut all_tenants = false;
     for (tier, limits) in &p.limits {
         let name = plan_name(*tier);
         let ours = apigw
@@ -536,7 +537,7 @@ pub async fn drift(
             });
         match ours {
             None => {
-                plan_gone = true;
+                all_tenants = true;
                 found.push(format!("the usage plan {name} is gone"));
             }
             Some(pl) if pl.limits != plan_limits(limits) => found.push(format!(
@@ -547,6 +548,7 @@ pub async fn drift(
     }
     let domain = wildcard_domain(silo);
     if apigw.get_domain(&domain).await?.is_none() {
+        all_tenants = true;
         found.push(format!("the custom domain {domain} is gone"));
     } else if apigw
         .root_mapping(&domain)
@@ -557,7 +559,7 @@ pub async fn drift(
             "the custom domain {domain} is not mapped to the pooled API"
         ));
     }
-    Ok((plan_gone, found))
+    Ok((all_tenants, found))
 }
 
 /// What vend knows of the pool (for the drift check).
@@ -606,7 +608,13 @@ impl NamedStep for IssueApiKey {
             )
         })?;
         let apigw = ApiGateway::new(&pool_aws(silo, &account, &slug).await?);
-        let key = match ctx.resource_str(Resource::PoolApiKeyId).map(str::to_owned) {
+        let recorded = ctx.resource_str(Resource::PoolApiKeyId).map(str::to_owned);
+        // A recorded key someone deleted is made again (drift repair reruns this step for that).
+        let recorded = match recorded {
+            Some(k) if apigw.api_key_exists(&k).await? => Some(k),
+            _ => None,
+        };
+        let key = match recorded {
             Some(k) => k,
             None => {
                 let name = key_name(&slug);

@@ -18,7 +18,7 @@ use crate::support::{TestApp, signup_body, spawn_silo};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
-async fn open_findings(app: &TestApp) -> Vec<(String, String)> {
+pub async fn open_findings(app: &TestApp) -> Vec<(String, String)> {
     let r = app.ops(Method::GET, "/v1/drift", None).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
@@ -120,25 +120,8 @@ async fn drift_is_reported_repaired_when_vends_and_never_taken_over_when_not() {
     let r53 = aws_sdk_route53::Client::new(&sdk);
     let zone = moto::base_zone_id(&r53).await;
     let domain = format!("acme.{BASE_DOMAIN}");
-    let record = moto::records_named(&sdk, &domain).await.remove(0);
+    let record = moto::delete_record(&sdk, &domain).await;
     let target = record.alias_target().unwrap().clone();
-    r53.change_resource_record_sets()
-        .hosted_zone_id(&zone)
-        .change_batch(
-            ChangeBatch::builder()
-                .changes(
-                    Change::builder()
-                        .action(ChangeAction::Delete)
-                        .resource_record_set(record)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
     let inside = moto::sdk_in(&sdk, &account).await;
     aws_sdk_apigateway::Client::new(&inside)
         .delete_base_path_mapping()

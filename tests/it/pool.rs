@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use serde_json::{Value, json};
 
+use crate::drift::open_findings;
 use crate::support::moto::{self, BASE_DOMAIN};
 use crate::support::{fast_enterprise_toml, signup_body, spawn_silo_with};
 
@@ -66,6 +67,22 @@ pub async fn tenant_keys(inside: &SdkConfig, slug: &str) -> Vec<String> {
         })
         .map(|k| k.id().unwrap().to_owned())
         .collect()
+}
+
+/// The tier in the pool's tenant table item of `slug`, if it has one.
+pub async fn table_item(inside: &SdkConfig, slug: &str) -> Option<String> {
+    aws_sdk_dynamodb::Client::new(inside)
+        .get_item()
+        .table_name("vend-pool-tenants")
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(slug.into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item()
+        .map(|i| i["tier"].as_s().unwrap().clone())
 }
 
 /// The target the tenant's record in the central zone aliases.
@@ -506,5 +523,130 @@ async fn a_tier_limit_changed_in_workflows_reaches_its_usage_plan_after_a_restar
     );
     assert_eq!(throttle(&inside, "vend-pool-pro").await, (50.0, 100));
     assert_eq!(tenant_keys(&inside, "freddy").await.len(), 1);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn each_pool_tenants_place_is_checked_for_drift_and_repaired_by_its_own_step() {
+    let moto = moto::start().await;
+    let sdk = moto::sdk(&moto.url).await;
+    moto::prepare_management(&sdk).await;
+    let (app, rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &fast_enterprise_toml()).await;
+    // zoe sorts last in the zone: moto refuses a CREATE it was sent before, once deleted, when any
+    // record sorts after the name (its existence check lists from the name on); AWS does not.
+    for (slug, tier) in [("zoe", "free"), ("pam", "pro")] {
+        app.signup(&pooled(slug, tier)).await;
+    }
+    let engine = app.start_engine(app.engine_config("w1"));
+    for slug in ["zoe", "pam"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    let checker = |repair| vend::drift::DriftChecker {
+        silo: rt.silo.clone(),
+        workflows: app.workflows.clone(),
+        interval: Duration::from_millis(1),
+        repair,
+    };
+    assert_eq!(checker(false).check_due(10).await.unwrap(), 2);
+    assert_eq!(open_findings(&app).await, vec![]);
+    let inside = moto::sdk_in(&sdk, &pool_account(&app.pool).await).await;
+    let target = record_target(&sdk, "zoe").await.unwrap();
+
+    // Someone deletes zoe's record and its item in the tenant table, and pam's API key.
+    moto::delete_record(&sdk, &format!("zoe.{BASE_DOMAIN}")).await;
+    aws_sdk_dynamodb::Client::new(&inside)
+        .delete_item()
+        .table_name("vend-pool-tenants")
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("zoe".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let gw = aws_sdk_apigateway::Client::new(&inside);
+    let old_key = tenant_keys(&inside, "pam").await.remove(0);
+    gw.delete_api_key().api_key(&old_key).send().await.unwrap();
+
+    // Reported, and nothing changes without repair.
+    assert_eq!(checker(false).check_due(10).await.unwrap(), 2);
+    let found = vec![
+        ("pam".to_owned(), "apigateway.api_key".to_owned()),
+        ("zoe".to_owned(), "dns.record".to_owned()),
+        ("zoe".to_owned(), "dynamodb.tenant".to_owned()),
+    ];
+    assert_eq!(open_findings(&app).await, found);
+    assert_eq!(record_target(&sdk, "zoe").await, None);
+
+    // Repaired: each tenant reruns the step that makes what is missing; the findings close.
+    assert_eq!(checker(true).check_due(10).await.unwrap(), 2);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        checker(false).check_due(10).await.unwrap();
+        if open_findings(&app).await.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not repaired: {:?}",
+            open_findings(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for slug in ["zoe", "pam"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    assert_eq!(record_target(&sdk, "zoe").await.as_ref(), Some(&target));
+    assert_eq!(table_item(&inside, "zoe").await.as_deref(), Some("free"));
+    let new_key = tenant_keys(&inside, "pam").await;
+    assert_eq!(new_key.len(), 1);
+    assert_ne!(new_key[0], old_key);
+    assert!(
+        plans(&inside)
+            .await
+            .iter()
+            .any(|(plan, keys)| plan == "vend-pool-pro" && keys.contains(&new_key[0]))
+    );
+
+    // The wildcard domain deleted and made again: every tenant's record follows it.
+    let vend_gw = vend::aws::apigateway::ApiGateway::new(&vend::aws::Aws::new(
+        inside.clone(),
+        vend::telemetry::Metrics::new(),
+    ));
+    let wildcard = format!("*.{BASE_DOMAIN}");
+    vend_gw.delete_root_mapping(&wildcard).await.unwrap();
+    assert!(vend_gw.delete_domain(&wildcard).await.unwrap());
+    assert_eq!(checker(true).check_pool().await.unwrap().len(), 1);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !checker(false).check_pool().await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool was not repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for slug in ["zoe", "pam"] {
+        app.wait_for_state(slug, &["active"], WITHIN).await;
+    }
+    let now: String = sqlx::query_scalar("SELECT state->>'domain_target' FROM pool")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        vend_gw
+            .get_domain(&wildcard)
+            .await
+            .unwrap()
+            .unwrap()
+            .regional_domain_name,
+        now
+    );
+    assert_ne!(now, target, "a new domain has a new target");
+    for slug in ["zoe", "pam"] {
+        assert_eq!(
+            record_target(&sdk, slug).await.as_deref(),
+            Some(now.as_str())
+        );
+    }
     engine.stop().await;
 }

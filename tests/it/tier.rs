@@ -11,7 +11,7 @@ use aws_config::SdkConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::pool::{record_target, tenant_keys};
+use crate::pool::{record_target, table_item, tenant_keys};
 use crate::support::moto::{self, BASE_DOMAIN};
 use crate::support::{
     TestApp, fast_enterprise_toml, signup_body, spawn_silo_graced_with, spawn_silo_with,
@@ -151,21 +151,6 @@ async fn plans_of_key(inside: &SdkConfig, key: &str) -> Vec<String> {
         }
     }
     out
-}
-
-async fn table_item(inside: &SdkConfig, slug: &str) -> Option<String> {
-    aws_sdk_dynamodb::Client::new(inside)
-        .get_item()
-        .table_name("vend-pool-tenants")
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(slug.into()),
-        )
-        .send()
-        .await
-        .unwrap()
-        .item()
-        .map(|i| i["tier"].as_s().unwrap().clone())
 }
 
 #[tokio::test]

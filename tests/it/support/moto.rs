@@ -387,6 +387,35 @@ pub async fn records_named(
         .collect()
 }
 
+/// Deletes the central zone's record `name`, as someone outside vend would; returns it.
+pub async fn delete_record(
+    sdk: &SdkConfig,
+    name: &str,
+) -> aws_sdk_route53::types::ResourceRecordSet {
+    use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch};
+    let record = records_named(sdk, name).await.remove(0);
+    let r53 = aws_sdk_route53::Client::new(sdk);
+    let zone = base_zone_id(&r53).await;
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Delete)
+                        .resource_record_set(record.clone())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    record
+}
+
 /// How many records the central zone holds.
 pub async fn record_count(sdk: &SdkConfig) -> usize {
     all_records(sdk).await.len()
