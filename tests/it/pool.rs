@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::drift::open_findings;
 use crate::support::moto::{self, BASE_DOMAIN};
-use crate::support::{fast_enterprise_toml, signup_body, spawn_silo_with};
+use crate::support::{EngineHandle, TestApp, fast_enterprise_toml, signup_body, spawn_silo_with};
 
 const WITHIN: Duration = Duration::from_secs(90);
 
@@ -332,25 +332,49 @@ async fn a_configured_pool_account_is_used_as_it_is_with_its_own_wildcard_certif
     assert!(record_target(&sdk, "freddy").await.is_some());
 }
 
-#[tokio::test]
-async fn the_pool_drifting_is_found_and_repaired_with_the_keys_back_on_their_plans() {
+/// moto, its SDK, vend with its engine running, and two active pool tenants: `free` on the free
+/// plan and `pam` on the pro plan.
+async fn two_pool_tenants(
+    free: &str,
+) -> (
+    moto::Moto,
+    SdkConfig,
+    TestApp,
+    vend::app::AwsRuntime,
+    EngineHandle,
+) {
     let moto = moto::start().await;
     let sdk = moto::sdk(&moto.url).await;
     moto::prepare_management(&sdk).await;
     let (app, rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &fast_enterprise_toml()).await;
-    for (slug, tier) in [("freddy", "free"), ("pam", "pro")] {
+    for (slug, tier) in [(free, "free"), ("pam", "pro")] {
         app.signup(&pooled(slug, tier)).await;
     }
     let engine = app.start_engine(app.engine_config("w1"));
-    for slug in ["freddy", "pam"] {
+    for slug in [free, "pam"] {
         app.wait_for_state(slug, &["active"], WITHIN).await;
     }
-    let checker = |repair| vend::drift::DriftChecker {
+    (moto, sdk, app, rt, engine)
+}
+
+/// A drift checker that finds every tenant due.
+fn drift_checker(
+    rt: &vend::app::AwsRuntime,
+    app: &TestApp,
+    repair: bool,
+) -> vend::drift::DriftChecker {
+    vend::drift::DriftChecker {
         silo: rt.silo.clone(),
         workflows: app.workflows.clone(),
         interval: Duration::from_millis(1),
         repair,
-    };
+    }
+}
+
+#[tokio::test]
+async fn the_pool_drifting_is_found_and_repaired_with_the_keys_back_on_their_plans() {
+    let (_moto, sdk, app, rt, engine) = two_pool_tenants("freddy").await;
+    let checker = |repair| drift_checker(&rt, &app, repair);
     assert!(checker(false).check_pool().await.unwrap().is_empty());
     let before = plans(&moto::sdk_in(&sdk, &pool_account(&app.pool).await).await).await;
 
@@ -528,25 +552,10 @@ async fn a_tier_limit_changed_in_workflows_reaches_its_usage_plan_after_a_restar
 
 #[tokio::test]
 async fn each_pool_tenants_place_is_checked_for_drift_and_repaired_by_its_own_step() {
-    let moto = moto::start().await;
-    let sdk = moto::sdk(&moto.url).await;
-    moto::prepare_management(&sdk).await;
-    let (app, rt) = spawn_silo_with(sdk.clone(), None, |_| {}, &fast_enterprise_toml()).await;
     // zoe sorts last in the zone: moto refuses a CREATE it was sent before, once deleted, when any
     // record sorts after the name (its existence check lists from the name on); AWS does not.
-    for (slug, tier) in [("zoe", "free"), ("pam", "pro")] {
-        app.signup(&pooled(slug, tier)).await;
-    }
-    let engine = app.start_engine(app.engine_config("w1"));
-    for slug in ["zoe", "pam"] {
-        app.wait_for_state(slug, &["active"], WITHIN).await;
-    }
-    let checker = |repair| vend::drift::DriftChecker {
-        silo: rt.silo.clone(),
-        workflows: app.workflows.clone(),
-        interval: Duration::from_millis(1),
-        repair,
-    };
+    let (_moto, sdk, app, rt, engine) = two_pool_tenants("zoe").await;
+    let checker = |repair| drift_checker(&rt, &app, repair);
     assert_eq!(checker(false).check_due(10).await.unwrap(), 2);
     assert_eq!(open_findings(&app).await, vec![]);
     let inside = moto::sdk_in(&sdk, &pool_account(&app.pool).await).await;
