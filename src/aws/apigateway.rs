@@ -58,6 +58,16 @@ pub struct ApiGateway {
     client: Client,
 }
 
+/// Whether a call found what it acted on: API Gateway answers NotFoundException for a
+/// resource that is not there, which for a delete or an existence check is an answer, not a fault.
+fn found<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.code == "NotFoundException" => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn target(name: Option<&str>, zone: Option<&str>) -> DomainTarget {
     DomainTarget {
         regional_domain_name: name.unwrap_or_default().to_owned(),
@@ -145,38 +155,30 @@ impl ApiGateway {
 
     /// Deletes the domain's root mapping; `Ok(false)` if there was none.
     pub async fn delete_root_mapping(&self, domain: &str) -> Result<bool, AwsError> {
-        match self
-            .aws
-            .call(
-                "apigateway.DeleteBasePathMapping",
-                self.client
-                    .delete_base_path_mapping()
-                    .domain_name(domain)
-                    .base_path("(none)")
-                    .send(),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.code == "NotFoundException" => Ok(false),
-            Err(e) => Err(e),
-        }
+        found(
+            self.aws
+                .call(
+                    "apigateway.DeleteBasePathMapping",
+                    self.client
+                        .delete_base_path_mapping()
+                        .domain_name(domain)
+                        .base_path("(none)")
+                        .send(),
+                )
+                .await,
+        )
     }
 
     /// Deletes the custom domain; `Ok(false)` if there was none.
     pub async fn delete_domain(&self, domain: &str) -> Result<bool, AwsError> {
-        match self
-            .aws
-            .call(
-                "apigateway.DeleteDomainName",
-                self.client.delete_domain_name().domain_name(domain).send(),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.code == "NotFoundException" => Ok(false),
-            Err(e) => Err(e),
-        }
+        found(
+            self.aws
+                .call(
+                    "apigateway.DeleteDomainName",
+                    self.client.delete_domain_name().domain_name(domain).send(),
+                )
+                .await,
+        )
     }
 
     /// The mapping of the domain's root (`(none)` base path), if any.
@@ -462,18 +464,14 @@ impl ApiGateway {
 
     /// Whether the API key `key_id` exists.
     pub async fn api_key_exists(&self, key_id: &str) -> Result<bool, AwsError> {
-        match self
-            .aws
-            .call(
-                "apigateway.GetApiKey",
-                self.client.get_api_key().api_key(key_id).send(),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.code == "NotFoundException" => Ok(false),
-            Err(e) => Err(e),
-        }
+        found(
+            self.aws
+                .call(
+                    "apigateway.GetApiKey",
+                    self.client.get_api_key().api_key(key_id).send(),
+                )
+                .await,
+        )
     }
 
     /// An enabled API key with a generated value, tagged.
@@ -499,18 +497,14 @@ impl ApiGateway {
 
     /// Deletes an API key; `false` if it was gone already.
     pub async fn delete_api_key(&self, key_id: &str) -> Result<bool, AwsError> {
-        match self
-            .aws
-            .call(
-                "apigateway.DeleteApiKey",
-                self.client.delete_api_key().api_key(key_id).send(),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.code == "NotFoundException" => Ok(false),
-            Err(e) => Err(e),
-        }
+        found(
+            self.aws
+                .call(
+                    "apigateway.DeleteApiKey",
+                    self.client.delete_api_key().api_key(key_id).send(),
+                )
+                .await,
+        )
     }
 
     /// Puts the key on the plan (already there counts as done).

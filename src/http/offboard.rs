@@ -6,12 +6,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use crate::db;
 use crate::lifecycle::offboard::{self, Offboarded};
 
 use super::AppState;
 use super::error::ApiError;
-use super::signup::{accepted, replay, verified};
+use super::signup::{Message, accepted, lifecycle_message};
 use super::views::{OffboardWebhook, SignupAccepted, reason};
 
 /// Offboard a tenant: its endpoint goes dark now; after `VEND_OFFBOARD_GRACE` its resources are
@@ -41,12 +40,11 @@ pub async fn offboard_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (webhook_id, bytes) = verified(&state, &headers, body).await?;
-    if let Some(answer) = db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
-        return Ok(replay(answer));
-    }
-    let req: OffboardWebhook = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid body: {e}")))?;
+    let (webhook_id, req) =
+        match lifecycle_message::<OffboardWebhook>(&state, &headers, body).await? {
+            Message::Repeat(answer) => return Ok(answer),
+            Message::New(id, req) => (id, req),
+        };
     let why = reason(req.reason.as_deref(), "requested by the offboard webhook")
         .map_err(|m| ApiError::bad_request("invalid_body", m))?;
     let outcome = offboard::offboard(

@@ -161,6 +161,29 @@ pub(super) async fn verified(
     Ok((webhook_id, bytes))
 }
 
+/// A verified lifecycle webhook (offboard, tier): a repeat of a `webhook-id` already answered, or
+/// a new message with its id and parsed body.
+pub(super) enum Message<T> {
+    Repeat(Response),
+    New(String, T),
+}
+
+/// `verified`, then the stored answer for a repeated `webhook-id` (before the body is parsed, so
+/// a repeat gets the first answer even if the body no longer parses), else the parsed body.
+pub(super) async fn lifecycle_message<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Message<T>, ApiError> {
+    let (webhook_id, bytes) = verified(state, headers, body).await?;
+    if let Some(answer) = crate::db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
+        return Ok(Message::Repeat(replay(answer)));
+    }
+    let req = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid body: {e}")))?;
+    Ok(Message::New(webhook_id, req))
+}
+
 pub(super) fn replay(answer: StoredAnswer) -> Response {
     answer_response(answer)
 }

@@ -15,7 +15,7 @@ use crate::lifecycle::tier::{self, Changed};
 
 use super::error::{ApiError, ErrorBody};
 use super::ops::{ApiJson, detail, no_tenant};
-use super::signup::{accepted, replay, verified};
+use super::signup::{Message, accepted, lifecycle_message};
 use super::views::{SignupAccepted, TenantDetail};
 use super::{AppState, Operator};
 
@@ -141,12 +141,10 @@ pub async fn tier_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (webhook_id, bytes) = verified(&state, &headers, body).await?;
-    if let Some(answer) = db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
-        return Ok(replay(answer));
-    }
-    let req: TierWebhook = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid body: {e}")))?;
+    let (webhook_id, req) = match lifecycle_message::<TierWebhook>(&state, &headers, body).await? {
+        Message::Repeat(answer) => return Ok(answer),
+        Message::New(id, req) => (id, req),
+    };
     let to = parse_tier(&req.tier)?;
     let c = tier::change(
         &state.pool,

@@ -371,6 +371,18 @@ fn drift_checker(
     }
 }
 
+/// Waits until the pool's drift check finds nothing.
+async fn pool_reads_clean(checker: &vend::drift::DriftChecker) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !checker.check_pool().await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool was not repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_pool_drifting_is_found_and_repaired_with_the_keys_back_on_their_plans() {
     let (_moto, sdk, app, rt, engine) = two_pool_tenants("freddy").await;
@@ -445,14 +457,7 @@ async fn the_pool_drifting_is_found_and_repaired_with_the_keys_back_on_their_pla
     assert!(found.iter().any(|f| f.contains("not mapped")));
     // Repaired: the pool tenants are requeued from prepare_pool and everything comes back.
     assert_eq!(checker(true).check_pool().await.unwrap().len(), 3);
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while !checker(false).check_pool().await.unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the pool was not repaired"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    pool_reads_clean(&checker(false)).await;
     for slug in ["freddy", "pam"] {
         app.wait_for_state(slug, &["active"], WITHIN).await;
     }
@@ -626,14 +631,7 @@ async fn each_pool_tenants_place_is_checked_for_drift_and_repaired_by_its_own_st
     vend_gw.delete_root_mapping(&wildcard).await.unwrap();
     assert!(vend_gw.delete_domain(&wildcard).await.unwrap());
     assert_eq!(checker(true).check_pool().await.unwrap().len(), 1);
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while !checker(false).check_pool().await.unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the pool was not repaired"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    pool_reads_clean(&checker(false)).await;
     for slug in ["zoe", "pam"] {
         app.wait_for_state(slug, &["active"], WITHIN).await;
     }
