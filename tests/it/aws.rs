@@ -677,6 +677,20 @@ pub(crate) struct CrashAfterCreate {
     pub(crate) called: Arc<Notify>,
 }
 
+impl CrashAfterCreate {
+    /// Over moto's Organizations; `armed` says whether the next `create_account` "dies".
+    pub(crate) fn over(sdk: &SdkConfig, armed: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: SdkOrganizations::new(vend::aws::Aws::new(
+                sdk.clone(),
+                vend::telemetry::Metrics::new(),
+            )),
+            armed: AtomicBool::new(armed),
+            called: Arc::new(Notify::new()),
+        })
+    }
+}
+
 #[async_trait]
 impl Organizations for CrashAfterCreate {
     async fn organization_id(&self) -> Result<String, AwsError> {
@@ -762,22 +776,14 @@ async fn a_crash_between_create_account_and_recording_its_id_ends_with_one_accou
     let moto = moto::start().await;
     let sdk = moto::sdk(&moto.url).await;
     moto::prepare_management(&sdk).await;
-    let called = Arc::new(Notify::new());
-    let orgs = Arc::new(CrashAfterCreate {
-        inner: SdkOrganizations::new(vend::aws::Aws::new(
-            sdk.clone(),
-            vend::telemetry::Metrics::new(),
-        )),
-        armed: AtomicBool::new(true),
-        called: called.clone(),
-    });
-    let (app, _rt) = spawn_silo(&moto.url, |_| {}, Some(orgs)).await;
+    let orgs = CrashAfterCreate::over(&sdk, true);
+    let (app, _rt) = spawn_silo(&moto.url, |_| {}, Some(orgs.clone())).await;
     app.signup(&signup_body("acme")).await;
 
     let mut config = app.engine_config("doomed");
     config.lease = Duration::from_secs(1);
     let doomed = app.start_engine(config.clone());
-    called.notified().await;
+    orgs.called.notified().await;
     doomed.kill().await;
     // AWS created the account; vend recorded only its intent.
     let t = app.tenant("acme").await;

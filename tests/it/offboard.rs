@@ -40,18 +40,7 @@ pub(crate) async fn remains(sdk: &SdkConfig, slug: &str, account: &str) -> Remai
     let stack = moto::stack_status(&inside, "vend-tenant")
         .await
         .is_some_and(|s| s != "DELETE_COMPLETE");
-    let account_status = aws_sdk_organizations::Client::new(sdk)
-        .describe_account()
-        .account_id(account)
-        .send()
-        .await
-        .unwrap()
-        .account()
-        .unwrap()
-        .status()
-        .unwrap()
-        .as_str()
-        .to_owned();
+    let account_status = moto::account_status(sdk, account).await;
     Remains {
         record,
         domain: has_domain,

@@ -237,22 +237,17 @@ async fn free_and_pro_signups_join_one_pool_and_never_create_an_account() {
 
 #[tokio::test]
 async fn a_crash_after_the_pools_create_account_ends_with_one_pool_account() {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
     let moto = moto::start().await;
     let sdk = moto::sdk(&moto.url).await;
     moto::prepare_management(&sdk).await;
-    let called = Arc::new(tokio::sync::Notify::new());
-    let orgs = Arc::new(crate::aws::CrashAfterCreate {
-        inner: vend::aws::organizations::SdkOrganizations::new(vend::aws::Aws::new(
-            sdk.clone(),
-            vend::telemetry::Metrics::new(),
-        )),
-        armed: AtomicBool::new(true),
-        called: called.clone(),
-    });
-    let (app, _rt) =
-        spawn_silo_with(sdk.clone(), Some(orgs), |_| {}, &fast_enterprise_toml()).await;
+    let orgs = crate::aws::CrashAfterCreate::over(&sdk, true);
+    let (app, _rt) = spawn_silo_with(
+        sdk.clone(),
+        Some(orgs.clone()),
+        |_| {},
+        &fast_enterprise_toml(),
+    )
+    .await;
     let org = aws_sdk_organizations::Client::new(&sdk);
     let before = org.list_accounts().send().await.unwrap().accounts().len();
     app.signup(&pooled("freddy", "free")).await;
@@ -261,7 +256,7 @@ async fn a_crash_after_the_pools_create_account_ends_with_one_pool_account() {
     let mut config = app.engine_config("doomed");
     config.lease = Duration::from_secs(1);
     let doomed = app.start_engine(config.clone());
-    called.notified().await;
+    orgs.called.notified().await;
     doomed.kill().await;
     // AWS is creating the pool account; vend recorded only its intent.
     let state: Value = sqlx::query_scalar("SELECT state FROM pool")

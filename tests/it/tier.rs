@@ -441,15 +441,7 @@ async fn a_crash_in_the_middle_of_an_upgrade_ends_with_one_account_and_the_tenan
     let moto = moto::start().await;
     let sdk = moto::sdk(&moto.url).await;
     moto::prepare_management(&sdk).await;
-    let called = Arc::new(tokio::sync::Notify::new());
-    let orgs = Arc::new(crate::aws::CrashAfterCreate {
-        inner: vend::aws::organizations::SdkOrganizations::new(vend::aws::Aws::new(
-            sdk.clone(),
-            vend::telemetry::Metrics::new(),
-        )),
-        armed: AtomicBool::new(false),
-        called: called.clone(),
-    });
+    let orgs = crate::aws::CrashAfterCreate::over(&sdk, false);
     let (app, _rt) = spawn_silo_with(
         sdk.clone(),
         Some(orgs.clone()),
@@ -469,7 +461,7 @@ async fn a_crash_in_the_middle_of_an_upgrade_ends_with_one_account_and_the_tenan
     orgs.armed.store(true, Ordering::SeqCst);
     let (stop, seen) = watch(&app, &sdk, "fred");
     assert_eq!(change(&app, "fred", "enterprise").await.status(), 202);
-    called.notified().await;
+    orgs.called.notified().await;
     first.kill().await;
     let t = app.tenant("fred").await;
     assert_eq!(t["tier"], "free", "still the pool's until the switch");
