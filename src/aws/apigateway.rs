@@ -530,22 +530,19 @@ impl ApiGateway {
 
     /// Takes the key off the plan (not on it counts as done).
     pub async fn remove_key_from_plan(&self, plan_id: &str, key_id: &str) -> Result<(), AwsError> {
-        match self
-            .aws
-            .call(
-                "apigateway.DeleteUsagePlanKey",
-                self.client
-                    .delete_usage_plan_key()
-                    .usage_plan_id(plan_id)
-                    .key_id(key_id)
-                    .send(),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code == "NotFoundException" => Ok(()),
-            Err(e) => Err(e),
-        }
+        found(
+            self.aws
+                .call(
+                    "apigateway.DeleteUsagePlanKey",
+                    self.client
+                        .delete_usage_plan_key()
+                        .usage_plan_id(plan_id)
+                        .key_id(key_id)
+                        .send(),
+                )
+                .await,
+        )
+        .map(drop)
     }
 }
 

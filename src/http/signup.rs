@@ -87,7 +87,7 @@ async fn accept(
             info!(tenant.slug = %signup.slug.as_str(), tier = signup.tier.as_str(), "signup accepted");
             Ok(answer_response(answer))
         }
-        Outcome::Replayed(answer) => Ok(replay(answer)),
+        Outcome::Replayed(answer) => Ok(answer_response(answer)),
         Outcome::SlugTaken => Err(ApiError::conflict(
             "slug_taken",
             format!(
@@ -177,15 +177,11 @@ pub(super) async fn lifecycle_message<T: serde::de::DeserializeOwned>(
 ) -> Result<Message<T>, ApiError> {
     let (webhook_id, bytes) = verified(state, headers, body).await?;
     if let Some(answer) = crate::db::tenants::find_signup_answer(&state.pool, &webhook_id).await? {
-        return Ok(Message::Repeat(replay(answer)));
+        return Ok(Message::Repeat(answer_response(answer)));
     }
     let req = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid body: {e}")))?;
     Ok(Message::New(webhook_id, req))
-}
-
-pub(super) fn replay(answer: StoredAnswer) -> Response {
-    answer_response(answer)
 }
 
 /// A lifecycle webhook's answer (offboard, tier): `202` with the tenant, stored under its
@@ -207,7 +203,7 @@ pub(super) async fn accepted(
     Ok(answer_response(answer))
 }
 
-pub(super) fn answer_response(answer: StoredAnswer) -> Response {
+fn answer_response(answer: StoredAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::ACCEPTED);
     (status, axum::Json(answer.response)).into_response()
 }
