@@ -154,18 +154,48 @@ impl Browser {
             .await;
     }
 
+    /// Clicks the element `css`, finding it again if the page replaced it before the click landed.
     pub async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.post(&format!("/element/{e}/click"), json!({})).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let last = match self.try_find(css).await {
+                Some(e) => {
+                    let v = self
+                        .call(
+                            reqwest::Method::POST,
+                            &format!("/element/{e}/click"),
+                            Some(json!({})),
+                        )
+                        .await;
+                    if v.get("error").is_none() {
+                        return;
+                    }
+                    v.to_string()
+                }
+                None => "no such element".to_owned(),
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "could not click {css:?}: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
+    /// The text of the element `css`, waiting a moment for it: a click may have started a navigation
+    /// the driver did not wait for, or the live region may be in the middle of being replaced.
     pub async fn text(&self, css: &str) -> String {
-        let e = self.find(css).await;
+        self.wait_for(css, Duration::from_secs(10), |_| true).await
+    }
+
+    /// The element's text now, or `None` when there is no such element or it went stale between
+    /// being found and being read (the page replaced it).
+    async fn try_text(&self, css: &str) -> Option<String> {
+        let e = self.try_find(css).await?;
         self.call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
             .await
             .as_str()
-            .unwrap_or_default()
-            .to_owned()
+            .map(str::to_owned)
     }
 
     /// Accepts the `confirm()` an action asks before it posts.
@@ -175,18 +205,29 @@ impl Browser {
 
     /// Waits until the element `css` (found again each time: the page may replace it) shows `needle`.
     pub async fn wait_for_text(&self, css: &str, needle: &str, within: Duration) -> String {
+        self.wait_for(css, within, |t| t.contains(needle)).await
+    }
+
+    /// Waits until the text of the element `css` (found again each time) satisfies `done`, and
+    /// returns it. Waiting on what the *next* page must show, not on something the page before it
+    /// showed too, is what keeps a test from reading the old page.
+    pub async fn wait_for(
+        &self,
+        css: &str,
+        within: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let text = match self.try_find(css).await {
-                Some(_) => self.text(css).await,
-                None => String::new(),
-            };
-            if text.contains(needle) {
-                return text;
+            let text = self.try_text(css).await;
+            if let Some(t) = &text
+                && done(t)
+            {
+                return t.clone();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{css} never showed {needle:?}; last: {text:?}"
+                "{css} never showed what was waited for; last: {text:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
