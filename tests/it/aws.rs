@@ -691,6 +691,39 @@ impl CrashAfterCreate {
     }
 }
 
+/// vend serving the enterprise workflow on a fresh moto whose Organizations "dies" after
+/// CreateAccount while armed: what the pool and tier crash tests start from.
+pub(crate) struct CrashRig {
+    pub moto: moto::Moto,
+    pub sdk: SdkConfig,
+    pub orgs: Arc<CrashAfterCreate>,
+    pub app: crate::support::TestApp,
+    pub rt: vend::app::AwsRuntime,
+}
+
+impl CrashRig {
+    pub(crate) async fn start(armed: bool) -> Self {
+        let moto = moto::start().await;
+        let sdk = moto::sdk(&moto.url).await;
+        moto::prepare_management(&sdk).await;
+        let orgs = CrashAfterCreate::over(&sdk, armed);
+        let (app, rt) = crate::support::spawn_silo_with(
+            sdk.clone(),
+            Some(orgs.clone()),
+            |_| {},
+            &crate::support::fast_enterprise_toml(),
+        )
+        .await;
+        CrashRig {
+            moto,
+            sdk,
+            orgs,
+            app,
+            rt,
+        }
+    }
+}
+
 #[async_trait]
 impl Organizations for CrashAfterCreate {
     async fn organization_id(&self) -> Result<String, AwsError> {

@@ -237,17 +237,13 @@ async fn free_and_pro_signups_join_one_pool_and_never_create_an_account() {
 
 #[tokio::test]
 async fn a_crash_after_the_pools_create_account_ends_with_one_pool_account() {
-    let moto = moto::start().await;
-    let sdk = moto::sdk(&moto.url).await;
-    moto::prepare_management(&sdk).await;
-    let orgs = crate::aws::CrashAfterCreate::over(&sdk, true);
-    let (app, _rt) = spawn_silo_with(
-        sdk.clone(),
-        Some(orgs.clone()),
-        |_| {},
-        &fast_enterprise_toml(),
-    )
-    .await;
+    let crate::aws::CrashRig {
+        moto: _moto,
+        sdk,
+        orgs,
+        app,
+        rt: _rt,
+    } = crate::aws::CrashRig::start(true).await;
     let org = aws_sdk_organizations::Client::new(&sdk);
     let before = org.list_accounts().send().await.unwrap().accounts().len();
     app.signup(&pooled("freddy", "free")).await;

@@ -438,17 +438,13 @@ async fn an_offboarded_pool_tenant_can_be_restored_and_otherwise_leaves_the_pool
 #[tokio::test]
 async fn a_crash_in_the_middle_of_an_upgrade_ends_with_one_account_and_the_tenant_served_throughout()
  {
-    let moto = moto::start().await;
-    let sdk = moto::sdk(&moto.url).await;
-    moto::prepare_management(&sdk).await;
-    let orgs = crate::aws::CrashAfterCreate::over(&sdk, false);
-    let (app, _rt) = spawn_silo_with(
-        sdk.clone(),
-        Some(orgs.clone()),
-        |_| {},
-        &fast_enterprise_toml(),
-    )
-    .await;
+    let crate::aws::CrashRig {
+        moto: _moto,
+        sdk,
+        orgs,
+        app,
+        rt: _rt,
+    } = crate::aws::CrashRig::start(false).await;
     let org = aws_sdk_organizations::Client::new(&sdk);
     app.signup(&pooled("fred", "free")).await;
     let mut config = app.engine_config("first");
